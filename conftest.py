@@ -1,0 +1,440 @@
+"""pytest glue for the conformance cases under cases/.
+
+* Isolation (DESIGN rule 2): every case body runs in a forked child (lib.child.run_isolated)
+  with a deadline; fixtures run in the pytest process.
+* Kernel log watch: a splat logged while a case ran fails it (lib.kmsg).
+* Names (rule 5): a case's TAP name is its ``@pytest.mark.tap("...")`` name, else its
+  parametrisation id, else the function name; names are unique.
+* Reports (rule 7): live TAP, then JUnit XML and summary.json in the results folder.
+* Settings (rule 6): the ``settings`` fixture changes knobs for one case and puts them back
+  after it; the run-wide journal repairs what a killed run left behind.
+
+The project's own tests (tests/) are ordinary pytest tests; none of this applies to them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from lib import child, kmsg, system
+from lib import report as rpt
+
+ROOT = Path(__file__).resolve().parent
+CASES = ROOT / "cases"
+AREAS = tuple(sorted(p.name for p in CASES.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))))
+DEFAULT_TIMEOUT = 60.0
+
+INFO = pytest.StashKey[dict]()
+
+
+def is_case(item: pytest.Item) -> bool:
+    try:
+        item.path.relative_to(CASES)
+    except ValueError:
+        return False
+    return True
+
+
+def area_of(item: pytest.Item) -> str:
+    return item.path.relative_to(CASES).parts[0]
+
+
+def case_name(item: pytest.Item) -> str:
+    m = item.get_closest_marker("tap")
+    if m:
+        return str(m.args[0])
+    cs = getattr(item, "callspec", None)
+    if cs is not None:
+        return cs.id
+    return item.name.removeprefix("test_")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("kmm", "kmm-conformance")
+    g.addoption("--kmm-results", default=None, help="results folder for this run")
+    g.addoption("--kmm-timeout", type=float, default=DEFAULT_TIMEOUT, help="per-case deadline (s)")
+    g.addoption("--kmm-repeat", type=int, default=1, help="run each case N times; differing verdicts = flaky")
+    g.addoption("--kmm-select", action="append", default=[], help="case-name pattern (substring or glob)")
+    g.addoption("--kmm-tap-fd", type=int, default=None, help="also write live TAP to this fd")
+    g.addoption("--kmm-no-swap-setup", action="store_true", help="never set up a temporary swap device")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tap(name): the case's TAP name (upstream name where mirrored)")
+    config.addinivalue_line("markers", "deadline(seconds): the case's isolation deadline")
+    config.pluginmanager.register(KmmRun(config), "kmm-run")
+
+
+class UsageError(pytest.UsageError):
+    pass
+
+
+class KmmRun:
+    """The run: selection, isolation, live TAP and the reports."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.active = False
+        self.results: list[rpt.CaseResult] = []
+        self.partial = ""
+        self.started = time.time()
+        self.tap: rpt.TapWriter | None = None
+        self.names: dict[str, str] = {}
+        self.areas: dict[str, str] = {}
+        self.pending: dict[str, rpt.CaseResult] = {}
+        self.props: dict[str, str] = {}
+        self.watch: kmsg.KmsgWatch | None = None
+        self.last_summary = 0.0
+        self.outdir: Path | None = None
+
+    # -- collection -----------------------------------------------------------------------
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        cases = [i for i in items if is_case(i)]
+        if not cases:
+            return
+        self.active = True
+        seen: dict[str, str] = {}
+        for i in cases:
+            n = case_name(i)
+            if n in seen:
+                raise UsageError(f"duplicate case name {n!r}: {seen[n]} and {i.nodeid}")
+            seen[n] = i.nodeid
+            self.names[i.nodeid] = n
+            self.areas[i.nodeid] = area_of(i)
+        patterns = config.getoption("--kmm-select")
+        if patterns:
+            keep = []
+            hit = dict.fromkeys(patterns, False)
+            for i in items:
+                n = self.names.get(i.nodeid, "")
+                ok = False
+                for p in patterns:
+                    if (fnmatch.fnmatchcase(n, p) if any(c in p for c in "*?[") else p in n):
+                        hit[p] = ok = True
+                if ok:
+                    keep.append(i)
+            missing = [p for p, h in hit.items() if not h]
+            if missing:
+                raise UsageError(f"no case matches {missing[0]!r}")
+            deselected = [i for i in items if i not in keep]
+            if deselected:
+                config.hook.pytest_deselected(items=deselected)
+            items[:] = keep
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not self.active or self.config.getoption("--collect-only"):
+            return
+        facts = system.facts()
+        self.props = facts.properties()
+        out = self.config.getoption("--kmm-results") or str(
+            ROOT / "results" / rpt.results_dir_name(facts.release)
+        )
+        self.outdir = Path(out)
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        streams = [open(self.outdir / "results.tap", "w")]  # noqa: SIM115 - closed at session end
+        fd = self.config.getoption("--kmm-tap-fd")
+        if fd is not None:
+            streams.append(os.fdopen(os.dup(fd), "w"))
+        self.tap = rpt.TapWriter(streams)
+        self.tap.header(len(session.items))
+        self.tap.diag(f"kernel {facts.release} {facts.version} ({facts.machine})")
+        self.tap.diag(f"uffd features {facts.uffd_features:#x}; THP sizes: "
+                      + (", ".join(system.size_label(s) for s in facts.thp_sizes) or "none")
+                      + "; hugetlb sizes: " + (", ".join(system.size_label(s) for s in facts.hugetlb_sizes) or "none"))
+        if system.is_root():
+            if not system.SETTINGS.acquire(wait=False):
+                self.tap.diag(f"waiting for another run (pid {system.SETTINGS.lock_holder()}) to finish")
+                system.SETTINGS.acquire(wait=True)
+            repaired = system.SETTINGS.repair()
+            if repaired:
+                self.tap.diag("restored settings left by a killed run: "
+                              + ", ".join(f"{k}={v}" for k, v in repaired.items()))
+        self.watch = kmsg.KmsgWatch()
+        if self.watch.unavailable:
+            self.tap.diag(f"kernel log watch off: {self.watch.unavailable}")
+        child.become_subreaper()
+
+    # -- running --------------------------------------------------------------------------
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
+        if self.tap and nodeid in self.names:
+            self.tap.start(self.names[nodeid])
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        if not is_case(pyfuncitem):
+            return None
+        fn = pyfuncitem.obj
+        args = {a: pyfuncitem.funcargs[a] for a in pyfuncitem._fixtureinfo.argnames}
+        m = pyfuncitem.get_closest_marker("deadline")
+        timeout = float(m.args[0]) if m else self.config.getoption("--kmm-timeout")
+        repeat = max(1, self.config.getoption("--kmm-repeat"))
+        info: dict = {"details": "", "timeout": False, "kmsg": "", "repeats": [], "error": False}
+        pyfuncitem.stash[INFO] = info
+        outcomes = []
+        for _ in range(repeat):
+            if self.watch:
+                self.watch.mark()
+            o = child.run_isolated(
+                lambda: fn(**args),
+                timeout,
+                skip_types=(pytest.skip.Exception,),
+                xfail_types=(pytest.xfail.Exception,),
+            )
+            if self.watch:
+                msgs, splats = self.watch.splats()
+                if splats:
+                    info["kmsg"] = "\n".join(msgs[-60:])
+                    if o.kind in ("pass", "skip", "xfail"):
+                        o = child.Outcome("fail", f"kernel log splat during the case: {splats[0]}", "", o.notes,
+                                          o.duration)
+            outcomes.append(o)
+        kinds = [o.kind for o in outcomes]
+        final = outcomes[-1]
+        for o in outcomes:  # the first non-pass outcome speaks for the run
+            if o.kind != "pass":
+                final = o
+                break
+        if repeat > 1:
+            info["repeats"] = kinds
+            if len(set(kinds)) > 1:
+                info["details"] = final.details
+                pytest.fail(f"flaky: verdicts differ between repeats ({', '.join(kinds)}): {final.message}",
+                            pytrace=False)
+        info["details"] = final.details
+        if final.kind == "pass":
+            return True
+        if final.kind == "skip":
+            pytest.skip(final.message or "skipped")
+        if final.kind == "xfail":
+            pytest.xfail(final.message)
+        if final.kind == "timeout":
+            info["timeout"] = True
+        if final.kind == "error":
+            info["error"] = True
+        pytest.fail(final.message or final.kind, pytrace=False)
+        return True
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        outcome = yield
+        rep = outcome.get_result()
+        if call.when == "call":
+            rep.kmm_info = item.stash.get(INFO, None)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        rep = report
+        if not self.active or rep.nodeid not in self.names:
+            return
+        r = self.pending.get(rep.nodeid)
+        if r is None:
+            r = rpt.CaseResult(area=self.areas[rep.nodeid],
+                                  name=self.names[rep.nodeid], verdict="pass", nodeid=rep.nodeid)
+            self.pending[rep.nodeid] = r
+        r.duration += rep.duration
+        info = getattr(rep, "kmm_info", None) or {}
+        if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+            self._verdict(r, rep, info)
+        elif rep.when == "teardown" and rep.failed and r.verdict in ("pass", "skip", "xfail"):
+            r.verdict = "error"
+            r.message = "teardown: " + _longrepr_line(rep)
+            r.details = str(rep.longrepr)
+
+    def _verdict(self, r: rpt.CaseResult, rep: pytest.TestReport, info: dict) -> None:
+        r.details = info.get("details", "")
+        r.kmsg = info.get("kmsg", "")
+        r.repeats = info.get("repeats", [])
+        r.timeout = info.get("timeout", False)
+        if hasattr(rep, "wasxfail"):
+            r.verdict = "xfail" if rep.skipped else "xpass"
+            r.message = rep.wasxfail or _longrepr_line(rep)
+        elif rep.skipped:
+            r.verdict = "skip"
+            r.message = _skip_reason(rep)
+        elif rep.failed:
+            r.verdict = "error" if (rep.when == "setup" or info.get("error")) else "fail"
+            r.message = _longrepr_line(rep)
+            if rep.when == "setup":
+                r.message = "setup: " + r.message
+                r.details = str(rep.longrepr)
+        else:
+            r.verdict = "pass"
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+        r = self.pending.pop(nodeid, None)
+        if r is None or self.tap is None:
+            return
+        self.results.append(r)
+        self.tap.result(r)
+        if time.time() - self.last_summary > 5:
+            self._write_reports(final=False)
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        self.partial = str(getattr(excinfo.value, "kmm_reason", "")) or "interrupted (SIGINT)"
+
+    # -- the end --------------------------------------------------------------------------
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.active or self.tap is None:
+            return
+        if exitstatus == pytest.ExitCode.INTERRUPTED and not self.partial:
+            self.partial = "interrupted"
+        failed = system.SETTINGS.restore()
+        if failed:
+            self.tap.diag("could not restore: " + ", ".join(failed))
+        system.SETTINGS.release()
+        self.tap.finish(self.partial)
+        self._write_reports(final=True)
+        for s in self.tap.streams:
+            s.close()
+        if self.watch:
+            self.watch.close()
+
+    def exit_code(self) -> int:
+        t = rpt.Totals()
+        for r in self.results:
+            t.add(r)
+        return kselftest_exit(t, bool(self.partial))
+
+    def _write_reports(self, final: bool) -> None:
+        assert self.outdir is not None
+        self.last_summary = time.time()
+        props = dict(self.props)
+        if self.partial:
+            props["run.partial"] = self.partial
+        data = rpt.summary(self.results, props, partial=self.partial or ("" if final else "running"),
+                              started=self.started, exit_code=self.exit_code())
+        rpt.write_summary(str(self.outdir / "summary.json"), data)
+        if final:
+            rpt.write_atomic(str(self.outdir / "junit.xml"), rpt.junit_xml(self.results, props))
+            latest = self.outdir.parent / "latest"
+            try:
+                if latest.is_symlink() or latest.exists():
+                    latest.unlink()
+                latest.symlink_to(self.outdir.name)
+            except OSError:
+                pass
+
+
+def kselftest_exit(t: rpt.Totals, partial: bool) -> int:
+    """kselftest exit codes: 1 on any failure (or an interrupted run), 4 if all skipped, else 0."""
+    if t.failed or partial:
+        return 1
+    if t.ran == 0 or t["skip"] == t.ran:
+        return 4
+    return 0
+
+
+def _longrepr_line(rep: pytest.TestReport) -> str:
+    lr = rep.longrepr
+    if lr is None:
+        return ""
+    if isinstance(lr, tuple):
+        return str(lr[2])
+    text = getattr(lr, "reprcrash", None)
+    if text is not None and text.message:
+        return rpt.one_line(text.message.removeprefix("Failed: "))
+    return rpt.one_line(str(lr).strip().splitlines()[-1] if str(lr).strip() else "")
+
+
+def _skip_reason(rep: pytest.TestReport) -> str:
+    lr = rep.longrepr
+    if isinstance(lr, tuple):
+        return str(lr[2]).removeprefix("Skipped: ")
+    return _longrepr_line(rep)
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures for cases
+
+
+class CaseSettings:
+    """Settings changed for one case: the values before the case come back after it.
+
+    Only usable in the pytest process (fixtures, ``prepare`` hooks): a change made inside the
+    case's forked process would escape the journal, so it is refused.
+    """
+
+    def __init__(self) -> None:
+        self.before: dict[str, str] = {}
+        self.pid = os.getpid()
+
+    def set(self, path: str, value: str | int) -> None:
+        if os.getpid() != self.pid:
+            raise RuntimeError("settings must be changed in a fixture or prepare(), not in the case body")
+        if not system.is_root():
+            pytest.skip(f"needs root to write {path}")
+        if path not in self.before:
+            try:
+                self.before[path] = system.Settings.read(path)
+            except OSError as e:
+                pytest.skip(f"cannot read {path}: {e.strerror}")
+        try:
+            system.SETTINGS.set(path, value)
+        except system.SettingsError as e:
+            pytest.skip(str(e))
+
+    def thp(self, relpath: str, value: str | int) -> None:
+        self.set(f"{system.THP}/{relpath}", value)
+
+    def thp_only_size(self, size: int, mode: str = "always") -> None:
+        """Enable one anon THP size, disable the others (cow.c's run_with_thp)."""
+        if size not in system.thp_sizes():
+            pytest.skip(f"THP size {system.size_label(size)} not offered by this kernel")
+        for s in system.thp_sizes():
+            rel = f"hugepages-{s // system.KiB}kB/enabled"
+            if os.path.exists(f"{system.THP}/{rel}"):
+                self.thp(rel, mode if s == size else "never")
+        if system.thp_enabled_global() == "never":
+            self.thp("enabled", "madvise")
+
+    def hugetlb(self, size: int, count: int) -> None:
+        """At least ``count`` free pages of ``size`` (kept for the run, restored at its end)."""
+        if not system.is_root():
+            if system.hugetlb_counter(size, "free_hugepages") >= count:
+                return
+            pytest.skip(f"needs root to grow the {system.size_label(size)} hugetlb pool")
+        try:
+            system.SETTINGS.ensure_hugetlb(size, count)
+        except system.SettingsError as e:
+            pytest.skip(str(e))
+
+    def restore(self) -> None:
+        for path, value in reversed(self.before.items()):
+            try:
+                if system.Settings.read(path) != value:
+                    with open(path, "w") as f:
+                        f.write(value)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def settings():
+    s = CaseSettings()
+    try:
+        yield s
+    finally:
+        s.restore()
+
+
+@pytest.fixture(autouse=True)
+def _prepare_params(request: pytest.FixtureRequest):
+    """Parameters with a ``prepare(settings)`` method get it called before the case, in the
+    pytest process (hugetlb pools, THP sizes); what they change is put back after the case."""
+    cs = getattr(request.node, "callspec", None)
+    preparers = [v for v in (cs.params.values() if cs else ()) if hasattr(v, "prepare")]
+    if not preparers or not is_case(request.node):
+        yield
+        return
+    s = CaseSettings()
+    try:
+        for v in preparers:
+            v.prepare(s)
+        yield
+    finally:
+        s.restore()

@@ -1,0 +1,389 @@
+"""Processes: cow.c's comm pipes, fork with a verdict by exit status, and case isolation.
+
+DESIGN rule 2: every case body runs in a forked child with a deadline.  The parent waits on a
+pidfd; at the deadline it records what every thread of the child's process group is blocked
+on (/proc/<tid>/stat state and wchan), SIGKILLs the group and reports a TIMEOUT naming it.  A
+child killed by a signal is reported with the signal's name.  The parent is a child
+subreaper, so grandchildren orphaned by a case are reaped too: nothing outlives a case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lib import libc
+
+# ---------------------------------------------------------------------------------------
+# deadlines
+
+
+class Deadline:
+    """A point in time; every wait in the suite is bounded by one."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.001) -> object:
+    """Poll ``pred`` until it returns a truthy value or ``timeout`` passes (then TimeoutError).
+
+    The poll interval grows from 1 ms to 50 ms; this is a bounded wait for an observable state,
+    not a sleep used to synchronise.
+    """
+    d = Deadline(timeout)
+    while True:
+        v = pred()
+        if v:
+            return v
+        if d.expired():
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(min(interval, d.remaining()))
+        interval = min(interval * 2, 0.05)
+
+
+# ---------------------------------------------------------------------------------------
+# comm pipes (cow.c's child_ready / parent_ready)
+
+
+class Pipe:
+    """A one-byte signalling pipe with deadline-bounded waits."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_CLOEXEC)
+
+    def signal(self) -> None:
+        os.write(self.w, b"0")
+
+    def wait(self, timeout: float = 30.0) -> None:
+        p = select.poll()
+        p.register(self.r, select.POLLIN)
+        if not p.poll(int(timeout * 1000)):
+            raise TimeoutError(f"peer did not signal within {timeout}s")
+        if os.read(self.r, 1) != b"0":
+            raise EOFError("peer closed the pipe without signalling")
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class CommPipes:
+    def __init__(self) -> None:
+        self.child_ready = Pipe()
+        self.parent_ready = Pipe()
+
+    def close(self) -> None:
+        self.child_ready.close()
+        self.parent_ready.close()
+
+
+@dataclass
+class ChildResult:
+    pid: int
+    status: int
+
+    @property
+    def exit_code(self) -> int | None:
+        return os.waitstatus_to_exitcode(self.status) if os.WIFEXITED(self.status) else None
+
+    @property
+    def signal(self) -> int | None:
+        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"child {self.pid} killed by {signal.Signals(self.signal).name}"
+        return f"child {self.pid} exited with status {self.exit_code}"
+
+
+def fork_call(fn: Callable[[], int | bool | None]) -> int:
+    """Fork; the child runs ``fn`` and _exits with its verdict (0 = good).
+
+    ``fn`` may return an int exit code, a bool (True = good) or None (= good).  An exception
+    in the child exits with 2 after printing the traceback to stderr.
+    """
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            v = fn()
+            code = 0 if v is None or v is True else (1 if v is False else int(v))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def reap(pid: int, timeout: float = 30.0) -> ChildResult:
+    """Wait for ``pid`` with a deadline; SIGKILL it if the deadline passes."""
+    fd = libc.pidfd_open(pid)
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        if not p.poll(int(timeout * 1000)):
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            raise TimeoutError(f"child {pid} did not finish within {timeout}s (killed)")
+        _, status = os.waitpid(pid, 0)
+        return ChildResult(pid, status)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------
+# thread states (/proc/<tid>/stat) for deterministic race checks and timeout reports
+
+
+def task_state(tid: int, pid: int | None = None) -> str:
+    """The one-letter scheduler state of a task (R, S, D, T, Z, ...), '' if gone."""
+    path = f"/proc/{pid}/task/{tid}/stat" if pid else f"/proc/{tid}/stat"
+    try:
+        with open(path) as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
+
+
+def task_wchan(tid: int) -> str:
+    try:
+        with open(f"/proc/{tid}/wchan") as f:
+            return f.read().strip() or "-"
+    except OSError:
+        return "?"
+
+
+def wait_task_state(tid: int, states: str, timeout: float = 5.0, wchan: str | None = None) -> str:
+    """Wait until ``tid`` is in one of ``states`` (and blocked in ``wchan`` if given)."""
+
+    def ok() -> str | None:
+        s = task_state(tid)
+        if s and s in states and (wchan is None or task_wchan(tid) == wchan):
+            return s
+        return None
+
+    what = f"task {tid} in state {states}" + (f" at {wchan}" if wchan else "")
+    return str(wait_until(ok, timeout, what))
+
+
+def group_tasks(pgid: int) -> list[tuple[int, int, str, str, str]]:
+    """(pid, tid, comm, state, wchan) of every task in process group ``pgid``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) != pgid:
+            continue
+        try:
+            tids = os.listdir(f"/proc/{d}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{d}/task/{t}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+            out.append((int(d), int(t), comm, task_state(int(t), int(d)), task_wchan(int(t))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# notes: a case says what it is doing, so a TIMEOUT can say what it was waiting on
+
+_note_fd: int | None = None
+
+
+def note(text: str) -> None:
+    """Record what the case is about to do (reported if the case times out)."""
+    if _note_fd is not None:
+        _send(_note_fd, {"note": text})
+
+
+def _send(fd: int, obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+# ---------------------------------------------------------------------------------------
+# isolation
+
+
+@dataclass
+class Outcome:
+    """How an isolated call ended."""
+
+    kind: str  # pass, fail, skip, xfail, timeout, signal, error
+    message: str = ""
+    details: str = ""
+    notes: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    libc._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _classify(exc: BaseException, skip_types: tuple, xfail_types: tuple) -> tuple[str, str, str]:
+    if isinstance(exc, skip_types):
+        return "skip", str(getattr(exc, "msg", exc)), ""
+    if isinstance(exc, xfail_types):
+        return "xfail", str(getattr(exc, "msg", exc)), ""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, AssertionError):
+        msg = str(exc).split("\n")[0] or "assertion failed"
+        return "fail", msg, tb
+    msg = getattr(exc, "msg", None) if type(exc).__name__ == "Failed" else None
+    if msg:
+        return "fail", str(msg), tb
+    return "fail", f"{type(exc).__name__}: {exc}", tb
+
+
+def run_isolated(
+    fn: Callable[[], object],
+    timeout: float,
+    skip_types: tuple = (),
+    xfail_types: tuple = (),
+) -> Outcome:
+    """Run ``fn`` in a forked child in its own process group, with a deadline."""
+    for stream in (os.sys.stdout, os.sys.stderr):  # type: ignore[attr-defined]
+        stream.flush()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # --- child
+        global _note_fd
+        os.close(r)
+        _note_fd = w
+        try:
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            fn()
+            result = {"kind": "pass"}
+        except BaseException as exc:  # noqa: BLE001 - every outcome is reported
+            kind, msg, details = _classify(exc, skip_types, xfail_types)
+            result = {"kind": kind, "message": msg, "details": details}
+        try:
+            _send(w, result)
+        finally:
+            os._exit(0)
+    # --- parent
+    os.close(w)
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # the child already did it (or is gone)
+    pidfd = libc.pidfd_open(pid)
+    notes: list[str] = []
+    result: dict | None = None
+    buf = b""
+    deadline = Deadline(timeout)
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    p.register(r, select.POLLIN)
+    exited = False
+    status = 0
+
+    def drain(block: bool) -> None:
+        nonlocal buf, result
+        while True:
+            if not block and not select.select([r], [], [], 0)[0]:
+                return
+            chunk = os.read(r, 65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                obj = json.loads(line)
+                if "note" in obj:
+                    notes.append(obj["note"])
+                else:
+                    result = obj
+
+    try:
+        while not exited:
+            events = p.poll(int(deadline.remaining() * 1000) + 1)
+            for fd, _ in events:
+                if fd == r:
+                    drain(block=False)
+                elif fd == pidfd:
+                    _, status = os.waitpid(pid, 0)
+                    exited = True
+            if not exited and deadline.expired():
+                return _timeout(pid, timeout, notes, start)
+        drain(block=True)
+    finally:
+        os.close(pidfd)
+        os.close(r)
+        _kill_group(pid)
+    dur = time.monotonic() - start
+    if result is not None:
+        return Outcome(result["kind"], result.get("message", ""), result.get("details", ""), notes, dur)
+    cr = ChildResult(pid, status)
+    if cr.signal is not None:
+        name = signal.Signals(cr.signal).name
+        where = f" (last step: {notes[-1]})" if notes else ""
+        return Outcome("signal", f"killed by {name}{where}", "", notes, dur)
+    return Outcome("error", f"case process exited with status {cr.exit_code} without a verdict", "", notes, dur)
+
+
+def _timeout(pid: int, timeout: float, notes: list[str], start: float) -> Outcome:
+    tasks = group_tasks(pid)
+    blocked = [t for t in tasks if t[3] in "DS" and t[4] not in ("-", "?", "do_wait", "do_select", "do_sys_poll")]
+    lines = [f"{p}/{t} {comm} state {st} wchan {wc}" for p, t, comm, st, wc in tasks]
+    what = notes[-1] if notes else "no step recorded"
+    uffd = [t for t in blocked if "userfault" in t[4]]
+    if uffd:
+        what += f"; {len(uffd)} thread(s) blocked in {uffd[0][4]}"
+    _kill_group(pid)
+    return Outcome(
+        "timeout",
+        f"timeout after {timeout:g}s: {what}",
+        "tasks at the deadline:\n" + "\n".join(lines),
+        notes,
+        time.monotonic() - start,
+    )
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the case's process group and reap its members, orphans included."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    while True:
+        try:
+            os.waitpid(-pgid, 0)
+        except ChildProcessError:
+            return

@@ -1,0 +1,628 @@
+"""Fault servers: the userfaultfd handler the cases talk to, in three placements.
+
+* :class:`ThreadHandler`: the serve loop in a thread of the faulting process (uffd-unit-tests'
+  poll thread).  The faulting side must touch memory only through lib.libc (DESIGN rule 1).
+* :class:`ProcessHandler`: the serve loop in a forked process.
+* :class:`SpawnedHandler`: a fresh ``python -m lib.handler`` process that receives the uffd and
+  the source memfd over a unix socket with SCM_RIGHTS, the way a VMM hands the uffd of a guest
+  to its memory server (Firecracker, e2b).
+
+All three expose one control interface (pause/resume, stats, barriers, stop).  The serve loop:
+
+1. reads every pending message in one read(2) (reading is what releases a REMOVE waiter, and it
+   never waits for a lock a worker may hold: e2b's madvise-deadlock rule);
+2. applies the batch's REMOVE events first (under the settle write lock), then dispatches the
+   batch's page faults, so a REMOVE is never overtaken by a fault read in the same batch;
+3. resolves each fault inline or on a worker thread: take the settle read lock, choose the
+   source (zeros once the page was removed, else the source page), then UFFDIO_COPY (optionally
+   COPY_MODE_WP), ZEROPAGE, CONTINUE or WRITEPROTECT.  EEXIST wakes instead; EAGAIN (a REMOVE
+   is pending) drops the lock and retries from the source choice.
+
+Barrier points (``before_lock``, ``before_resolve``) park a worker serving a given page until
+the test releases it: deterministic races without sleeps.  ``wrong_source_before_lock`` makes
+the server choose the source before taking the lock, the bug the stale-source race test must
+catch (its negative control).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import queue
+import select
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+
+from lib import abi, libc
+from lib.child import Deadline
+from lib.uffd import Msg, UffdError, Userfaultfd
+
+BEFORE_LOCK = "before_lock"
+BEFORE_RESOLVE = "before_resolve"
+
+CLEAN, DIRTY, ZERO, REMOVED = "clean", "dirty", "zero", "removed"
+
+
+@dataclass
+class Options:
+    """How faults are resolved."""
+
+    copy_mode_wp: bool = False  # install every page write-protected (e2b "always WP")
+    zero: bool = False  # serve every missing fault with zeros
+    use_zeropage_ioctl: bool = True  # zeros via UFFDIO_ZEROPAGE (not on hugetlb)
+    minor: bool = False  # resolve MINOR faults with UFFDIO_CONTINUE
+    workers: int = 0  # 0: resolve in the serve loop; N: N worker threads
+    wrong_source_before_lock: bool = False  # negative control for the stale-source race
+    ignore_remove: bool = False  # negative control: treat REMOVE as a no-op
+    reject_write_missing: bool = False  # uffd-unit-tests: a MISSING fault must be a read
+    follow_fork: bool = True  # serve the child's uffd from a FORK event as well
+
+
+@dataclass
+class Stats:
+    missing: int = 0
+    wp: int = 0
+    minor: int = 0
+    eexist: int = 0
+    eagain: int = 0
+    errors: list[str] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # every non-fault event, in order
+    faults: list[dict] = field(default_factory=list)  # every fault message, in order
+    states: dict[int, str] = field(default_factory=dict)  # page index -> state
+
+
+class RWLock:
+    """Many readers (workers) or one writer (REMOVE application)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class Barrier:
+    def __init__(self, page: int, point: str) -> None:
+        self.page, self.point = page, point
+        self.arrived = threading.Event()
+        self.released = threading.Event()
+
+
+class FaultServer:
+    """The serve loop and its state; placement-independent."""
+
+    def __init__(
+        self,
+        uffd: Userfaultfd,
+        base: int,
+        size: int,
+        page_size: int,
+        source: int = 0,
+        options: Options | None = None,
+    ) -> None:
+        self.uffds = [uffd]
+        self.base, self.size, self.page_size = base, size, page_size
+        self.source = source
+        self.opt = options or Options()
+        self.stats = Stats()
+        self.lock = RWLock()
+        self.state_lock = threading.Lock()
+        self.removed: set[int] = set()
+        self.barriers: dict[int, Barrier] = {}
+        self._tokens = itertools.count(1)
+        self._ctl_r, self._ctl_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stop = False
+        self._pause_req = threading.Event()
+        self._paused = threading.Event()
+        self._resume = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+        self._zeros = libc.mmap(page_size, abi.PROT_READ, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.opt.workers):
+            t = threading.Thread(target=self._worker, name=f"uffd-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self.serve, name="uffd-serve", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> Stats:
+        self._stop = True
+        self._resume.set()
+        for b in list(self.barriers.values()):
+            b.released.set()
+        os.write(self._ctl_w, b"x")
+        for _ in range(self.opt.workers):
+            self._queue.put(None)
+        d = Deadline(timeout)
+        for t in self._threads:
+            t.join(d.remaining())
+        return self.snapshot()
+
+    def pause(self, timeout: float = 10.0) -> None:
+        """Stop reading the uffd; returns once the loop has stopped (events queue in the kernel)."""
+        self._resume.clear()
+        self._pause_req.set()
+        os.write(self._ctl_w, b"p")
+        if not self._paused.wait(timeout):
+            raise TimeoutError("serve loop did not pause")
+
+    def resume(self) -> None:
+        self._pause_req.clear()
+        self._paused.clear()
+        self._resume.set()
+
+    def snapshot(self) -> Stats:
+        with self.state_lock:
+            s = Stats(**{k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in asdict(self.stats).items()})
+        return s
+
+    # -- barriers -------------------------------------------------------------------------
+    def install_barrier(self, page: int, point: str) -> int:
+        token = next(self._tokens)
+        self.barriers[token] = Barrier(page, point)
+        return token
+
+    def wait_held(self, token: int, timeout: float = 5.0) -> None:
+        if not self.barriers[token].arrived.wait(timeout):
+            raise TimeoutError(f"no worker reached barrier {self.barriers[token].point} within {timeout}s")
+
+    def release(self, token: int) -> None:
+        self.barriers.pop(token).released.set()
+
+    def _hook(self, point: str, page: int) -> None:
+        for b in list(self.barriers.values()):
+            if b.point == point and b.page == page and not b.arrived.is_set():
+                b.arrived.set()
+                b.released.wait()
+                return
+
+    # -- the loop -------------------------------------------------------------------------
+    def serve(self) -> None:
+        try:
+            self._serve()
+        except Exception as e:  # noqa: BLE001 - recorded, the case checks stats.errors
+            with self.state_lock:
+                self.stats.errors.append(f"serve loop: {type(e).__name__}: {e}")
+
+    def _serve(self) -> None:
+        while not self._stop:
+            if self._pause_req.is_set():
+                self._paused.set()
+                self._resume.wait()
+                continue
+            p = select.poll()
+            p.register(self._ctl_r, select.POLLIN)
+            for u in self.uffds:
+                p.register(u.fd, select.POLLIN)
+            ready = {fd for fd, _ in p.poll(1000)}
+            if self._ctl_r in ready:
+                try:
+                    os.read(self._ctl_r, 64)
+                except BlockingIOError:
+                    pass
+            for u in list(self.uffds):
+                if u.fd in ready and not self._pause_req.is_set():
+                    self._batch(u, u.read_msgs(64))
+
+    def _batch(self, u: Userfaultfd, msgs: list[Msg]) -> None:
+        faults = []
+        for m in msgs:
+            if m.event in (abi.Event.REMOVE,):
+                self._apply_remove(m)
+            elif m.event == abi.Event.PAGEFAULT:
+                faults.append(m)
+            else:
+                self._apply_event(u, m)
+        for m in faults:
+            with self.state_lock:
+                self.stats.faults.append({"address": m.address, "flags": m.flags, "ptid": m.ptid})
+            if self.opt.workers:
+                self._queue.put((u, m))
+            else:
+                self._resolve(u, m)
+
+    def _record(self, m: Msg) -> None:
+        d = {"event": m.event.name, "start": m.start, "end": m.end}
+        if m.event == abi.Event.REMAP:
+            d.update({"from": m.remap_from, "to": m.remap_to, "len": m.remap_len})
+        if m.event == abi.Event.FORK:
+            d["ufd"] = m.ufd
+        with self.state_lock:
+            self.stats.events.append(d)
+
+    def _apply_remove(self, m: Msg) -> None:
+        self._record(m)
+        if self.opt.ignore_remove:
+            return
+        self.lock.acquire_write()
+        try:
+            with self.state_lock:
+                first = max(0, (m.start - self.base) // self.page_size)
+                last = min(self.size, m.end - self.base)
+                for i in range(first, (last + self.page_size - 1) // self.page_size):
+                    self.removed.add(i)
+                    self.stats.states[i] = REMOVED
+        finally:
+            self.lock.release_write()
+
+    def _apply_event(self, u: Userfaultfd, m: Msg) -> None:
+        self._record(m)
+        if m.event == abi.Event.FORK and self.opt.follow_fork:
+            child = Userfaultfd(m.ufd)
+            child.features = u.features
+            self.uffds.append(child)
+        elif m.event == abi.Event.REMAP and m.remap_from == self.base:
+            self.base = m.remap_to
+
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._resolve(*item)
+
+    def _choose_source(self, page: int) -> tuple[int, str]:
+        if self.opt.zero or page in self.removed or not self.source:
+            return 0, ZERO
+        return self.source + page * self.page_size, ""
+
+    def _resolve(self, u: Userfaultfd, m: Msg) -> None:
+        addr = m.address & ~(self.page_size - 1)
+        page = (addr - self.base) // self.page_size
+        try:
+            if m.is_wp:
+                u.writeprotect(addr, self.page_size, False)
+                with self.state_lock:
+                    self.stats.wp += 1
+                    self.stats.states[page] = DIRTY
+                return
+            if m.is_minor:
+                u.cont(addr, self.page_size, abi.ContinueMode.WP if self.opt.copy_mode_wp else 0)
+                with self.state_lock:
+                    self.stats.minor += 1
+                    self.stats.states[page] = CLEAN
+                return
+            if self.opt.reject_write_missing and m.is_write:
+                raise AssertionError(f"MISSING fault at {m.address:#x} has the WRITE flag")
+            self._hook(BEFORE_LOCK, page)
+            early = self._choose_source(page) if self.opt.wrong_source_before_lock else None
+            while True:
+                self.lock.acquire_read()
+                try:
+                    self._hook(BEFORE_RESOLVE, page)
+                    src, kind = early or self._choose_source(page)
+                    done = self._install(u, addr, src)
+                finally:
+                    self.lock.release_read()
+                if done:
+                    break
+                early = None  # EAGAIN: a REMOVE is pending; choose again after it
+            with self.state_lock:
+                self.stats.missing += 1
+                self.stats.states[page] = kind or (DIRTY if m.is_write else CLEAN)
+                self.removed.discard(page)
+        except Exception as e:  # noqa: BLE001 - recorded; the faulting thread stays blocked
+            with self.state_lock:
+                self.stats.errors.append(f"fault at {m.address:#x}: {type(e).__name__}: {e}")
+
+    def _install(self, u: Userfaultfd, addr: int, src: int) -> bool:
+        """Install one page; False means EAGAIN (retry after the pending event is read)."""
+        mode = abi.CopyMode.WP if self.opt.copy_mode_wp else 0
+        try:
+            if src == 0 and self.opt.use_zeropage_ioctl and self.page_size == libc.PAGE_SIZE and not mode:
+                u.zeropage(addr, self.page_size)
+            else:
+                u.copy(addr, src or self._zeros, self.page_size, mode)
+        except UffdError as e:
+            if e.errno == errno.EEXIST:
+                with self.state_lock:
+                    self.stats.eexist += 1
+                u.wake(addr, self.page_size)
+                return True
+            if e.errno == errno.EAGAIN:
+                with self.state_lock:
+                    self.stats.eagain += 1
+                return False
+            raise
+        return True
+
+
+# ---------------------------------------------------------------------------------------
+# the source: page contents the handler serves, in a memfd so another process can map it
+
+
+class Source:
+    """Page contents to serve, in a memfd mapped here (and mappable by a handler process)."""
+
+    def __init__(self, size: int, content: bytes | None = None, pattern: int | None = None) -> None:
+        self.size = size
+        self.fd = libc.memfd_create("kmm-source")
+        os.ftruncate(self.fd, size)
+        self.addr = libc.mmap(size, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_SHARED, self.fd)
+        if content is not None:
+            libc.write(self.addr, content[:size])
+        elif pattern is not None:
+            fill_pattern(self.addr, size, pattern)
+
+    def page(self, i: int, page_size: int) -> bytes:
+        return libc.read(self.addr + i * page_size, page_size)
+
+    def close(self) -> None:
+        libc.munmap(self.addr, self.size)
+        os.close(self.fd)
+
+
+def fill_pattern(addr: int, size: int, seed: int) -> None:
+    """Fill with a per-4KiB-page recognisable pattern (page index and seed in every word)."""
+    ps = libc.PAGE_SIZE
+    for i in range(size // ps):
+        word = ((seed & 0xFFFF) << 48 | (i & 0xFFFFFFFF)).to_bytes(8, "little")
+        libc.write(addr + i * ps, word * (ps // 8))
+
+
+# ---------------------------------------------------------------------------------------
+# placements
+
+
+class ThreadHandler:
+    """Serve in a thread of this process."""
+
+    topology = "thread"
+
+    def __init__(self, uffd: Userfaultfd, base: int, size: int, page_size: int,
+                 source: Source | None = None, options: Options | None = None) -> None:
+        self.server = FaultServer(uffd, base, size, page_size, source.addr if source else 0, options)
+
+    def start(self) -> ThreadHandler:
+        self.server.start()
+        return self
+
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
+    def stats(self) -> Stats:
+        return self.server.snapshot()
+
+    def install_barrier(self, page: int, point: str) -> int:
+        return self.server.install_barrier(page, point)
+
+    def wait_held(self, token: int, timeout: float = 5.0) -> None:
+        self.server.wait_held(token, timeout)
+
+    def release(self, token: int) -> None:
+        self.server.release(token)
+
+    def stop(self) -> Stats:
+        return self.server.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _RemoteHandler:
+    """Client side of a handler living in another process (JSON lines over a unix socket)."""
+
+    topology = "remote"
+    sock: socket.socket
+    pid: int
+
+    def _call(self, op: str, timeout: float = 15.0, **args):
+        self.sock.settimeout(timeout)
+        self.sock.sendall((json.dumps({"op": op, **args}) + "\n").encode())
+        line = self._rfile.readline()
+        if not line:
+            raise ConnectionError(f"handler process {self.pid} went away during {op}")
+        reply = json.loads(line)
+        if "error" in reply:
+            kind = TimeoutError if reply.get("kind") == "TimeoutError" else RuntimeError
+            raise kind(reply["error"])
+        return reply.get("value")
+
+    def pause(self) -> None:
+        self._call("pause")
+
+    def resume(self) -> None:
+        self._call("resume")
+
+    def stats(self) -> Stats:
+        return _stats_from_json(self._call("stats"))
+
+    def install_barrier(self, page: int, point: str) -> int:
+        return self._call("install_barrier", page=page, point=point)
+
+    def wait_held(self, token: int, timeout: float = 5.0) -> None:
+        self._call("wait_held", timeout=timeout + 5, token=token, wait=timeout)
+
+    def release(self, token: int) -> None:
+        self._call("release", token=token)
+
+    def stop(self) -> Stats:
+        try:
+            st = _stats_from_json(self._call("stop"))
+        finally:
+            self.sock.close()
+            self._reap()
+        return st
+
+    def _reap(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sock.fileno() >= 0:
+            self.stop()
+
+
+def _stats_from_json(d: dict) -> Stats:
+    d["states"] = {int(k): v for k, v in d["states"].items()}
+    return Stats(**d)
+
+
+def _rpc_loop(conn: socket.socket, server: FaultServer) -> None:
+    """Answer control requests until 'stop' or EOF (runs in the handler process)."""
+    rfile = conn.makefile("rb")
+    for line in rfile:
+        req = json.loads(line)
+        op = req.pop("op")
+        try:
+            if op == "pause":
+                server.pause()
+                value = None
+            elif op == "resume":
+                server.resume()
+                value = None
+            elif op == "stats":
+                value = asdict(server.snapshot())
+            elif op == "install_barrier":
+                value = server.install_barrier(req["page"], req["point"])
+            elif op == "wait_held":
+                server.wait_held(req["token"], req["wait"])
+                value = None
+            elif op == "release":
+                server.release(req["token"])
+                value = None
+            elif op == "stop":
+                value = asdict(server.stop())
+                conn.sendall((json.dumps({"value": value}) + "\n").encode())
+                return
+            else:
+                raise ValueError(f"unknown op {op}")
+            reply = {"value": value}
+        except Exception as e:  # noqa: BLE001 - sent to the client
+            reply = {"error": f"{type(e).__name__}: {e}", "kind": type(e).__name__}
+        conn.sendall((json.dumps(reply) + "\n").encode())
+    server.stop()
+
+
+class ProcessHandler(_RemoteHandler):
+    """Serve in a forked process.  Start it before registering ranges (see module doc)."""
+
+    topology = "process"
+
+    def __init__(self, uffd: Userfaultfd, base: int, size: int, page_size: int,
+                 source: Source | None = None, options: Options | None = None) -> None:
+        self.args = (uffd, base, size, page_size, source.addr if source else 0, options)
+
+    def start(self) -> ProcessHandler:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            code = 0
+            try:
+                server = FaultServer(*self.args)
+                server.start()
+                _rpc_loop(child, server)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        self.pid, self.sock = pid, parent
+        self._rfile = parent.makefile("rb")
+        return self
+
+    def _reap(self) -> None:
+        from lib.child import reap
+
+        reap(self.pid, 10)
+
+
+class SpawnedHandler(_RemoteHandler):
+    """A separate ``python -m lib.handler`` process; the uffd travels by SCM_RIGHTS."""
+
+    topology = "scm_rights"
+
+    def __init__(self, uffd: Userfaultfd, base: int, size: int, page_size: int,
+                 source: Source | None = None, options: Options | None = None) -> None:
+        self.uffd, self.base, self.size, self.page_size = uffd, base, size, page_size
+        self.source = source
+        self.options = options or Options()
+
+    def start(self) -> SpawnedHandler:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=root)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lib.handler", str(child.fileno())],
+            pass_fds=[child.fileno()], env=env, cwd=root,
+        )
+        child.close()
+        self.pid, self.sock = self.proc.pid, parent
+        self._rfile = parent.makefile("rb")
+        boot = {
+            "base": self.base, "size": self.size, "page_size": self.page_size,
+            "features": self.uffd.features, "source_size": self.source.size if self.source else 0,
+            "options": asdict(self.options),
+        }
+        fds = [self.uffd.fd] + ([self.source.fd] if self.source else [])
+        socket.send_fds(parent, [(json.dumps(boot) + "\n").encode()], fds)
+        self._call("stats", timeout=30)  # wait until it serves
+        return self
+
+    def _reap(self) -> None:
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _spawned_main(sock_fd: int) -> None:
+    """Entry point of a SpawnedHandler process."""
+    conn = socket.socket(fileno=sock_fd)
+    msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, 2)
+    boot = json.loads(msg.split(b"\n", 1)[0])
+    uffd = Userfaultfd(fds[0])
+    uffd.features = boot["features"]
+    source = 0
+    if boot["source_size"]:
+        source = libc.mmap(boot["source_size"], abi.PROT_READ, abi.MAP_SHARED, fds[1])
+    server = FaultServer(uffd, boot["base"], boot["size"], boot["page_size"], source, Options(**boot["options"]))
+    server.start()
+    _rpc_loop(conn, server)
+
+
+TOPOLOGIES = {"thread": ThreadHandler, "process": ProcessHandler, "scm_rights": SpawnedHandler}
+
+
+if __name__ == "__main__":
+    _spawned_main(int(sys.argv[1]))

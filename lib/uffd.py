@@ -1,0 +1,274 @@
+"""userfaultfd(2): open, handshake, register, resolve, read events.
+
+Semantics follow Documentation/admin-guide/mm/userfaultfd.rst and
+include/uapi/linux/userfaultfd.h.  Result fields (copy, zeropage, mapped, updated, move) are
+written by the kernel even when the ioctl fails; :class:`UffdError` carries that value so a case
+can check it (uffd-unit-tests relies on it, e.g. ``-EAGAIN`` in mmap-changing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import select
+from dataclasses import dataclass
+
+from lib import abi, libc
+
+
+class UffdError(OSError):
+    """A failed UFFDIO_* ioctl; ``result`` is the kernel-written result field, if any."""
+
+    def __init__(self, err: int, call: str, result: int | None = None) -> None:
+        super().__init__(err, f"{call}: {os.strerror(err)}" + (f" (result {result})" if result is not None else ""))
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Msg:
+    """One uffd_msg, decoded by event type."""
+
+    event: abi.Event
+    flags: int = 0
+    address: int = 0
+    ptid: int = 0
+    ufd: int = -1
+    remap_from: int = 0
+    remap_to: int = 0
+    remap_len: int = 0
+    start: int = 0
+    end: int = 0
+
+    @property
+    def is_write(self) -> bool:
+        return bool(self.flags & abi.PagefaultFlag.WRITE)
+
+    @property
+    def is_wp(self) -> bool:
+        return bool(self.flags & abi.PagefaultFlag.WP)
+
+    @property
+    def is_minor(self) -> bool:
+        return bool(self.flags & abi.PagefaultFlag.MINOR)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Msg:
+        m = abi.uffd_msg.from_buffer_copy(raw)
+        ev = abi.Event(m.event)
+        a = m.arg
+        if ev == abi.Event.PAGEFAULT:
+            return cls(ev, flags=a.pagefault.flags, address=a.pagefault.address, ptid=a.pagefault.feat.ptid)
+        if ev == abi.Event.FORK:
+            return cls(ev, ufd=a.fork.ufd)
+        if ev == abi.Event.REMAP:
+            return cls(ev, remap_from=a.remap.from_, remap_to=a.remap.to, remap_len=a.remap.len)
+        return cls(ev, start=a.remove.start, end=a.remove.end)  # REMOVE, UNMAP
+
+    def __str__(self) -> str:
+        if self.event == abi.Event.PAGEFAULT:
+            return f"PAGEFAULT@{self.address:#x} flags={abi.PagefaultFlag(self.flags)!r}"
+        if self.event == abi.Event.FORK:
+            return f"FORK ufd={self.ufd}"
+        if self.event == abi.Event.REMAP:
+            return f"REMAP {self.remap_from:#x}->{self.remap_to:#x} len={self.remap_len:#x}"
+        return f"{self.event.name} [{self.start:#x}, {self.end:#x})"
+
+
+MSG_SIZE = ctypes.sizeof(abi.uffd_msg)
+DEFAULT_FLAGS = abi.O_CLOEXEC | abi.O_NONBLOCK
+
+
+class Userfaultfd:
+    """An open userfaultfd.  Use :meth:`open`; close with :meth:`close` or ``with``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.features = 0
+        self.api_ioctls = 0
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, via: str = "syscall", flags: int = DEFAULT_FLAGS, user_mode_only: bool = False) -> Userfaultfd:
+        """Open by the userfaultfd(2) syscall or by /dev/userfaultfd + USERFAULTFD_IOC_NEW."""
+        if user_mode_only:
+            flags |= abi.UFFD_USER_MODE_ONLY
+        if via == "syscall":
+            return cls(libc.syscall(abi.NR.userfaultfd, flags))
+        if via == "dev":
+            dev = os.open("/dev/userfaultfd", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                return cls(libc.ioctl(dev, abi.USERFAULTFD_IOC_NEW, flags, name="USERFAULTFD_IOC_NEW"))
+            finally:
+                os.close(dev)
+        raise ValueError(f"unknown open path {via!r}")
+
+    @classmethod
+    def create(cls, features: int = 0, **open_kw) -> Userfaultfd:
+        """Open and handshake in one step."""
+        u = cls.open(**open_kw)
+        try:
+            u.api(features)
+        except BaseException:
+            u.close()
+            raise
+        return u
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Userfaultfd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    # -- ioctls ---------------------------------------------------------------------------
+    def _ioctl(self, request: int, arg: ctypes.Structure, name: str, result_field: str | None = None):
+        try:
+            libc.ioctl(self.fd, request, arg, name=name)
+        except OSError as e:
+            raise UffdError(e.errno, name, getattr(arg, result_field) if result_field else None) from None
+        return arg
+
+    def api(self, features: int = 0, api: int = abi.UFFD_API) -> abi.uffdio_api:
+        a = abi.uffdio_api(api=api, features=int(features))
+        self._ioctl(abi.UFFDIO_API, a, "UFFDIO_API")
+        self.features = a.features
+        self.api_ioctls = a.ioctls
+        return a
+
+    def has(self, feature: int) -> bool:
+        return (self.features & int(feature)) == int(feature)
+
+    def register(self, addr: int, length: int, mode: int = abi.RegisterMode.MISSING) -> int:
+        """UFFDIO_REGISTER; returns the ioctls mask allowed on the range."""
+        r = abi.uffdio_register(abi.uffdio_range(addr, length), int(mode), 0)
+        return self._ioctl(abi.UFFDIO_REGISTER, r, "UFFDIO_REGISTER").ioctls
+
+    def unregister(self, addr: int, length: int) -> None:
+        self._ioctl(abi.UFFDIO_UNREGISTER, abi.uffdio_range(addr, length), "UFFDIO_UNREGISTER")
+
+    def wake(self, addr: int, length: int) -> None:
+        self._ioctl(abi.UFFDIO_WAKE, abi.uffdio_range(addr, length), "UFFDIO_WAKE")
+
+    def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
+        c = abi.uffdio_copy(dst, src, length, int(mode), 0)
+        return self._ioctl(abi.UFFDIO_COPY, c, "UFFDIO_COPY", "copy").copy
+
+    def zeropage(self, addr: int, length: int, mode: int = 0) -> int:
+        z = abi.uffdio_zeropage(abi.uffdio_range(addr, length), int(mode), 0)
+        return self._ioctl(abi.UFFDIO_ZEROPAGE, z, "UFFDIO_ZEROPAGE", "zeropage").zeropage
+
+    def writeprotect(self, addr: int, length: int, protect: bool, dontwake: bool = False) -> None:
+        mode = (abi.WPMode.WP if protect else 0) | (abi.WPMode.DONTWAKE if dontwake else 0)
+        w = abi.uffdio_writeprotect(abi.uffdio_range(addr, length), int(mode))
+        self._ioctl(abi.UFFDIO_WRITEPROTECT, w, "UFFDIO_WRITEPROTECT")
+
+    def cont(self, addr: int, length: int, mode: int = 0) -> int:
+        c = abi.uffdio_continue(abi.uffdio_range(addr, length), int(mode), 0)
+        return self._ioctl(abi.UFFDIO_CONTINUE, c, "UFFDIO_CONTINUE", "mapped").mapped
+
+    def poison(self, addr: int, length: int, mode: int = 0) -> int:
+        p = abi.uffdio_poison(abi.uffdio_range(addr, length), int(mode), 0)
+        return self._ioctl(abi.UFFDIO_POISON, p, "UFFDIO_POISON", "updated").updated
+
+    def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
+        m = abi.uffdio_move(dst, src, length, int(mode), 0)
+        return self._ioctl(abi.UFFDIO_MOVE, m, "UFFDIO_MOVE", "move").move
+
+    # -- events ---------------------------------------------------------------------------
+    def wait(self, timeout: float | None) -> bool:
+        """Poll for readability; True when a message is ready."""
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+    def read_msgs(self, max_msgs: int = 64) -> list[Msg]:
+        """Read up to ``max_msgs`` messages in one read(2); [] when none is pending (O_NONBLOCK)."""
+        try:
+            raw = os.read(self.fd, MSG_SIZE * max_msgs)
+        except BlockingIOError:
+            return []
+        return [Msg.decode(raw[i : i + MSG_SIZE]) for i in range(0, len(raw), MSG_SIZE)]
+
+    def read_msg(self, timeout: float) -> Msg:
+        """Wait up to ``timeout`` seconds for exactly one message."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"no uffd message within {timeout}s")
+        msgs = self.read_msgs(1)
+        if not msgs:
+            raise TimeoutError("uffd readable but no message")
+        return msgs[0]
+
+
+# ---------------------------------------------------------------------------------------
+# probing (DESIGN rule 4: features are found by probing, not by kernel version)
+@dataclass(frozen=True)
+class Availability:
+    """What this process may do with userfaultfd, found on throw-away fds."""
+
+    syscall: bool  # userfaultfd(2) with kernel-mode faults allowed
+    syscall_user_only: bool  # userfaultfd(2) with UFFD_USER_MODE_ONLY
+    dev: bool  # /dev/userfaultfd
+    features: int  # what UFFDIO_API with features=0 reports as supported
+    reason: str  # why something is missing, if anything is
+
+    @property
+    def any(self) -> bool:
+        return self.syscall or self.syscall_user_only or self.dev
+
+    def missing(self, features: int) -> list[str]:
+        return [f.name for f in abi.Feature if (int(features) & f) and not (self.features & f)]
+
+
+def _try_open(**kw) -> tuple[Userfaultfd | None, str]:
+    try:
+        return Userfaultfd.open(**kw), ""
+    except OSError as e:
+        return None, e.strerror or str(e)
+
+
+@functools.cache
+def probe() -> Availability:
+    reasons = []
+    features = 0
+    flags = {}
+    for key, kw in (
+        ("syscall", {"via": "syscall"}),
+        ("syscall_user_only", {"via": "syscall", "user_mode_only": True}),
+        ("dev", {"via": "dev"}),
+    ):
+        u, why = _try_open(**kw)
+        flags[key] = u is not None
+        if u is None:
+            reasons.append(f"{key}: {why}")
+            continue
+        with u:
+            if not features:
+                try:
+                    features = u.api(0).features
+                except OSError as e:
+                    reasons.append(f"UFFDIO_API: {e}")
+    return Availability(features=features, reason="; ".join(reasons), **flags)
+
+
+def open_for(features: int = 0, user_mode_only: bool = False, flags: int = DEFAULT_FLAGS) -> Userfaultfd:
+    """Open a uffd the way uffd-common's uffd_open does: syscall first, then /dev/userfaultfd."""
+    last: OSError | None = None
+    for via in ("syscall", "dev"):
+        try:
+            return Userfaultfd.create(features, via=via, user_mode_only=user_mode_only, flags=flags)
+        except UffdError:
+            raise
+        except OSError as e:
+            last = e
+    assert last is not None
+    raise last
+
+

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""kmm-conformance: run the conformance cases against the running kernel (or another one).
+
+    ./run_suite.py                      every case, live kselftest TAP on stdout
+    ./run_suite.py missing cow          areas
+    ./run_suite.py 'Basic COW*'         case-name patterns (substring, or glob with * ? [)
+    ./run_suite.py --list               the case names
+    ./run_suite.py --bisect ...         exit 0 good, 1 bad, 125 cannot test (git bisect run)
+
+Exit codes (kselftest): 0 pass, 1 fail, 4 everything skipped, 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+
+EXIT_USAGE = 2
+BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
+
+
+def _ensure_interpreter() -> None:
+    """Re-run under the project's virtual environment when this interpreter lacks pytest."""
+    try:
+        import junit_xml  # noqa: F401
+        import pytest  # noqa: F401
+    except ImportError:
+        if VENV_PY.exists() and Path(sys.prefix).resolve() != VENV_PY.parent.parent.resolve():
+            os.execv(str(VENV_PY), [str(VENV_PY), str(Path(__file__).resolve()), *sys.argv[1:]])
+        sys.stderr.write("run_suite.py: error: pytest/junit-xml missing; run scripts/bootstrap.sh first\n")
+        sys.exit(EXIT_USAGE)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def areas() -> list[str]:
+    return sorted(p.name for p in (ROOT / "cases").iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return v
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="run_suite.py", description=__doc__.split("\n")[1].strip(),
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("select", nargs="*", metavar="AREA|PATTERN",
+                   help=f"areas ({', '.join(areas())}) or case-name patterns; default: everything")
+    p.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest -k expression over test ids")
+    p.add_argument("--list", action="store_true", help="print the selected case names and exit")
+    p.add_argument("--results", metavar="DIR", help="results folder (default results/<UTC time>-<release>)")
+    p.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
+                   help="per-case deadline (cases may declare a longer one); default 60")
+    p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
+                   help="run every case N times; a case whose verdicts differ is reported flaky")
+    p.add_argument("--bisect", action="store_true",
+                   help="git bisect run exit codes: 0 good, 1 bad, 125 cannot test")
+    p.add_argument("--no-swap-setup", action="store_true",
+                   help="never set up a temporary swap device (swap variants then skip)")
+    vm = p.add_argument_group("other kernels (virtme-ng + QEMU)")
+    vm.add_argument("--kernel", metavar="IMAGE", help="boot IMAGE and run the selection inside it")
+    vm.add_argument("--kernels", nargs="+", metavar="IMAGE", help="run the selection on each kernel in turn")
+    vm.add_argument("--find-first-bad", action="store_true", help="with --kernels: binary search for the first bad")
+    vm.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two result folders")
+    vm.add_argument("--memory", default="2G", help="guest memory (default 2G)")
+    vm.add_argument("--cpus", type=positive_int, default=2, help="guest CPUs (default 2)")
+    vm.add_argument("--kernel-cmdline", default="", metavar="ARGS", help="extra guest kernel command line")
+    vm.add_argument("--vm-timeout", type=positive_float, default=900.0, metavar="SECONDS",
+                    help="overall deadline for one guest run (default 900)")
+    return p
+
+
+def split_selection(select: list[str]) -> tuple[list[str], list[str]]:
+    known = areas()
+    chosen, patterns = [], []
+    for s in select:
+        if s in known:
+            chosen.append(s)
+        elif s.replace("-", "_") in known:
+            chosen.append(s.replace("-", "_"))
+        else:
+            patterns.append(s)
+    return chosen, patterns
+
+
+def pytest_args(args: argparse.Namespace, chosen: list[str], patterns: list[str], results: Path | None,
+                tap_fd: int | None) -> list[str]:
+    paths = [str(ROOT / "cases" / a) for a in chosen] or [str(ROOT / "cases")]
+    out = [
+        *paths,
+        f"--rootdir={ROOT}",
+        "-c", str(ROOT / "pyproject.toml"),
+        "-p", "no:cacheprovider",
+        "-q",
+        "-o", "console_output_style=classic",
+        "--timeout=3600",  # pytest-timeout: a backstop only; isolation deadlines do the work
+        "--timeout-method=signal",
+        f"--kmm-timeout={args.timeout}",
+        f"--kmm-repeat={args.repeat}",
+    ]
+    if args.no_swap_setup:
+        out.append("--kmm-no-swap-setup")
+    for pat in patterns:
+        out.append(f"--kmm-select={pat}")
+    if args.keyword:
+        out += ["-k", args.keyword]
+    if results is not None:
+        out.append(f"--kmm-results={results}")
+    if tap_fd is not None:
+        out.append(f"--kmm-tap-fd={tap_fd}")
+    if args.list:
+        out.append("--collect-only")
+    return out
+
+
+def default_results_dir() -> Path:
+    sys.path.insert(0, str(ROOT))
+    from lib.report import results_dir_name
+
+    base = ROOT / "results"
+    try:
+        base.mkdir(exist_ok=True)
+        if not os.access(base, os.W_OK):
+            raise PermissionError
+    except OSError:
+        base = Path(os.environ.get("TMPDIR", "/tmp")) / "kmm-results"
+        base.mkdir(exist_ok=True)
+    return base / results_dir_name(os.uname().release)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    exc = KeyboardInterrupt()
+    exc.kmm_reason = f"interrupted ({signal.Signals(signum).name})"  # type: ignore[attr-defined]
+    raise exc
+
+
+def run_pytest(argv: list[str], log_path: Path) -> tuple[int, str]:
+    """pytest.main in this process; its own output goes to the log, TAP to stdout."""
+    import pytest
+
+    with open(log_path, "a") as log:
+        old = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = log
+        try:
+            code = int(pytest.main(argv))
+        finally:
+            sys.stdout, sys.stderr = old
+    usage = ""
+    if code == pytest.ExitCode.USAGE_ERROR:
+        for line in log_path.read_text().splitlines():
+            if line.startswith("ERROR: "):
+                usage = line.removeprefix("ERROR: ")
+                usage = usage.split("UsageError: ")[-1]
+    return code, usage
+
+
+def list_cases(argv: list[str]) -> int:
+    import pytest
+
+    sys.path.insert(0, str(ROOT))
+
+    class Lister:
+        names: list[str] = []
+
+        def pytest_collection_finish(self, session: pytest.Session) -> None:
+            import conftest
+
+            self.names = [conftest.case_name(i) for i in session.items if conftest.is_case(i)]
+
+    lister = Lister()
+    import io
+
+    buf = io.StringIO()
+    old = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = buf
+    try:
+        code = int(pytest.main(argv, plugins=[lister]))
+    finally:
+        sys.stdout, sys.stderr = old
+    if code not in (0, 5):
+        msg = next((line[7:] for line in buf.getvalue().splitlines() if line.startswith("ERROR: ")), "")
+        sys.stderr.write(f"run_suite.py: error: {msg or 'collection failed (see pytest --collect-only cases)'}\n")
+        return EXIT_USAGE
+    for n in lister.names:
+        print(n)
+    return 0
+
+
+def bisect_code(summary: dict | None, pytest_code: int) -> int:
+    """Map a run to git bisect run's contract (never above 127)."""
+    if summary is None or pytest_code in (3, 4):
+        return BISECT_SKIP
+    t = summary["totals"]
+    if t["fail"] or t["error"] or t["xpass"]:
+        return BISECT_BAD
+    if summary.get("partial"):
+        return BISECT_SKIP
+    ran = sum(t.values())
+    if ran == 0 or t["skip"] == ran:
+        return BISECT_SKIP
+    return BISECT_GOOD
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _ensure_interpreter()
+    sys.path.insert(0, str(ROOT))
+    if args.compare or args.kernel or args.kernels:
+        try:
+            from lib import vmrun
+        except ImportError:
+            sys.stderr.write("run_suite.py: error: --kernel/--kernels/--compare are not available in this build\n")
+            return EXIT_USAGE
+        return vmrun.main(args, ROOT)
+    chosen, patterns = split_selection(args.select)
+    if args.list:
+        return list_cases(pytest_args(args, chosen, patterns, None, None))
+    results = Path(args.results).resolve() if args.results else default_results_dir()
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.stderr.write(f"run_suite.py: error: cannot create results folder {results}: {e.strerror}\n")
+        return EXIT_USAGE
+    sys.stdout.flush()
+    tap_fd = os.dup(sys.stdout.fileno())
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    code, usage = run_pytest(pytest_args(args, chosen, patterns, results, tap_fd), results / "run.log")
+    os.close(tap_fd)
+    if usage:
+        sys.stderr.write(f"run_suite.py: error: {usage}\n")
+        return EXIT_USAGE
+    summary = None
+    try:
+        summary = json.loads((results / "summary.json").read_text())
+    except (OSError, ValueError):
+        pass
+    print(f"# results: {results}", flush=True)
+    if args.bisect:
+        return bisect_code(summary, code)
+    if summary is None:
+        sys.stderr.write(f"run_suite.py: error: the run produced no report (pytest exit {code}); see {results}/run.log\n")
+        return 1
+    return int(summary["exit_code"])
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
