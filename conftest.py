@@ -25,8 +25,8 @@ from lib import child, kmsg, system
 from lib import report as rpt
 
 ROOT = Path(__file__).resolve().parent
-CASES = ROOT / "cases"
-AREAS = tuple(sorted(p.name for p in CASES.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))))
+# KMM_CASES points the runner at another case tree (the project's own tests use synthetic ones)
+CASES = Path(os.environ.get("KMM_CASES", ROOT / "cases")).resolve()
 DEFAULT_TIMEOUT = 60.0
 
 INFO = pytest.StashKey[dict]()
@@ -91,6 +91,21 @@ class KmmRun:
         self.watch: kmsg.KmsgWatch | None = None
         self.last_summary = 0.0
         self.outdir: Path | None = None
+        self.collect_errors: list[rpt.CaseResult] = []
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        """A case module that does not import is a harness error, reported as an `error` result."""
+        if report.failed and report.nodeid:
+            path = Path(str(report.fspath)).resolve() if hasattr(report, "fspath") else None
+            try:
+                area = path.relative_to(CASES).parts[0] if path else "cases"
+            except ValueError:
+                return
+            lines = [ln for ln in str(report.longrepr).splitlines() if ln.startswith("E ")]
+            msg = lines[-1].removeprefix("E").strip() if lines else "collection failed"
+            self.collect_errors.append(rpt.CaseResult(area, f"collect {report.nodeid}", "error",
+                                                      f"harness error: {msg}", traceback=str(report.longrepr),
+                                                      nodeid=report.nodeid))
 
     # -- collection -----------------------------------------------------------------------
     @pytest.hookimpl(trylast=True)
@@ -103,6 +118,7 @@ class KmmRun:
         for i in cases:
             n = case_name(i)
             if n in seen:
+                self.active = False
                 raise UsageError(f"duplicate case name {n!r}: {seen[n]} and {i.nodeid}")
             seen[n] = i.nodeid
             self.names[i.nodeid] = n
@@ -121,6 +137,7 @@ class KmmRun:
                     keep.append(i)
             missing = [p for p, h in hit.items() if not h]
             if missing:
+                self.active = False
                 raise UsageError(f"no case matches {missing[0]!r}")
             deselected = [i for i in items if i not in keep]
             if deselected:
@@ -128,6 +145,8 @@ class KmmRun:
             items[:] = keep
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.collect_errors and not self.active and not self.config.getoption("--kmm-select"):
+            self.active = True
         if not self.active or self.config.getoption("--collect-only"):
             return
         facts = system.facts()
@@ -142,7 +161,7 @@ class KmmRun:
         if fd is not None:
             streams.append(os.fdopen(os.dup(fd), "w"))
         self.tap = rpt.TapWriter(streams)
-        self.tap.header(len(session.items))
+        self.tap.header(len(session.items) + len(self.collect_errors))
         self.tap.diag(f"kernel {facts.release} {facts.version} ({facts.machine})")
         self.tap.diag(f"uffd features {facts.uffd_features:#x}; THP sizes: "
                       + (", ".join(system.size_label(s) for s in facts.thp_sizes) or "none")
@@ -159,6 +178,9 @@ class KmmRun:
         if self.watch.unavailable:
             self.tap.diag(f"kernel log watch off: {self.watch.unavailable}")
         child.become_subreaper()
+        for r in self.collect_errors:
+            self.results.append(r)
+            self.tap.result(r)
 
     # -- running --------------------------------------------------------------------------
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
@@ -174,7 +196,7 @@ class KmmRun:
         m = pyfuncitem.get_closest_marker("deadline")
         timeout = float(m.args[0]) if m else self.config.getoption("--kmm-timeout")
         repeat = max(1, self.config.getoption("--kmm-repeat"))
-        info: dict = {"details": "", "timeout": False, "kmsg": "", "repeats": [], "error": False}
+        info: dict = {"details": "", "timeout": False, "kmsg": "", "repeats": [], "error": False, "traceback": ""}
         pyfuncitem.stash[INFO] = info
         outcomes = []
         for _ in range(repeat):
@@ -207,6 +229,7 @@ class KmmRun:
                 pytest.fail(f"flaky: verdicts differ between repeats ({', '.join(kinds)}): {final.message}",
                             pytrace=False)
         info["details"] = final.details
+        info["traceback"] = final.traceback
         if final.kind == "pass":
             return True
         if final.kind == "skip":
@@ -243,10 +266,11 @@ class KmmRun:
         elif rep.when == "teardown" and rep.failed and r.verdict in ("pass", "skip", "xfail"):
             r.verdict = "error"
             r.message = "teardown: " + _longrepr_line(rep)
-            r.details = str(rep.longrepr)
+            r.traceback = str(rep.longrepr)
 
     def _verdict(self, r: rpt.CaseResult, rep: pytest.TestReport, info: dict) -> None:
         r.details = info.get("details", "")
+        r.traceback = info.get("traceback", "")
         r.kmsg = info.get("kmsg", "")
         r.repeats = info.get("repeats", [])
         r.timeout = info.get("timeout", False)
@@ -261,7 +285,7 @@ class KmmRun:
             r.message = _longrepr_line(rep)
             if rep.when == "setup":
                 r.message = "setup: " + r.message
-                r.details = str(rep.longrepr)
+                r.traceback = str(rep.longrepr)
         else:
             r.verdict = "pass"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -44,8 +45,13 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def cases_dir() -> Path:
+    """The case tree: cases/, or $KMM_CASES (the project's tests point it at synthetic cases)."""
+    return Path(os.environ.get("KMM_CASES", ROOT / "cases")).resolve()
+
+
 def areas() -> list[str]:
-    return sorted(p.name for p in (ROOT / "cases").iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    return sorted(p.name for p in cases_dir().iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
 def positive_float(text: str) -> float:
@@ -112,12 +118,13 @@ def split_selection(select: list[str]) -> tuple[list[str], list[str]]:
 
 def pytest_args(args: argparse.Namespace, chosen: list[str], patterns: list[str], results: Path | None,
                 tap_fd: int | None) -> list[str]:
-    paths = [str(ROOT / "cases" / a) for a in chosen] or [str(ROOT / "cases")]
+    paths = [str(cases_dir() / a) for a in chosen] or [str(cases_dir())]
     out = [
         *paths,
         f"--rootdir={ROOT}",
         "-c", str(ROOT / "pyproject.toml"),
         "-p", "no:cacheprovider",
+        "--continue-on-collection-errors",
         "-q",
         "-o", "console_output_style=classic",
         "--timeout=3600",  # pytest-timeout: a backstop only; isolation deadlines do the work
@@ -190,9 +197,8 @@ def list_cases(argv: list[str]) -> int:
         names: list[str] = []
 
         def pytest_collection_finish(self, session: pytest.Session) -> None:
-            import conftest
-
-            self.names = [conftest.case_name(i) for i in session.items if conftest.is_case(i)]
+            run = session.config.pluginmanager.get_plugin("kmm-run")
+            self.names = [run.names[i.nodeid] for i in session.items if i.nodeid in run.names]
 
     lister = Lister()
     import io
@@ -216,6 +222,8 @@ def list_cases(argv: list[str]) -> int:
 def bisect_code(summary: dict | None, pytest_code: int) -> int:
     """Map a run to git bisect run's contract (never above 127)."""
     if summary is None or pytest_code in (3, 4):
+        return BISECT_SKIP
+    if any(c["verdict"] == "error" and c["message"].startswith("harness error") for c in summary["cases"]):
         return BISECT_SKIP
     t = summary["totals"]
     if t["fail"] or t["error"] or t["xpass"]:
@@ -256,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     os.close(tap_fd)
     if usage:
         sys.stderr.write(f"run_suite.py: error: {usage}\n")
+        if not args.results:
+            shutil.rmtree(results, ignore_errors=True)
         return EXIT_USAGE
     summary = None
     try:

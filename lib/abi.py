@@ -60,6 +60,8 @@ class NR(enum.IntEnum):
     madvise = 28
     clone = 56
     fork = 57
+    swapon = 167
+    swapoff = 168
     gettid = 186
     tgkill = 234
     vmsplice = 278

@@ -243,6 +243,7 @@ class Outcome:
     details: str = ""
     notes: list[str] = field(default_factory=list)
     duration: float = 0.0
+    traceback: str = ""
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -252,19 +253,28 @@ def become_subreaper() -> None:
     libc._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _classify(exc: BaseException, skip_types: tuple, xfail_types: tuple) -> tuple[str, str, str]:
+def _where(exc: BaseException) -> str:
+    """The frames of the case's own code (not of this module), one line each."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.endswith("lib/child.py")]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
+    return "\n".join(f"at {f.filename.removeprefix(root)}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+                     for f in frames[-4:])
+
+
+def _classify(exc: BaseException, skip_types: tuple, xfail_types: tuple) -> tuple[str, str, str, str]:
+    """(kind, message, where, full traceback) of an exception raised by a case."""
     if isinstance(exc, skip_types):
-        return "skip", str(getattr(exc, "msg", exc)), ""
+        return "skip", str(getattr(exc, "msg", exc)), "", ""
     if isinstance(exc, xfail_types):
-        return "xfail", str(getattr(exc, "msg", exc)), ""
+        return "xfail", str(getattr(exc, "msg", exc)), "", ""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    where = _where(exc)
     if isinstance(exc, AssertionError):
-        msg = str(exc).split("\n")[0] or "assertion failed"
-        return "fail", msg, tb
+        return "fail", str(exc).split("\n")[0] or "assertion failed", where, tb
     msg = getattr(exc, "msg", None) if type(exc).__name__ == "Failed" else None
     if msg:
-        return "fail", str(msg), tb
-    return "fail", f"{type(exc).__name__}: {exc}", tb
+        return "fail", str(msg), where, tb
+    return "fail", f"{type(exc).__name__}: {exc}", where, tb
 
 
 def run_isolated(
@@ -285,14 +295,15 @@ def run_isolated(
         _note_fd = w
         try:
             os.setpgid(0, 0)
+            libc.set_pdeathsig(signal.SIGKILL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             fn()
             result = {"kind": "pass"}
         except BaseException as exc:  # noqa: BLE001 - every outcome is reported
-            kind, msg, details = _classify(exc, skip_types, xfail_types)
-            result = {"kind": kind, "message": msg, "details": details}
+            kind, msg, where, tb = _classify(exc, skip_types, xfail_types)
+            result = {"kind": kind, "message": msg, "details": where, "traceback": tb}
         try:
             _send(w, result)
         finally:
@@ -349,7 +360,8 @@ def run_isolated(
         _kill_group(pid)
     dur = time.monotonic() - start
     if result is not None:
-        return Outcome(result["kind"], result.get("message", ""), result.get("details", ""), notes, dur)
+        return Outcome(result["kind"], result.get("message", ""), result.get("details", ""), notes, dur,
+                       result.get("traceback", ""))
     cr = ChildResult(pid, status)
     if cr.signal is not None:
         name = signal.Signals(cr.signal).name

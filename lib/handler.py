@@ -53,12 +53,14 @@ class Options:
     """How faults are resolved."""
 
     copy_mode_wp: bool = False  # install every page write-protected (e2b "always WP")
+    copy_mode_wp_reads: bool = False  # install read faults write-protected, write faults not (e2b default)
     zero: bool = False  # serve every missing fault with zeros
     use_zeropage_ioctl: bool = True  # zeros via UFFDIO_ZEROPAGE (not on hugetlb)
     minor: bool = False  # resolve MINOR faults with UFFDIO_CONTINUE
     workers: int = 0  # 0: resolve in the serve loop; N: N worker threads
     wrong_source_before_lock: bool = False  # negative control for the stale-source race
     ignore_remove: bool = False  # negative control: treat REMOVE as a no-op
+    wrong_page: bool = False  # negative control: serve the next source page instead of the right one
     reject_write_missing: bool = False  # uffd-unit-tests: a MISSING fault must be a read
     follow_fork: bool = True  # serve the child's uffd from a FORK event as well
 
@@ -294,6 +296,8 @@ class FaultServer:
     def _choose_source(self, page: int) -> tuple[int, str]:
         if self.opt.zero or page in self.removed or not self.source:
             return 0, ZERO
+        if self.opt.wrong_page:
+            page = (page + 1) % (self.size // self.page_size)
         return self.source + page * self.page_size, ""
 
     def _resolve(self, u: Userfaultfd, m: Msg) -> None:
@@ -321,7 +325,7 @@ class FaultServer:
                 try:
                     self._hook(BEFORE_RESOLVE, page)
                     src, kind = early or self._choose_source(page)
-                    done = self._install(u, addr, src)
+                    done = self._install(u, addr, src, m.is_write)
                 finally:
                     self.lock.release_read()
                 if done:
@@ -335,9 +339,9 @@ class FaultServer:
             with self.state_lock:
                 self.stats.errors.append(f"fault at {m.address:#x}: {type(e).__name__}: {e}")
 
-    def _install(self, u: Userfaultfd, addr: int, src: int) -> bool:
+    def _install(self, u: Userfaultfd, addr: int, src: int, write: bool = False) -> bool:
         """Install one page; False means EAGAIN (retry after the pending event is read)."""
-        mode = abi.CopyMode.WP if self.opt.copy_mode_wp else 0
+        mode = abi.CopyMode.WP if self.opt.copy_mode_wp or (self.opt.copy_mode_wp_reads and not write) else 0
         try:
             if src == 0 and self.opt.use_zeropage_ioctl and self.page_size == libc.PAGE_SIZE and not mode:
                 u.zeropage(addr, self.page_size)
@@ -548,6 +552,7 @@ class ProcessHandler(_RemoteHandler):
             parent.close()
             code = 0
             try:
+                libc.set_pdeathsig()
                 server = FaultServer(*self.args)
                 server.start()
                 _rpc_loop(child, server)
@@ -608,6 +613,7 @@ class SpawnedHandler(_RemoteHandler):
 
 def _spawned_main(sock_fd: int) -> None:
     """Entry point of a SpawnedHandler process."""
+    libc.set_pdeathsig()
     conn = socket.socket(fileno=sock_fd)
     msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, 2)
     boot = json.loads(msg.split(b"\n", 1)[0])

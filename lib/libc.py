@@ -139,6 +139,14 @@ def vmsplice(fd: int, addr: int, length: int, flags: int = 0) -> int:
     return syscall(abi.NR.vmsplice, fd, ctypes.addressof(iov), 1, flags)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def set_pdeathsig(sig: int = 9) -> None:
+    """Die with ``sig`` (SIGKILL) when the parent dies: nothing outlives a SIGKILLed run."""
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
 def glibc_version() -> str:
     return _gnu_get_libc_version().decode()
 

@@ -37,6 +37,7 @@ class CaseResult:
     timeout: bool = False
     kmsg: str = ""
     repeats: list[str] = field(default_factory=list)
+    traceback: str = ""  # full Python traceback: JUnit body and summary.json only, never TAP
 
     @property
     def failed(self) -> bool:
@@ -159,7 +160,7 @@ def junit_xml(results: list[CaseResult], properties: dict[str, str], suite_prefi
     for area, rs in areas.items():
         cases = []
         for r in rs:
-            body = "\n".join(x for x in (r.details, r.kmsg and "kernel log:\n" + r.kmsg) if x)
+            body = "\n".join(x for x in (r.details, r.traceback, r.kmsg and "kernel log:\n" + r.kmsg) if x)
             tc = TestCase(
                 r.name,
                 classname=area,

@@ -60,6 +60,15 @@ KVM_ENV = "KMM_VM_KVM"
 #: Environment override for the vng executable.
 VNG_ENV = "KMM_VNG"
 
+#: Modules the guest does not need that udev would load at boot; under TCG their loading
+#: (crypto self-tests of the AES/SHA/CRC accelerators, kvm, AHCI probing) takes about half
+#: the boot time (measured: 6.1 guest command starts after ~34 s without, ~19 s with).
+FAST_BOOT_BLACKLIST = (
+    "kvm,kvm_amd,kvm_intel,iTCO_wdt,ahci,aesni_intel,ghash_clmulni_intel,polyval_clmulni,"
+    "sha512_ssse3,sha256_ssse3,sha1_ssse3,crc32_pclmul,crct10dif_pclmul,powernow_k8,"
+    "acpi_cpufreq,pcspkr,i2c_i801,lpc_ich,i6300esb,serio_raw"
+)
+
 _kvm_cache: dict[str, bool] = {}
 
 
@@ -303,6 +312,7 @@ def run_in_kernel(
     console_log: str | None = None,
     cwd: str | None = None,
     guest_env: Mapping[str, str] | None = None,
+    fast_boot: bool = True,
 ) -> VmOutcome:
     """Boot `image` under virtme-ng, run `guest_argv` in it as root, and watch the console.
 
@@ -322,6 +332,8 @@ def run_in_kernel(
         console_log: if given, the raw console is written (appended) to this file.
         cwd: host/guest working directory (default: the current one).
         guest_env: extra environment variables for the guest command.
+        fast_boot: keep udev from loading modules the guest does not need
+            (``modprobe.blacklist=`` FAST_BOOT_BLACKLIST).
 
     Returns:
         VmOutcome. The VM is always gone when this returns (the whole process tree is
@@ -333,6 +345,8 @@ def run_in_kernel(
     vng = _check_setup(image, shared_dir)
     use_kvm = detect_kvm_usable(image) if kvm is None else kvm
     script = guest_wrapper(guest_argv, guest_env)
+    if fast_boot:
+        cmdline = f"modprobe.blacklist={FAST_BOOT_BLACKLIST} {cmdline}"
     argv = build_vng_command(vng, image, script, shared_dir, memory=memory, cpus=cpus, cmdline=cmdline, kvm=use_kvm)
     env = dict(os.environ)
     # vng runs "virtme-run" through the shell: its directory must be on $PATH.

@@ -5,14 +5,15 @@ reported as UFFD_EVENT_PAGEFAULT with the page's address; UFFD_PAGEFAULT_FLAG_WR
 for a write fault and clear for a read fault; UFFDIO_COPY installs the page and wakes the
 faulting thread.  Checked: exactly one fault, at the touched page, with the right flag; the
 page holds the source content (and the write on top for a write); pagemap shows only that
-page present.  This is the foundation's proof case; the full matrix lives beside it.
+page present.  The uffd is opened with UFFD_USER_MODE_ONLY as uffd-unit-tests does, so the
+case runs unprivileged as well.
 """
 
 import pytest
 
 from lib import abi, check, libc, needs
 from lib.backing import MemType
-from lib.handler import Source
+from lib.handler import Options, Source
 from lib.pagemap import Pagemap
 from lib.serve import served
 
@@ -27,23 +28,29 @@ def _id(op: str, mt: MemType) -> str:
     return f"missing {op} fault served by UFFDIO_COPY on {mt.name} {mt.page_size // 1024} kB (scm_rights handler)"
 
 
-@pytest.mark.parametrize("op,mt", [(o, m) for m in BACKINGS for o in OPS], ids=[_id(o, m) for m in BACKINGS for o in OPS])
-def test_missing_fault_copy(op: str, mt: MemType) -> None:
+def missing_fault_copy(op: str, mt: MemType, *, touch: str | None = None, options: Options | None = None,
+                       prefault: tuple[int, ...] = (), topology: str = "scm_rights") -> None:
+    """The oracle.  ``touch``, ``options`` and ``prefault`` exist for the negative controls:
+    touching with a different op, a wrong handler, or an extra populated page must fail it."""
     if mt.hugetlb:
         needs.hugetlb_size(mt.hpage)
-    needs.uffd_features(mt.missing_feature)
+    needs.uffd_features(mt.missing_feature, user_mode_only=True)
     region = mt.map(NPAGES)
     src = Source(region.size, pattern=0x5EED)
     addr = region.page(TARGET)
-    with served(region, "scm_rights", mt.missing_feature, source=src) as s:
-        if op == "read":
+    for i in prefault:
+        libc.touch_write(region.page(i))
+    with served(region, topology, mt.missing_feature, source=src, options=options, user_mode_only=True) as s:
+        if (touch or op) == "read":
             got = libc.read(addr, region.page_size)
-            check.eq(got == src.page(TARGET, region.page_size), True, "read fault returns the source page")
         else:
             libc.write(addr, MARK)
-            want = MARK + src.page(TARGET, region.page_size)[len(MARK):]
-            check.eq(libc.read(addr, region.page_size) == want, True, "written page = source page + the write")
+            got = libc.read(addr, region.page_size)
         st = s.stats()
+    want = src.page(TARGET, region.page_size)
+    if op == "write":
+        want = MARK + want[len(MARK):]
+    check.true(got == want, f"page content after the {op} fault equals the source page" + (" + the write" if op == "write" else ""))
     check.eq(st.errors, [], "handler errors")
     check.eq([f["address"] & ~(region.page_size - 1) for f in st.faults], [addr], "fault addresses")
     flags = st.faults[0]["flags"]
@@ -54,3 +61,8 @@ def test_missing_fault_copy(op: str, mt: MemType) -> None:
     with Pagemap() as pm:
         present = [e.present for e in pm.entries(region.addr, NPAGES, region.page_size)]
     check.eq(present, [i == TARGET for i in range(NPAGES)], "pagemap present bits per page")
+
+
+@pytest.mark.parametrize("op,mt", [(o, m) for m in BACKINGS for o in OPS], ids=[_id(o, m) for m in BACKINGS for o in OPS])
+def test_missing_fault_copy(op: str, mt: MemType) -> None:
+    missing_fault_copy(op, mt)

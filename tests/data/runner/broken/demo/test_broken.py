@@ -1,0 +1,5 @@
+import nonexistent_module_xyz  # noqa: F401
+
+
+def test_x():
+    pass

@@ -1,0 +1,6 @@
+import pytest
+
+
+@pytest.mark.tap("fine")
+def test_fine():
+    pass

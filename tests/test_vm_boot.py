@@ -1,0 +1,211 @@
+"""Real boots of Debian kernels under virtme-ng/QEMU (slow: about 20-40 s per boot on TCG).
+
+Run with ``pytest -m vm tests/test_vm_boot.py -s`` to see the measured boot times. Skipped
+with a reason when vng, QEMU or the kernel images are absent (``scripts/setup-vm.sh``
+installs them) or when not running as root (the images in /boot are root-only).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib import vm
+from lib.vm_console import BootStage, Verdict
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _image(pattern: str) -> str | None:
+    found = sorted(glob.glob(f"/boot/vmlinuz-{pattern}"))
+    return found[-1] if found else None
+
+
+IMAGE_61 = _image("6.1.*")
+IMAGE_612 = _image("6.12.*")
+
+
+def _require(image: str | None) -> str:
+    if vm.find_vng() is None:
+        pytest.skip("virtme-ng (vng) not installed: " + vm.install_hint().splitlines()[1].strip())
+    if vm.find_qemu() is None:
+        pytest.skip(f"{vm.QEMU_BINARY} not installed (apt-get install qemu-system-x86)")
+    if image is None:
+        pytest.skip("kernel image not installed (apt-get install linux-image-amd64 linux-image-6.12-amd64)")
+    if os.geteuid() != 0 or not os.access(image, os.R_OK):
+        pytest.skip(f"{image} not readable: run as root")
+    return image
+
+
+@pytest.fixture
+def shared_dir(tmp_path: Path) -> Path:
+    """Host directory mounted read-write in the guest (same path)."""
+    path = tmp_path / "shared"
+    path.mkdir()
+    return path
+
+
+def _report(record_property: pytest.RecordProperty, name: str, outcome: vm.VmOutcome) -> None:
+    record_property("boot_time", outcome.boot_time)
+    record_property("duration", outcome.duration)
+    record_property("kvm_used", outcome.kvm_used)
+    boot = "n/a" if outcome.boot_time is None else f"{outcome.boot_time:.1f} s"
+    print(
+        f"\n[{name}] verdict={outcome.verdict} exit={outcome.guest_exit_code} host_exit={outcome.host_exit_code}"
+        f" boot={boot} total={outcome.duration:.1f} s kvm={outcome.kvm_used}"
+    )
+
+
+def test_detect_kvm_is_bounded_and_cached() -> None:
+    _require(IMAGE_61)
+    first = vm.detect_kvm_usable(IMAGE_61, timeout=10)
+    assert vm.detect_kvm_usable(IMAGE_61) is first  # cached
+    print(f"\nKVM usable: {first}")
+
+
+def test_boot_61_runs_command_and_propagates_exit_code(
+    shared_dir: Path, record_property: pytest.RecordProperty
+) -> None:
+    image = _require(IMAGE_61)
+    lines: list[str] = []
+    script = f"uname -r; cat /proc/version; id -u; echo hi > {shared_dir}/x; exit 3"
+    outcome = vm.run_in_kernel(
+        image,
+        ["sh", "-c", script],
+        str(shared_dir),
+        vm_timeout=240,
+        stall_timeout=120,
+        on_line=lambda line: lines.append(line.text) if not line.kernel else None,
+    )
+    _report(record_property, "6.1 exit 3", outcome)
+    assert outcome.verdict is Verdict.OK, outcome.reason
+    assert outcome.guest_exit_code == 3
+    assert outcome.host_exit_code == 3  # vng propagates it too
+    assert outcome.stage is BootStage.EXITED
+    assert (shared_dir / "x").read_text() == "hi\n"  # the guest (root) wrote to the rwdir
+    release = os.path.basename(image).removeprefix("vmlinuz-")
+    assert release in lines
+    assert "0" in lines  # uid 0
+    assert outcome.boot_time is not None and outcome.boot_time < 120
+
+
+def test_panic_is_reported_as_panic_not_hang(shared_dir: Path, record_property: pytest.RecordProperty) -> None:
+    image = _require(IMAGE_61)
+    outcome = vm.run_in_kernel(
+        image,
+        ["sh", "-c", "echo '# [RUN] crash me'; echo c > /proc/sysrq-trigger; sleep 600"],
+        str(shared_dir),
+        cmdline="oops=panic panic_on_warn=1",
+        vm_timeout=240,
+        stall_timeout=120,
+    )
+    _report(record_property, "6.1 panic", outcome)
+    assert outcome.verdict is Verdict.PANIC, outcome.reason
+    assert outcome.running_case == "crash me"
+    assert outcome.guest_exit_code is None
+    assert outcome.host_exit_code == 255  # vng: panic=-1 and -no-reboot end QEMU
+    assert outcome.killed is None  # QEMU ended by itself, well before any deadline
+    assert outcome.boot_time is not None
+    assert outcome.duration - outcome.boot_time < 30
+    assert any("sysrq triggered crash" in line for line in outcome.console_tail)
+
+
+def _qemu_processes_mentioning(path: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and path in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_stall_kills_the_whole_vm(shared_dir: Path, record_property: pytest.RecordProperty) -> None:
+    image = _require(IMAGE_61)
+    outcome = vm.run_in_kernel(
+        image,
+        ["sh", "-c", "echo '# [RUN] sleepy'; sleep 600"],
+        str(shared_dir),
+        vm_timeout=240,
+        stall_timeout=10,
+    )
+    _report(record_property, "6.1 stall", outcome)
+    assert outcome.verdict is Verdict.STALLED, outcome.reason
+    assert outcome.killed is Verdict.STALLED
+    assert outcome.running_case == "sleepy"
+    assert outcome.guest_exit_code is None
+    assert _qemu_processes_mentioning(str(shared_dir)) == []
+
+
+# Runs inside the guest with the host venv's interpreter: kernel facts as JSON.
+GUEST_FACTS = r"""
+import ctypes, json, os, sys, glob
+out = {"python": sys.executable, "python_version": sys.version.split()[0], "uid": os.getuid(),
+       "release": os.uname().release}
+out["dev_userfaultfd"] = os.path.exists("/dev/userfaultfd")
+def read(p):
+    try:
+        return open(p).read().strip()
+    except OSError as e:
+        return f"<{e.strerror}>"
+out["unprivileged_userfaultfd"] = read("/proc/sys/vm/unprivileged_userfaultfd")
+thp = "/sys/kernel/mm/transparent_hugepage"
+out["thp"] = {k: read(f"{thp}/{k}") for k in ("enabled", "defrag", "shmem_enabled")}
+out["mthp_sizes"] = sorted(os.path.basename(p) for p in glob.glob(f"{thp}/hugepages-*"))
+out["hugetlb_sizes"] = sorted(os.path.basename(p) for p in glob.glob("/sys/kernel/mm/hugepages/hugepages-*"))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+class Api(ctypes.Structure):
+    _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
+def features(fd):
+    api = Api(0xAA, 0, 0)
+    if libc.ioctl(fd, 0xC018AA3F, ctypes.byref(api)) != 0:
+        return {"error": os.strerror(ctypes.get_errno())}
+    return {"features": hex(api.features), "ioctls": hex(api.ioctls)}
+fd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)
+out["uffd_syscall"] = features(fd) if fd >= 0 else {"error": os.strerror(ctypes.get_errno())}
+try:
+    dev = os.open("/dev/userfaultfd", os.O_RDWR | os.O_CLOEXEC)
+    fd2 = libc.ioctl(dev, 0xAA00, os.O_CLOEXEC | os.O_NONBLOCK)
+    out["uffd_dev"] = features(fd2) if fd2 >= 0 else {"error": os.strerror(ctypes.get_errno())}
+except OSError as e:
+    out["uffd_dev"] = {"error": e.strerror}
+json.dump(out, open(os.path.join(sys.argv[1], "facts.json"), "w"), indent=1)
+"""
+
+
+@pytest.mark.parametrize("image", [IMAGE_61, IMAGE_612], ids=["6.1", "6.12"])
+def test_guest_facts(image: str | None, shared_dir: Path, record_property: pytest.RecordProperty) -> None:
+    image = _require(image)
+    outcome = vm.run_in_kernel(
+        image,
+        [sys.executable, "-c", GUEST_FACTS, str(shared_dir)],
+        str(shared_dir),
+        vm_timeout=240,
+        stall_timeout=120,
+        cwd=str(REPO),
+    )
+    _report(record_property, os.path.basename(image), outcome)
+    assert outcome.verdict is Verdict.OK, outcome.reason
+    assert outcome.guest_exit_code == 0, outcome.console_tail[-20:]
+    facts = json.loads((shared_dir / "facts.json").read_text())
+    print(json.dumps(facts, indent=1))
+    record_property("facts", json.dumps(facts))
+    assert facts["python"] == sys.executable  # the host venv interpreter runs in the guest
+    assert facts["uid"] == 0
+    assert facts["release"] == os.path.basename(image).removeprefix("vmlinuz-")
+    assert facts["dev_userfaultfd"] is True
+    assert "features" in facts["uffd_syscall"]
+    assert "[" in facts["thp"]["enabled"]
