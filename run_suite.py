@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.bisect:
         return bisect_code(summary, code)
     if summary is None:
-        sys.stderr.write(f"run_suite.py: error: the run produced no report (pytest exit {code}); see {results}/run.log\n")
+        sys.stderr.write(f"run_suite.py: error: the run produced no report (pytest exit {code}); "
+                         f"see {results}/run.log\n")
         return 1
     return int(summary["exit_code"])
 

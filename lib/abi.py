@@ -60,6 +60,8 @@ class NR(enum.IntEnum):
     madvise = 28
     clone = 56
     fork = 57
+    mount = 165
+    umount2 = 166
     swapon = 167
     swapoff = 168
     gettid = 186

@@ -301,7 +301,7 @@ def run_isolated(
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             fn()
             result = {"kind": "pass"}
-        except BaseException as exc:  # noqa: BLE001 - every outcome is reported
+        except BaseException as exc:
             kind, msg, where, tb = _classify(exc, skip_types, xfail_types)
             result = {"kind": kind, "message": msg, "details": where, "traceback": tb}
         try:

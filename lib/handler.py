@@ -212,7 +212,7 @@ class FaultServer:
     def serve(self) -> None:
         try:
             self._serve()
-        except Exception as e:  # noqa: BLE001 - recorded, the case checks stats.errors
+        except Exception as e:
             with self.state_lock:
                 self.stats.errors.append(f"serve loop: {type(e).__name__}: {e}")
 
@@ -335,7 +335,7 @@ class FaultServer:
                 self.stats.missing += 1
                 self.stats.states[page] = kind or (DIRTY if m.is_write else CLEAN)
                 self.removed.discard(page)
-        except Exception as e:  # noqa: BLE001 - recorded; the faulting thread stays blocked
+        except Exception as e:
             with self.state_lock:
                 self.stats.errors.append(f"fault at {m.address:#x}: {type(e).__name__}: {e}")
 
@@ -530,7 +530,7 @@ def _rpc_loop(conn: socket.socket, server: FaultServer) -> None:
             else:
                 raise ValueError(f"unknown op {op}")
             reply = {"value": value}
-        except Exception as e:  # noqa: BLE001 - sent to the client
+        except Exception as e:
             reply = {"error": f"{type(e).__name__}: {e}", "kind": type(e).__name__}
         conn.sendall((json.dumps(reply) + "\n").encode())
     server.stop()
@@ -556,7 +556,7 @@ class ProcessHandler(_RemoteHandler):
                 server = FaultServer(*self.args)
                 server.start()
                 _rpc_loop(child, server)
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 code = 1
             finally:
                 os._exit(code)

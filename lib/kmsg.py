@@ -50,7 +50,7 @@ class KmsgWatch:
                 continue
             if not rec:
                 return out
-            head, _, msg = rec.decode("utf-8", "replace").partition(";")
+            _head, _, msg = rec.decode("utf-8", "replace").partition(";")
             out.append(msg.split("\n", 1)[0])
 
     def splats(self) -> tuple[list[str], list[str]]:

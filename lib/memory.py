@@ -47,7 +47,8 @@ class Region:
         if self.fd < 0:
             raise ValueError(f"{self.kind} has no file to alias")
         addr = libc.mmap(self.size, prot, abi.MAP_SHARED, self.fd, 0)
-        return Region(addr, self.size, self.page_size, self.kind + "-alias", -1, True, self.hugetlb, [(addr, self.size)])
+        return Region(addr, self.size, self.page_size, self.kind + "-alias", -1, True, self.hugetlb,
+                      [(addr, self.size)])
 
     def close(self) -> None:
         for a, n in self._maps:

@@ -224,9 +224,7 @@ def thp_settings_snapshot() -> dict[str, str]:
         for f in sorted(files):
             path = os.path.join(root, f)
             rel = os.path.relpath(path, THP)
-            if rel in ("hpage_pmd_size",) or rel.startswith("khugepaged/full_scans") or rel.startswith(
-                "khugepaged/pages_collapsed"
-            ):
+            if rel == "hpage_pmd_size" or rel.startswith(("khugepaged/full_scans", "khugepaged/pages_collapsed")):
                 continue
             out[rel] = selected(read_text(path, "?"))
     return dict(sorted(out.items()))
@@ -346,13 +344,18 @@ class Settings:
         return failed
 
     def repair(self) -> dict[str, str]:
-        """Replay a leftover journal (a previous run was killed); returns what was restored."""
+        """Replay a leftover journal (a previous run was killed); returns what was restored.
+
+        A temporary swap device the killed run had set up (lib.swap, own journal) goes first.
+        """
+        from lib import swap
+
+        restored = swap.repair(self.state_dir)
         try:
             with open(self.journal_path) as f:
                 entries = json.load(f)
         except (OSError, ValueError):
-            return {}
-        restored = {}
+            return restored
         for path, value in reversed(entries):
             try:
                 if self.read(path) != value:

@@ -1,0 +1,196 @@
+"""Shared pieces of the write-protect area: uffd set-up, pagemap bit 57 per unit, and the
+sync-WP round trip with its oracle (a plain function, so tests/ can feed it a bad resolver).
+
+Semantics (Documentation/admin-guide/mm/userfaultfd.rst, "Write Protect Notifications"): a
+write to a page protected with UFFDIO_WRITEPROTECT (mode WP) on a range registered with
+UFFDIO_REGISTER_MODE_WP raises a UFFD_EVENT_PAGEFAULT with UFFD_PAGEFAULT_FLAG_WP (and
+_WRITE); the writer sleeps until the monitor resolves it with UFFDIO_WRITEPROTECT mode 0,
+which removes the protection and wakes it.  A read never faults.  /proc/pid/pagemap bit 57
+(PM_UFFD_WP) shows the protection per page (Documentation/admin-guide/mm/pagemap.rst).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from lib import abi, child, libc
+from lib.memory import Region
+from lib.pagemap import Pagemap
+from lib.uffd import Msg, Userfaultfd, open_for
+from lib.wp_async_backing import WpBacking
+
+F = abi.Feature
+WP = abi.RegisterMode.WP
+MISSING = abi.RegisterMode.MISSING
+
+
+@contextlib.contextmanager
+def wp_uffd(r: Region, features: int, mode: int = WP) -> Iterator[Userfaultfd]:
+    """A uffd with ``features``, ``r`` registered in ``mode``; unregistered and closed after."""
+    u = open_for(features)
+    try:
+        u.register(r.addr, r.size, mode)
+        yield u
+    finally:
+        with contextlib.suppress(OSError):
+            u.unregister(r.addr, r.size)
+        u.close()
+
+
+def wp_bits(r: Region, unit: int, units: int | None = None, pid: int | str = "self") -> list[bool]:
+    """pagemap bit 57 of the first base page of each unit."""
+    n = r.size // unit if units is None else units
+    with Pagemap(pid) as pm:
+        return [e.uffd_wp for e in pm.entries(r.addr, n, unit)]
+
+
+def present_bits(r: Region, unit: int, units: int | None = None) -> list[bool]:
+    n = r.size // unit if units is None else units
+    with Pagemap() as pm:
+        return [e.present for e in pm.entries(r.addr, n, unit)]
+
+
+def subpage_wp_bits(addr: int, npages: int) -> list[bool]:
+    """bit 57 of ``npages`` consecutive base pages."""
+    with Pagemap() as pm:
+        return [e.uffd_wp for e in pm.entries(addr, npages)]
+
+
+# ---------------------------------------------------------------------------------------
+# threads that touch memory (libc only: rule 1) with bounded joins
+
+
+class Toucher:
+    """A thread doing one libc access; records its tid and whether it finished."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+        self.tid = 0
+        self.result: object = None
+        self.error: BaseException | None = None
+        self._tid_ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.tid = libc.gettid()
+        self._tid_ready.set()
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # noqa: BLE001 - reported by the case
+            self.error = e
+
+    def start(self) -> Toucher:
+        self.thread.start()
+        if not self._tid_ready.wait(5):
+            raise TimeoutError("toucher thread did not start")
+        return self
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def join(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return self.done()
+
+
+def read_does_not_fault(u: Userfaultfd, addr: int, length: int, timeout: float = 2.0) -> tuple[bool, list[Msg]]:
+    """Read ``length`` bytes at ``addr`` from a thread; (finished in time, messages raised)."""
+    t = Toucher(lambda: libc.read(addr, length)).start()
+    finished = t.join(timeout)
+    msgs = u.read_msgs()
+    if not finished:  # a fault is pending: release it so the case can end
+        for m in msgs:
+            u.writeprotect(m.address & ~(libc.PAGE_SIZE - 1), libc.PAGE_SIZE, False)
+        t.join(timeout)
+    return finished, msgs
+
+
+# ---------------------------------------------------------------------------------------
+# the sync-WP round trip
+
+
+def resolve_unprotect(u: Userfaultfd, addr: int, length: int) -> None:
+    """The correct resolution: UFFDIO_WRITEPROTECT mode 0 (unprotects and wakes)."""
+    u.writeprotect(addr, length, False)
+
+
+@dataclass
+class SyncObservation:
+    fault: Msg | None = None
+    writer_state: str = ""  # scheduler state of the writer while the fault was pending
+    writer_done_early: bool = False  # the write finished before the monitor answered
+    content_while_blocked: bytes = b""
+    wp_while_blocked: bool = False
+    writer_done: bool = False  # the write finished after the resolution
+    refaults: list[Msg] = field(default_factory=list)  # messages after the resolution
+    content_after: bytes = b""
+    wp_after: bool = False
+
+
+def sync_wp_write(
+    u: Userfaultfd,
+    addr: int,
+    unit: int,
+    data: bytes,
+    resolve: Callable[[Userfaultfd, int, int], None] = resolve_unprotect,
+    timeout: float = 5.0,
+) -> SyncObservation:
+    """Write ``data`` at protected ``addr`` from a thread and answer the WP fault with ``resolve``."""
+    obs = SyncObservation()
+    base = addr & ~(unit - 1)
+    w = Toucher(lambda: libc.write(addr, data)).start()
+    if not u.wait(timeout):
+        obs.writer_done_early = w.join(0)
+        return obs
+    obs.fault = u.read_msgs(1)[0]
+    obs.writer_state = child.wait_task_state(w.tid, "SD", timeout)
+    obs.writer_done_early = w.done()
+    obs.content_while_blocked = libc.read(addr, len(data))
+    with Pagemap() as pm:
+        obs.wp_while_blocked = pm.entry(addr).uffd_wp
+    resolve(u, base, unit)
+    d = child.Deadline(timeout)
+    while not d.expired():
+        if w.join(0.005):
+            break
+        if u.wait(0):
+            obs.refaults += u.read_msgs()
+            break
+    obs.writer_done = w.done()
+    if not obs.writer_done:  # a bad resolver left it blocked: release it
+        u.writeprotect(base, unit, False)
+        w.join(timeout)
+    obs.refaults += u.read_msgs()
+    obs.content_after = libc.read(addr, len(data))
+    with Pagemap() as pm:
+        obs.wp_after = pm.entry(addr).uffd_wp
+    return obs
+
+
+def check_sync_wp(obs: SyncObservation, addr: int, old: bytes, new: bytes) -> None:
+    """The oracle of a sync WP write: one WP fault, writer blocked, lands after mode 0."""
+    from lib import check
+
+    check.true(obs.fault is not None, "a write to a protected page raises a uffd message")
+    assert obs.fault is not None
+    check.eq(obs.fault.event, abi.Event.PAGEFAULT, "message event")
+    check.mask_has(obs.fault.flags, abi.PagefaultFlag.WP | abi.PagefaultFlag.WRITE, "fault flags (WP|WRITE)")
+    check.eq(obs.fault.address & ~(libc.PAGE_SIZE - 1), addr & ~(libc.PAGE_SIZE - 1), "fault address")
+    check.false(obs.writer_done_early, "writer finished before the fault was resolved")
+    check.true(obs.writer_state in ("S", "D"), f"writer sleeps in the fault (state {obs.writer_state!r})")
+    check.eq(obs.content_while_blocked, old, "memory while the writer is blocked (write must not land yet)")
+    check.true(obs.wp_while_blocked, "pagemap bit 57 while the fault is pending")
+    check.eq(obs.refaults, [], "messages after UFFDIO_WRITEPROTECT mode 0 (the writer must not refault)")
+    check.true(obs.writer_done, "writer woken by the resolution")
+    check.eq(obs.content_after, new, "the write landed after the resolution")
+    check.false(obs.wp_after, "pagemap bit 57 after the resolution")
+
+
+def backing_region(b: WpBacking, units: int, populate: bool = True) -> Region:
+    r = b.map(units)
+    if populate:
+        b.populate(r)
+    return r

@@ -1,0 +1,69 @@
+"""Synchronous uffd write-protection on every backing of the area.
+
+Documentation/admin-guide/mm/userfaultfd.rst ("Write Protect Notifications"); uffd-unit-tests'
+default handler resolves WP faults exactly this way (UFFDIO_WRITEPROTECT mode 0):
+- a write to a protected page raises UFFD_EVENT_PAGEFAULT with UFFD_PAGEFAULT_FLAG_WP|WRITE;
+  the writer sleeps (state S) and its write does not land until the monitor unprotects the
+  page with mode 0, which also wakes it; the write then lands and bit 57 is clear;
+- a read of a protected page never faults;
+- pagemap bit 57 is set by UFFDIO_WRITEPROTECT mode WP and cleared by mode 0, per unit.
+On a THP backing the protection is applied to the whole THP and the fault resolved for one
+4 KiB subpage (which splits the PMD mapping of a PMD-sized THP).
+"""
+
+import pytest
+
+from cases.wp_async.common import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from lib import check, libc
+from lib.wp_async_backing import backings
+
+BACKINGS = backings()
+UNITS = 2
+
+
+@pytest.mark.parametrize("b", BACKINGS, ids=[f"sync wp write blocks until unprotected on {b}" for b in BACKINGS])
+def test_sync_wp_write(b) -> None:
+    b.require(units=UNITS)
+    r = b.map(UNITS)
+    b.populate(r, 0x11)
+    target = r.addr + b.unit + 64 if r.size >= 2 * b.unit else r.addr + 64
+    old, new = b"\x11" * 32, b"kmm-sync-wp-write".ljust(32, b"!")
+    with wp_uffd(r, b.wp_features) as u:
+        u.writeprotect(r.addr, r.size, True)
+        obs = sync_wp_write(u, target, b.unit, new)
+        check_sync_wp(obs, target, old, new)
+        bits = wp_bits(r, b.unit)
+        want = [(r.addr + i * b.unit) // b.unit != target // b.unit for i in range(r.size // b.unit)]
+        check.eq(bits, want, "bit 57 per unit: only the resolved unit is unprotected")
+
+
+@pytest.mark.parametrize("b", BACKINGS, ids=[f"sync wp read does not fault on {b}" for b in BACKINGS])
+def test_sync_wp_read(b) -> None:
+    b.require(units=UNITS)
+    r = b.map(UNITS)
+    b.populate(r, 0x22)
+    with wp_uffd(r, b.wp_features) as u:
+        u.writeprotect(r.addr, r.size, True)
+        finished, msgs = read_does_not_fault(u, r.addr + r.size - 4096, 4096)
+        check.eq(msgs, [], "uffd messages raised by a read of protected memory")
+        check.true(finished, "the read of protected memory completes without a monitor")
+        check.true(libc.is_filled(r.addr + r.size - 4096, 0x22, 4096), "the read returns the page content")
+        check.eq(wp_bits(r, b.unit), [True] * (r.size // b.unit), "bit 57 after a read (reads keep it)")
+
+
+@pytest.mark.parametrize("b", BACKINGS, ids=[f"pagemap bit 57 follows protect and unprotect on {b}" for b in BACKINGS])
+def test_bit57_follows(b) -> None:
+    b.require(units=UNITS)
+    r = b.map(UNITS)
+    b.populate(r)
+    n = r.size // b.unit
+    with wp_uffd(r, b.wp_features) as u:
+        check.eq(wp_bits(r, b.unit), [False] * n, "bit 57 after register, before protect")
+        u.writeprotect(r.addr, r.size, True)
+        check.eq(wp_bits(r, b.unit), [True] * n, "bit 57 after UFFDIO_WRITEPROTECT mode WP")
+        u.writeprotect(r.addr, b.unit, False)
+        check.eq(wp_bits(r, b.unit), [False] + [True] * (n - 1), "bit 57 after mode 0 on the first unit")
+        u.writeprotect(r.addr, b.unit, True)
+        check.eq(wp_bits(r, b.unit), [True] * n, "bit 57 after protecting the first unit again")
+        u.writeprotect(r.addr, r.size, False)
+        check.eq(wp_bits(r, b.unit), [False] * n, "bit 57 after mode 0 on the whole range")
