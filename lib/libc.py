@@ -185,6 +185,21 @@ def is_filled(addr: int, byte: int, length: int) -> bool:
     return compare(addr, bytes([byte]) * length)
 
 
+def is_uniform(addr: int, byte: int, length: int) -> bool:
+    """True when every byte of [addr, addr+length) is ``byte``, without a buffer of that size:
+    the first byte is ``byte`` and memcmp(addr, addr+1, length-1) finds no difference."""
+    if length <= 0:
+        return True
+    if read(addr, 1)[0] != byte:
+        return False
+    return _memcmp(addr, addr + 1, length - 1) == 0
+
+
+def mem_equal(a: int, b: int, length: int) -> bool:
+    """memcmp of two memory ranges (user-mode reads of both)."""
+    return _memcmp(a, b, length) == 0
+
+
 def touch_read(addr: int) -> int:
     """Read one byte in user mode; returns it."""
     return read(addr, 1)[0]

@@ -9,12 +9,17 @@ can check it (uffd-unit-tests relies on it, e.g. ``-EAGAIN`` in mmap-changing).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import os
 import select
+import struct
 from dataclasses import dataclass
 
 from lib import abi, libc
+
+
+_fcntl_ioctl = fcntl.ioctl
 
 
 class UffdError(OSError):
@@ -23,6 +28,14 @@ class UffdError(OSError):
     def __init__(self, err: int, call: str, result: int | None = None) -> None:
         super().__init__(err, f"{call}: {os.strerror(err)}" + (f" (result {result})" if result is not None else ""))
         self.result = result
+
+
+_PF_WRITE, _PF_WP, _PF_MINOR = (int(f) for f in (abi.PagefaultFlag.WRITE, abi.PagefaultFlag.WP, abi.PagefaultFlag.MINOR))
+_EVENTS = {int(e): e for e in abi.Event}
+_PAGEFAULT, _FORK, _REMAP = abi.Event.PAGEFAULT, abi.Event.FORK, abi.Event.REMAP
+# uffd_msg as event + three 64-bit words of the argument union (the serve loop's fast decode)
+_MSG_WORDS = struct.Struct("<B7xQQQ")
+_U32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -42,28 +55,35 @@ class Msg:
 
     @property
     def is_write(self) -> bool:
-        return bool(self.flags & abi.PagefaultFlag.WRITE)
+        return bool(self.flags & _PF_WRITE)
 
     @property
     def is_wp(self) -> bool:
-        return bool(self.flags & abi.PagefaultFlag.WP)
+        return bool(self.flags & _PF_WP)
 
     @property
     def is_minor(self) -> bool:
-        return bool(self.flags & abi.PagefaultFlag.MINOR)
+        return bool(self.flags & _PF_MINOR)
 
     @classmethod
     def decode(cls, raw: bytes) -> Msg:
-        m = abi.uffd_msg.from_buffer_copy(raw)
-        ev = abi.Event(m.event)
-        a = m.arg
-        if ev == abi.Event.PAGEFAULT:
-            return cls(ev, flags=a.pagefault.flags, address=a.pagefault.address, ptid=a.pagefault.feat.ptid)
-        if ev == abi.Event.FORK:
-            return cls(ev, ufd=a.fork.ufd)
-        if ev == abi.Event.REMAP:
-            return cls(ev, remap_from=a.remap.from_, remap_to=a.remap.to, remap_len=a.remap.len)
-        return cls(ev, start=a.remove.start, end=a.remove.end)  # REMOVE, UNMAP
+        return cls._from_words(*_MSG_WORDS.unpack_from(raw))
+
+    @classmethod
+    def _from_words(cls, event: int, a: int, b: int, c: int) -> Msg:
+        """Build from the event byte and the three argument words (the fault path: a page
+        fault's Msg is made without the dataclass __init__, its other fields keep their
+        class defaults; equal to ``Msg(PAGEFAULT, flags=a, address=b, ptid=c)``)."""
+        ev = _EVENTS.get(event) or abi.Event(event)
+        if ev is _PAGEFAULT:
+            m = _new(cls)
+            m.__dict__.update(event=ev, flags=a, address=b, ptid=c & _U32)
+            return m
+        if ev is _FORK:
+            return cls(ev, ufd=a & _U32)
+        if ev is _REMAP:
+            return cls(ev, remap_from=a, remap_to=b, remap_len=c)
+        return cls(ev, start=a, end=b)  # REMOVE, UNMAP
 
     def __str__(self) -> str:
         if self.event == abi.Event.PAGEFAULT:
@@ -75,7 +95,9 @@ class Msg:
         return f"{self.event.name} [{self.start:#x}, {self.end:#x})"
 
 
+_new = object.__new__
 MSG_SIZE = ctypes.sizeof(abi.uffd_msg)
+assert MSG_SIZE == _MSG_WORDS.size
 DEFAULT_FLAGS = abi.O_CLOEXEC | abi.O_NONBLOCK
 
 
@@ -131,7 +153,12 @@ class Userfaultfd:
     # -- ioctls ---------------------------------------------------------------------------
     def _ioctl(self, request: int, arg: ctypes.Structure, name: str, result_field: str | None = None):
         try:
-            libc.ioctl(self.fd, request, arg, name=name)
+            if self.fd >= 0:
+                # fcntl.ioctl: a C builtin (cheaper than a ctypes foreign call), GIL released
+                # for the call; copies ``arg`` in and back out, result fields included
+                _fcntl_ioctl(self.fd, request, arg, True)
+            else:
+                libc.ioctl(self.fd, request, arg, name=name)
         except OSError as e:
             raise UffdError(e.errno, name, getattr(arg, result_field) if result_field else None) from None
         return arg
@@ -195,7 +222,8 @@ class Userfaultfd:
             raw = os.read(self.fd, MSG_SIZE * max_msgs)
         except BlockingIOError:
             return []
-        return [Msg.decode(raw[i : i + MSG_SIZE]) for i in range(0, len(raw), MSG_SIZE)]
+        words = Msg._from_words
+        return [words(*w) for w in _MSG_WORDS.iter_unpack(raw)]
 
     def read_msg(self, timeout: float) -> Msg:
         """Wait up to ``timeout`` seconds for exactly one message."""

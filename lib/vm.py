@@ -69,6 +69,14 @@ FAST_BOOT_BLACKLIST = (
     "acpi_cpufreq,pcspkr,i2c_i801,lpc_ich,i6300esb,serio_raw"
 )
 
+#: Characters of extra kernel command line we allow: vng's own parameters take about 650
+#: (more with a long shared_dir path) of x86's COMMAND_LINE_SIZE of 2048, and an overflow
+#: kills the guest at boot (fortify "kernel BUG at lib/string_helpers.c").
+CMDLINE_BUDGET = 1100
+
+#: Name of the wrapper script written into shared_dir.
+GUEST_SCRIPT = ".kmm-guest.sh"
+
 _kvm_cache: dict[str, bool] = {}
 
 
@@ -307,7 +315,7 @@ def run_in_kernel(
     vm_timeout: float = 900,
     stall_timeout: float = 300,
     on_line: Callable[[ConsoleLine], None] | None = None,
-    boot_timeout: float = 300,
+    boot_timeout: float = 180,
     kvm: bool | None = None,
     console_log: str | None = None,
     cwd: str | None = None,
@@ -321,7 +329,8 @@ def run_in_kernel(
         guest_argv: command run in the guest, from `cwd` (the root fs is shared). Use
             absolute interpreter paths (e.g. sys.executable): the guest's $PATH is
             virtme's, not the host user's.
-        shared_dir: existing absolute host directory, mounted read-write at the same path.
+        shared_dir: existing absolute host directory, mounted read-write at the same path;
+            the guest wrapper script is written there as GUEST_SCRIPT.
         memory, cpus: guest size (vng --memory / --cpus).
         cmdline: extra kernel command line (vng --append); vng already adds ``panic=-1``.
         vm_timeout: overall deadline (seconds), boot included.
@@ -344,9 +353,21 @@ def run_in_kernel(
     """
     vng = _check_setup(image, shared_dir)
     use_kvm = detect_kvm_usable(image) if kvm is None else kvm
-    script = guest_wrapper(guest_argv, guest_env)
     if fast_boot:
         cmdline = f"modprobe.blacklist={FAST_BOOT_BLACKLIST} {cmdline}"
+    if len(cmdline) > CMDLINE_BUDGET:
+        raise VmSetupError(
+            f"extra kernel command line is {len(cmdline)} characters; vng's own parameters"
+            f" leave about {CMDLINE_BUDGET} of the kernel's 2048 (try fast_boot=False)"
+        )
+    # The script travels in a file on the shared directory, not in vng's --exec: vng passes
+    # --exec base64-encoded on the kernel command line, which overflows COMMAND_LINE_SIZE
+    # (2048 on x86) for a long command; the guest then dies with "kernel BUG at
+    # lib/string_helpers.c" (fortify) before init.
+    script_path = os.path.join(shared_dir, GUEST_SCRIPT)
+    with open(script_path, "w", encoding="utf-8") as f:
+        f.write("#!/bin/sh\n" + guest_wrapper(guest_argv, guest_env) + "\n")
+    script = f"sh {shlex.quote(script_path)}"
     argv = build_vng_command(vng, image, script, shared_dir, memory=memory, cpus=cpus, cmdline=cmdline, kvm=use_kvm)
     env = dict(os.environ)
     # vng runs "virtme-run" through the shell: its directory must be on $PATH.
@@ -396,6 +417,10 @@ def run_in_kernel(
             host_exit = child.exitstatus if child.signalstatus is None else None
         if log is not None:
             log.close()
+        try:
+            os.unlink(script_path)
+        except OSError:
+            pass
 
     for line in watchdog.flush(end):
         if on_line is not None:

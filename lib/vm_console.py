@@ -136,8 +136,8 @@ class ConsoleResult:
     killed: Verdict | None = None  #: why the host stopped the VM, None if it ended itself
 
 
-# "[   12.345678] " with an optional caller id "[    T123] " / "[     C1] " after it.
-_TS = r"\[\s*\d+\.\d+\](?:\[\s*[TC]\d+\])?\s?"
+# "[   12.345678] " (printk's %5lu.%06lu) with an optional caller id "[    T123] " after it.
+_TS = r"\[\s*\d+\.\d{6}\](?:\[\s*[TC]\d+\])?\s?"
 _TS_RE = re.compile(_TS)
 _TS_START_RE = re.compile(r"^" + _TS)
 
@@ -272,6 +272,7 @@ class ConsoleWatchdog:
             else:
                 self._flush_pending(now, out)
                 self._pending = fragment
+                self._markers(fragment)
             self._pending_cut = True
             self._kernel_line(line[match.start() :], now, out)
             return

@@ -1,8 +1,13 @@
-"""Real boots of Debian kernels under virtme-ng/QEMU (slow: about 20-40 s per boot on TCG).
+"""lib.vm: real boots of Debian kernels under virtme-ng/QEMU, and fast checks without a VM.
 
-Run with ``pytest -m vm tests/test_vm_boot.py -s`` to see the measured boot times. Skipped
+The tests marked ``vm`` boot a kernel (slow: about 15-35 s per boot on TCG). Run them with
+``pytest -m vm tests/test_vm_boot.py -s`` to see the measured boot times. They are skipped
 with a reason when vng, QEMU or the kernel images are absent (``scripts/setup-vm.sh``
 installs them) or when not running as root (the images in /boot are root-only).
+
+The unmarked tests drive `run_in_kernel` through a fake ``vng`` (a shell script that prints
+a console and runs the guest wrapper on the host), so the pexpect loop, deadlines and the
+process-tree kill are checked in a second.
 """
 
 from __future__ import annotations
@@ -10,15 +15,15 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from lib import vm
-from lib.vm_console import BootStage, Verdict
-
-pytestmark = pytest.mark.vm
+from lib.vm_console import BootStage, Verdict, parse_console
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,6 +68,7 @@ def _report(record_property: pytest.RecordProperty, name: str, outcome: vm.VmOut
     )
 
 
+@pytest.mark.vm
 def test_detect_kvm_is_bounded_and_cached() -> None:
     _require(IMAGE_61)
     first = vm.detect_kvm_usable(IMAGE_61, timeout=10)
@@ -70,6 +76,7 @@ def test_detect_kvm_is_bounded_and_cached() -> None:
     print(f"\nKVM usable: {first}")
 
 
+@pytest.mark.vm
 def test_boot_61_runs_command_and_propagates_exit_code(
     shared_dir: Path, record_property: pytest.RecordProperty
 ) -> None:
@@ -96,6 +103,7 @@ def test_boot_61_runs_command_and_propagates_exit_code(
     assert outcome.boot_time is not None and outcome.boot_time < 120
 
 
+@pytest.mark.vm
 def test_panic_is_reported_as_panic_not_hang(shared_dir: Path, record_property: pytest.RecordProperty) -> None:
     image = _require(IMAGE_61)
     outcome = vm.run_in_kernel(
@@ -131,6 +139,7 @@ def _qemu_processes_mentioning(path: str) -> list[int]:
     return found
 
 
+@pytest.mark.vm
 def test_stall_kills_the_whole_vm(shared_dir: Path, record_property: pytest.RecordProperty) -> None:
     image = _require(IMAGE_61)
     outcome = vm.run_in_kernel(
@@ -186,6 +195,7 @@ json.dump(out, open(os.path.join(sys.argv[1], "facts.json"), "w"), indent=1)
 """
 
 
+@pytest.mark.vm
 @pytest.mark.parametrize("image", [IMAGE_61, IMAGE_612], ids=["6.1", "6.12"])
 def test_guest_facts(image: str | None, shared_dir: Path, record_property: pytest.RecordProperty) -> None:
     image = _require(image)
@@ -209,3 +219,137 @@ def test_guest_facts(image: str | None, shared_dir: Path, record_property: pytes
     assert facts["dev_userfaultfd"] is True
     assert "features" in facts["uffd_syscall"]
     assert "[" in facts["thp"]["enabled"]
+
+
+# ---------------------------------------------------------------- without a VM
+
+FAKE_VNG = """#!/bin/sh
+# Stands in for vng: prints a console, runs the --exec command (the last argument) here.
+for last; do :; done
+echo "Probing EDD (edd=off to disable)... ok"
+echo "[    0.000000] Linux version 6.99.0-fake"
+echo "[    0.100000] virtme-ng-init: starting script"
+eval "$last"
+rc=$?
+echo "[    0.200000] reboot: Power down"
+exit $rc
+"""
+
+
+@pytest.fixture
+def fake_vng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fake vng on $KMM_VNG and a fake image; returns the image path."""
+    vng = tmp_path / "vng"
+    vng.write_text(FAKE_VNG)
+    vng.chmod(0o755)
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"not a kernel")
+    monkeypatch.setenv(vm.VNG_ENV, str(vng))
+    monkeypatch.setattr(vm, "find_qemu", lambda: "/bin/true")
+    return str(image)
+
+
+def test_fake_vm_exit_code_markers_and_lines(fake_vng: str, shared_dir: Path) -> None:
+    seen: list[tuple[str, bool]] = []
+    outcome = vm.run_in_kernel(
+        fake_vng,
+        ["sh", "-c", "echo '# [RUN] a b'; echo 'ok 1 a b'; echo '# [RUN] c'; echo data > shared/y; exit 5"],
+        str(shared_dir),
+        kvm=False,
+        cwd=str(shared_dir.parent),
+        on_line=lambda line: seen.append((line.text, line.kernel)),
+    )
+    assert outcome.verdict is Verdict.OK, outcome.reason
+    assert (outcome.guest_exit_code, outcome.host_exit_code) == (5, 5)
+    assert outcome.running_case == "c"
+    assert outcome.last_case == "a b"
+    assert ("ok 1 a b", False) in seen
+    assert ("reboot: Power down", True) in seen
+    assert (shared_dir / "y").read_text() == "data\n"  # ran in cwd
+    assert not (shared_dir / vm.GUEST_SCRIPT).exists()  # wrapper script cleaned up
+    assert "--disable-kvm" in outcome.command
+    assert outcome.boot_time is not None and outcome.duration < 10
+
+
+def test_fake_vm_stall_kills_process_tree(fake_vng: str, shared_dir: Path) -> None:
+    marker = f"sleep 9{os.getpid()}{time.monotonic_ns() % 10**6}"  # a unique, long sleep
+    start = time.monotonic()
+    outcome = vm.run_in_kernel(
+        fake_vng,
+        ["sh", "-c", f"echo '# [RUN] hang'; {marker}"],
+        str(shared_dir),
+        kvm=False,
+        stall_timeout=1.5,
+    )
+    assert time.monotonic() - start < 10
+    assert outcome.verdict is Verdict.STALLED
+    assert outcome.killed is Verdict.STALLED
+    assert outcome.running_case == "hang"
+    assert outcome.guest_exit_code is None and outcome.host_exit_code is None
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert left == []
+
+
+def test_fake_vm_no_boot(fake_vng: str, shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vng = Path(os.environ[vm.VNG_ENV])
+    vng.write_text("#!/bin/sh\necho 'Probing EDD (edd=off to disable)... ok'\nexec sleep 600\n")
+    outcome = vm.run_in_kernel(fake_vng, ["true"], str(shared_dir), kvm=False, boot_timeout=1.0)
+    assert outcome.verdict is Verdict.NO_BOOT
+    assert outcome.stage is BootStage.FIRMWARE
+    assert outcome.boot_time is None
+
+
+def test_guest_wrapper_reports_exit_code() -> None:
+    script = vm.guest_wrapper(["sh", "-c", 'echo "$KMM_X it\'s"; exit 42'], {"KMM_X": "a b"})
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 42
+    assert proc.stdout.splitlines() == ["KMM-GUEST-START", "a b it's", "KMM-EXIT=42"]
+    result = parse_console(proc.stdout)
+    assert (result.exit_code, result.verdict) == (42, Verdict.OK)
+
+
+def test_build_vng_command() -> None:
+    argv = vm.build_vng_command(
+        "/v/vng", "/boot/img", "sh /s/x.sh", "/s", memory="4G", cpus=3, cmdline=" a=1 ", kvm=False
+    )
+    assert argv == [
+        "/v/vng", "--run", "/boot/img", "--verbose", "--force-9p", "--rwdir", "/s", "--memory", "4G",
+        "--cpus", "3", "--disable-kvm", "--append", "a=1", "--exec", "sh /s/x.sh",
+    ]  # fmt: skip
+    assert "--disable-kvm" not in vm.build_vng_command("v", "i", "s", "/s", kvm=True)
+
+
+def test_setup_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(vm.VNG_ENV, "/nonexistent/vng")
+    with pytest.raises(vm.VmSetupError, match="install"):
+        vm.run_in_kernel("/nonexistent", ["true"], str(tmp_path))
+
+
+def test_too_long_cmdline_is_refused(fake_vng: str, shared_dir: Path) -> None:
+    with pytest.raises(vm.VmSetupError, match="command line"):
+        vm.run_in_kernel(fake_vng, ["true"], str(shared_dir), kvm=False, cmdline="x" * 2000)
+
+
+def test_kvm_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(vm.KVM_ENV, "0")
+    assert vm.detect_kvm_usable("/nonexistent") is False
+    monkeypatch.setenv(vm.KVM_ENV, "1")
+    assert vm.detect_kvm_usable("/nonexistent") is True
+
+
+def test_kill_process_tree() -> None:
+    marker = f"sleep 8{os.getpid()}{time.monotonic_ns() % 10**6}"
+    proc = subprocess.Popen(
+        ["sh", "-c", f"{marker} & setsid sh -c '{marker}' & wait"],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 5
+    while len(subprocess.run(["pgrep", "-f", marker], capture_output=True).stdout.split()) < 2:
+        assert time.monotonic() < deadline, "children did not start"
+        time.sleep(0.05)  # test-side polling only
+    vm.kill_process_tree(proc.pid)
+    proc.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while subprocess.run(["pgrep", "-f", marker], capture_output=True).stdout.split():
+        assert time.monotonic() < deadline, "a descendant survived"
+        time.sleep(0.05)

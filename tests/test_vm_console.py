@@ -172,12 +172,12 @@ def test_split_tap_line_with_spurious_newline() -> None:
 
 
 def test_line_after_printk_that_starts_a_tap_line_is_not_joined() -> None:
-    text = _BOOTED + "ok 1 a\r\n[    1.0] hello\r\nok 2 b\r\n# diag\r\nKMM-EXIT=0\r\n"
+    text = _BOOTED + "ok 1 a\r\n[    1.000000] hello\r\nok 2 b\r\n# diag\r\nKMM-EXIT=0\r\n"
     assert parse_console(text).tap_lines == ["ok 1 a", "ok 2 b", "# diag"]
 
 
 def test_fragment_glued_twice() -> None:
-    text = _BOOTED + "not ok 7 lo[    1.1] a\r\nng na[    1.2] b\r\nme # TIMEOUT 30 seconds\r\nKMM-EXIT=1\r\n"
+    text = _BOOTED + "not ok 7 lo[    1.100000] a\r\nng na[    1.200000] b\r\nme # TIMEOUT 30 seconds\r\nKMM-EXIT=1\r\n"
     result = parse_console(text)
     assert result.tap_lines == ["not ok 7 long name # TIMEOUT 30 seconds"]
     assert result.last_case == "long name"
@@ -227,18 +227,18 @@ def test_kernel_without_printk_time() -> None:
 @pytest.mark.parametrize(
     ("line", "kind"),
     [
-        ("[    5.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009", Verdict.PANIC),
-        ("[    5.1] Oops: 0002 [#1] PREEMPT SMP NOPTI", Verdict.OOPS),
-        ("[    5.1] general protection fault, probably for non-canonical address 0xdead: 0000 [#1]", Verdict.OOPS),
-        ("[    5.1] kernel BUG at mm/rmap.c:1234!", Verdict.BUG),
-        ("[    5.1] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [python3:200]", Verdict.BUG),
-        ("[    5.1] INFO: task python3:200 blocked for more than 120 seconds.", Verdict.BUG),
-        ("[    5.1] rcu: INFO: rcu_preempt self-detected stall on CPU", Verdict.BUG),
-        ("[    5.1] BUG: KASAN: use-after-free in handle_userfault+0x1/0x2", Verdict.BUG),
-        ("[    5.1][  T200] WARNING: CPU: 0 PID: 200 at mm/userfaultfd.c:100 f+0x0/0x1", Verdict.WARNING),
-        ("[    5.1] sysrq: Show Memory", None),
-        ("[    5.1] ------------[ cut here ]------------", None),
-        ("[    0.0] Kernel command line: console=ttyS0 panic=-1 oops=panic", None),
+        ("[    5.100000] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009", Verdict.PANIC),
+        ("[    5.100000] Oops: 0002 [#1] PREEMPT SMP NOPTI", Verdict.OOPS),
+        ("[    5.100000] general protection fault, probably for non-canonical address 0xdead: 0000 [#1]", Verdict.OOPS),
+        ("[    5.100000] kernel BUG at mm/rmap.c:1234!", Verdict.BUG),
+        ("[    5.100000] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [python3:200]", Verdict.BUG),
+        ("[    5.100000] INFO: task python3:200 blocked for more than 120 seconds.", Verdict.BUG),
+        ("[    5.100000] rcu: INFO: rcu_preempt self-detected stall on CPU", Verdict.BUG),
+        ("[    5.100000] BUG: KASAN: use-after-free in handle_userfault+0x1/0x2", Verdict.BUG),
+        ("[    5.100000][  T200] WARNING: CPU: 0 PID: 200 at mm/userfaultfd.c:100 f+0x0/0x1", Verdict.WARNING),
+        ("[    5.100000] sysrq: Show Memory", None),
+        ("[    5.100000] ------------[ cut here ]------------", None),
+        ("[    0.000000] Kernel command line: console=ttyS0 panic=-1 oops=panic", None),
     ],
 )
 def test_classify_kernel_line(line: str, kind: Verdict | None) -> None:
@@ -292,23 +292,40 @@ def test_overall_timeout_despite_progress() -> None:
 
 def test_panic_without_reboot_stops_after_grace_or_end_marker() -> None:
     watchdog = ConsoleWatchdog(start=0.0, panic_grace=5)
-    watchdog.feed(_BOOTED + "# [RUN] c\r\n[   9.0] Kernel panic - not syncing: Fatal exception\r\n", 10.0)
+    watchdog.feed(_BOOTED + "# [RUN] c\r\n[   9.000000] Kernel panic - not syncing: Fatal exception\r\n", 10.0)
     assert watchdog.check(12.0) is None
     assert watchdog.check(15.0) is Verdict.PANIC
-    watchdog.feed("[   9.1] ---[ end Kernel panic - not syncing: Fatal exception ]---\r\n", 11.0)
+    watchdog.feed("[   9.100000] ---[ end Kernel panic - not syncing: Fatal exception ]---\r\n", 11.0)
     assert watchdog.check(11.0) is Verdict.PANIC
     result = watchdog.finish(11.0, killed=Verdict.PANIC)
     assert (result.verdict, result.running_case) == (Verdict.PANIC, "c")
 
 
 def test_panic_before_the_guest_started() -> None:
-    text = "[    1.0] Linux version 6.1\r\n[    2.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n"
+    text = (
+        "[    1.000000] Linux version 6.1\r\n"
+        "[    2.000000] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n"
+    )
     result = parse_console(text)
     assert result.verdict is Verdict.PANIC
     assert result.stage is BootStage.KERNEL
 
 
 def test_splat_after_a_case_finished() -> None:
-    text = _BOOTED + "# [RUN] a\r\nok 1 a\r\n[    3.0] WARNING: CPU: 0 PID: 1 at mm/x.c:1 f\r\nKMM-EXIT=0\r\n"
+    text = _BOOTED + "# [RUN] a\r\nok 1 a\r\n[    3.000000] WARNING: CPU: 0 PID: 1 at mm/x.c:1 f\r\nKMM-EXIT=0\r\n"
     splat = parse_console(text).splats[0]
     assert (splat.case, splat.after_case) == (None, "a")
+
+
+def test_guest_text_with_brackets_is_not_a_printk() -> None:
+    text = _BOOTED + "# took [1.5] s [  2.25]\r\nok 1 a\r\nKMM-EXIT=0\r\n"
+    assert parse_console(text).tap_lines == ["# took [1.5] s [  2.25]", "ok 1 a"]
+
+
+def test_run_marker_glued_to_a_printk_names_the_case_at_once() -> None:
+    watchdog = ConsoleWatchdog()
+    watchdog.feed(_BOOTED + "# [RUN] stuck case[    4.000000] random: crng init done\r\n", 1.0)
+    assert watchdog.running_case == "stuck case"
+    result = watchdog.finish(2.0, killed=Verdict.STALLED)
+    assert result.running_case == "stuck case"
+    assert result.tap_lines == ["# [RUN] stuck case"]

@@ -79,7 +79,7 @@ class Toucher:
         self._tid_ready.set()
         try:
             self.result = self.fn()
-        except BaseException as e:  # noqa: BLE001 - reported by the case
+        except BaseException as e:
             self.error = e
 
     def start(self) -> Toucher:

@@ -1,0 +1,28 @@
+"""The COW matrix as data: cow.c's test descriptions crossed with its backings.
+
+TAP names are cow.c's: ``<description> ... <backing suffix>``, e.g.
+``Basic COW after fork() ... with PTE-mapped THP (64 kB)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lib.cow_backings import anon_backings, non_anon_backings
+
+ANON = anon_backings()
+NON_ANON = non_anon_backings()
+
+
+def name(desc: str, backing) -> str:
+    return f"{desc} ... {backing.suffix}"
+
+
+def anon_cases(desc: str):
+    """Parametrise a test over every anonymous backing (cow.c run_anon_test_case)."""
+    return pytest.mark.parametrize("backing", ANON, ids=[name(desc, b) for b in ANON])
+
+
+def non_anon_cases(desc: str):
+    """Parametrise a test over every non-anonymous backing (cow.c run_non_anon_test_case)."""
+    return pytest.mark.parametrize("backing", NON_ANON, ids=[name(desc, b) for b in NON_ANON])

@@ -1,0 +1,416 @@
+"""The COW oracles of cow.c as plain functions (the negative controls in tests/ call them too).
+
+Each takes the memory a backing prepared and returns "" when the kernel behaved, else
+cow.c's message ("Leak from parent into child", "Leak from child into parent",
+"Longterm R/W pin is not reliable", "Longterm R/O pin is not reliable", "Other mapping
+modified").  Errors of the machinery (a child that crashed, a syscall that failed) raise.
+
+The parent/child handshake is cow.c's comm pipes (lib.child.CommPipes); a child's verdict
+travels as its exit status (0 = it saw the old content, 1 = it did not, 2 = it failed).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import select
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from lib import abi, child, libc
+from lib.cow_backings import Snapshot
+from lib.cow_gup import GupTest, Pin
+from lib.cow_iouring import IoUringUnavailable, Ring
+from lib.pagemap import Entry, Pagemap, clear_soft_dirty
+
+RW = abi.PROT_READ | abi.PROT_WRITE
+MODIFY = 0xFF  # cow.c: "modify" is memset(mem, 0xff, size)
+LEAK_P2C = "Leak from parent into child"
+LEAK_C2P = "Leak from child into parent"
+RW_PIN_UNRELIABLE = "Longterm R/W pin is not reliable"
+RO_PIN_UNRELIABLE = "Longterm R/O pin is not reliable"
+OTHER_MODIFIED = "Other mapping modified"
+TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------------------------------
+# process helpers
+
+
+def wait_child_ready(comm: child.CommPipes, pid: int, timeout: float = TIMEOUT) -> None:
+    """Wait for the child's ready signal; a child that exits first is an error (not a hang)."""
+    pidfd = libc.pidfd_open(pid)
+    try:
+        p = select.poll()
+        p.register(comm.child_ready.r, select.POLLIN)
+        p.register(pidfd, select.POLLIN)
+        events = dict(p.poll(int(timeout * 1000)))
+        if comm.child_ready.r in events:
+            comm.child_ready.wait(0)
+            return
+        if pidfd in events:
+            res = child.reap(pid, 1)
+            raise AssertionError(f"child failed before it was ready: {res.describe()}")
+        raise TimeoutError(f"child {pid} not ready within {timeout}s")
+    finally:
+        os.close(pidfd)
+
+
+def finish_child(comm: child.CommPipes, pid: int) -> child.ChildResult:
+    """Release the child (parent_ready) and reap it."""
+    try:
+        comm.parent_ready.signal()
+    except OSError:
+        pass
+    return child.reap(pid, TIMEOUT)
+
+
+def child_verdict(res: child.ChildResult) -> bool:
+    """True: the child saw the old content; False: it did not; raises when it failed."""
+    if res.exit_code in (0, 1):
+        return res.exit_code == 0
+    raise AssertionError(f"child failed: {res.describe()}")
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            raise EOFError(f"pipe closed after {len(out)} of {n} bytes")
+        out += chunk
+    return bytes(out)
+
+
+def map_ro_then_rw(addr: int, size: int) -> None:
+    """cow.c: map R/O, clear soft-dirty (so mprotect() cannot map it writable again at
+    once), map R/W: the next write is a write fault."""
+    libc.mprotect(addr, size, abi.PROT_READ)
+    clear_soft_dirty()
+    libc.mprotect(addr, size, RW)
+
+
+# ---------------------------------------------------------------------------------------
+# A1-A4: the child checks, the parent modifies
+
+
+def child_memcmp(mem: int, size: int, comm: child.CommPipes) -> bool:
+    """Snapshot, let the parent modify, check the snapshot still holds (cow.c child_memcmp_fn)."""
+    old = Snapshot.take(mem, size)
+    comm.child_ready.signal()
+    comm.parent_ready.wait(TIMEOUT)
+    return old.matches(mem)
+
+
+def child_vmsplice_memcmp(mem: int, size: int, comm: child.CommPipes) -> bool:
+    """vmsplice() the range into a pipe (a R/O GUP reference), unmap it, let the parent
+    modify, then the pipe must still give the old content (cow.c child_vmsplice_memcmp_fn;
+    CVE-2020-29374).  The pipe is read only after the parent modified the memory."""
+    old = Snapshot.take(mem, size)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    transferred = libc.vmsplice(w, mem, size)
+    if transferred == 0:
+        raise OSError(errno.EINVAL, "vmsplice() transferred nothing")
+    libc.munmap(mem, size)
+    comm.child_ready.signal()
+    comm.parent_ready.wait(TIMEOUT)
+    return old.matches_bytes(read_exact(r, transferred))
+
+
+def cow_in_parent(mem: int, size: int, do_mprotect: bool,
+                  child_fn: Callable[[int, int, child.CommPipes], bool] = child_memcmp) -> str:
+    """fork(); the child checks with ``child_fn``; the parent modifies (after mprotect()
+    R/O and back R/W when ``do_mprotect``).  cow.c do_test_cow_in_parent."""
+    comm = child.CommPipes()
+    try:
+        pid = child.fork_call(lambda: child_fn(mem, size, comm))
+        try:
+            wait_child_ready(comm, pid)
+            if do_mprotect:
+                # mprotect() optimisations might map pages writable directly
+                libc.mprotect(mem, size, abi.PROT_READ)
+                libc.mprotect(mem, size, RW)
+            libc.fill(mem, MODIFY, size)
+        finally:
+            res = finish_child(comm, pid)
+        return "" if child_verdict(res) else LEAK_P2C
+    finally:
+        comm.close()
+
+
+# ---------------------------------------------------------------------------------------
+# A5-A6: the parent pins with vmsplice(), the child modifies
+
+
+def vmsplice_in_parent(mem: int, size: int, before_fork: bool) -> str:
+    """The parent vmsplice()s the range (before or after fork()), unmaps it once the child
+    is ready; the child modifies; the pipe must give the old content (cow.c
+    do_test_vmsplice_in_parent)."""
+    old = Snapshot.take(mem, size)
+    comm = child.CommPipes()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        transferred = libc.vmsplice(w, mem, size) if before_fork else 0
+
+        def modify_in_child() -> bool:
+            comm.child_ready.signal()
+            comm.parent_ready.wait(TIMEOUT)
+            libc.fill(mem, MODIFY, size)
+            return True
+
+        pid = child.fork_call(modify_in_child)
+        try:
+            if not before_fork:
+                transferred = libc.vmsplice(w, mem, size)
+            if transferred <= 0:
+                raise AssertionError("vmsplice() failed: transferred nothing")
+            wait_child_ready(comm, pid)
+            libc.munmap(mem, size)
+        finally:
+            res = finish_child(comm, pid)  # the child modifies, then quits
+        if res.exit_code != 0:
+            raise AssertionError(f"wait() failed: {res.describe()}")
+        data = read_exact(r, transferred)
+        return "" if old.matches_bytes(data) else LEAK_C2P
+    finally:
+        comm.close()
+        os.close(r)
+        os.close(w)
+
+
+# ---------------------------------------------------------------------------------------
+# A7-A8: io_uring fixed buffers (R/W longterm pins)
+
+
+def memlock_note() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+
+
+IOURING_FULL_MAX = 2 * 1024 * 1024  # write the whole buffer up to this size (every THP)
+IOURING_SAMPLE = 1024 * 1024
+
+
+def iouring_chunks(size: int) -> list[tuple[int, int]]:
+    """(offset, length) pieces of the buffer that are written to the file and compared.
+
+    The whole buffer up to 2 MiB, as cow.c does.  A larger buffer is a single hugetlb page
+    (a 1 GiB folio): a pin that lost track of it shows in every part of it, so 1 MiB at
+    nine offsets spread over it (first and last MiB included) stand for the whole, which
+    keeps the case from writing 1 GiB to a file.
+    """
+    if size <= IOURING_FULL_MAX:
+        return [(0, size)]
+    step = size // 8
+    offs = sorted({min(k * step, size - IOURING_SAMPLE) for k in range(8)} | {size - IOURING_SAMPLE})
+    return [(o, IOURING_SAMPLE) for o in offs]
+
+
+def iouring(mem: int, size: int, use_fork: bool) -> str:
+    """Register the range as a fixed buffer (FOLL_WRITE|FOLL_PIN|FOLL_LONGTERM); then fork()
+    a child that stays alive (``use_fork``) or map the range R/O and back R/W; modify through
+    the page table; WRITE_FIXED the buffer to a file: the file must hold what memory holds,
+    i.e. the pin sees the modification (cow.c do_test_iouring; see iouring_chunks for
+    buffers over 2 MiB).  Raises IoUringUnavailable
+    (a skip) where io_uring or the registration is refused."""
+    with Ring() as ring:
+        try:
+            ring.register_buffer(mem, size)
+        except OSError as e:
+            hint = f"; RLIMIT_MEMLOCK {memlock_note()} too low?" if e.errno in (errno.ENOMEM, errno.EPERM) else ""
+            raise IoUringUnavailable(f"io_uring_register_buffers() failed: {e.strerror}{hint}") from None
+        sink = libc.memfd_create("kmm-cow-iouring")
+        comm = child.CommPipes()
+        pid = None
+        try:
+            if use_fork:
+                # the child stays alive until we are done; the pinned page must not be shared
+                def wait_in_child() -> bool:
+                    comm.child_ready.signal()
+                    comm.parent_ready.wait(TIMEOUT)
+                    return True
+
+                pid = child.fork_call(wait_in_child)
+                wait_child_ready(comm, pid)
+            else:
+                map_ro_then_rw(mem, size)
+            libc.fill(mem, MODIFY, size)
+            chunks = iouring_chunks(size)
+            total = sum(n for _, n in chunks)
+            pos = 0
+            for off, n in chunks:
+                res = ring.write_fixed(sink, mem + off, n, pos)
+                if res != n:
+                    raise AssertionError(f"write_fixed failed: res {res}"
+                                         + (f" ({os.strerror(-res)})" if res < 0 else f" of {n}"))
+                pos += n
+            view = libc.mmap(total, abi.PROT_READ, abi.MAP_SHARED | abi.MAP_POPULATE, sink, 0)
+            try:
+                pos, same = 0, True
+                for off, n in chunks:
+                    same = same and libc.mem_equal(mem + off, view + pos, n)
+                    pos += n
+            finally:
+                libc.munmap(view, total)
+        finally:
+            if pid is not None:
+                finish_child(comm, pid)
+            comm.close()
+            os.close(sink)
+            ring.unregister_buffers()
+    return "" if same else RW_PIN_UNRELIABLE
+
+
+def iouring_or_skip(mem: int, size: int, use_fork: bool) -> str:
+    try:
+        return iouring(mem, size, use_fork)
+    except IoUringUnavailable as e:
+        pytest.skip(str(e))
+
+
+# ---------------------------------------------------------------------------------------
+# A9-A14, N2-N3: R/O longterm pins through gup_test
+
+RO_PIN = "plain"  # N2/N3: no fork, no mprotect
+RO_PIN_SHARED = "shared"
+RO_PIN_PREVIOUSLY_SHARED = "previously_shared"
+RO_PIN_RO_EXCLUSIVE = "ro_exclusive"
+
+
+def ro_pin(mem: int, size: int, test: str, fast: bool, gup: GupTest) -> str:
+    """Take a R/O longterm pin (it must unshare a COW-shared or R/O-mapped page), modify
+    through the page table, read through the pin: it must see the modification (cow.c
+    do_test_ro_pin).  Skips without gup_test, or when START fails with EINVAL."""
+    if gup.path is None:
+        pytest.skip(gup.reason)
+    comm = child.CommPipes()
+    pid = None
+    try:
+        if test in (RO_PIN_SHARED, RO_PIN_PREVIOUSLY_SHARED):
+            def wait_in_child() -> bool:
+                comm.child_ready.signal()
+                comm.parent_ready.wait(TIMEOUT)
+                return True
+
+            pid = child.fork_call(wait_in_child)
+            wait_child_ready(comm, pid)
+            if test == RO_PIN_PREVIOUSLY_SHARED:
+                # mapped R/O in our page table, but no longer shared
+                finish_child(comm, pid)
+                pid = None
+        elif test == RO_PIN_RO_EXCLUSIVE:
+            map_ro_then_rw(mem, size)
+        with Pin(gup.path) as pin:
+            try:
+                pin.start(mem, size, fast)
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    pytest.skip("PIN_LONGTERM_TEST_START failed: EINVAL")
+                raise
+            libc.fill(mem, MODIFY, size)
+            seen = pin.read(size)
+        return "" if libc.compare(mem, seen) else RO_PIN_UNRELIABLE
+    finally:
+        if pid is not None:
+            finish_child(comm, pid)
+        comm.close()
+
+
+# ---------------------------------------------------------------------------------------
+# N1: non-anonymous COW
+
+
+def non_anon_cow(mem: int, smem: int, size: int) -> str:
+    """Modify the private mapping; the other mapping of the same page must not change
+    (cow.c test_cow)."""
+    old = Snapshot.take(smem, size)
+    libc.fill(mem, MODIFY, size)
+    return "" if old.matches(smem) else OTHER_MODIFIED
+
+
+# ---------------------------------------------------------------------------------------
+# beyond cow.c: exclusivity and the copy made visible in pagemap
+
+
+@dataclass
+class CowObservation:
+    """pagemap entries of the range (one per base page) at each step of a COW."""
+
+    before: list[Entry]  # the writer alone, after writing
+    forked_writer: list[Entry]  # right after fork(), COW-shared
+    forked_other: list[Entry]
+    cow_writer: list[Entry]  # after the writer's COW fault
+    cow_other: list[Entry]
+
+
+def observe_cow(mem: int, size: int) -> CowObservation:
+    """fork(); read both processes' pagemap right after fork and after this process wrote
+    the range (the child keeps its mapping untouched)."""
+    n = size // libc.PAGE_SIZE
+    comm = child.CommPipes()
+    with Pagemap() as pm:
+        before = pm.entries(mem, n)
+
+        def hold_in_child() -> bool:
+            comm.child_ready.signal()
+            comm.parent_ready.wait(TIMEOUT)
+            return True
+
+        pid = child.fork_call(hold_in_child)
+        try:
+            wait_child_ready(comm, pid)
+            with Pagemap(pid) as cpm:
+                fw, fo = pm.entries(mem, n), cpm.entries(mem, n)
+                libc.fill(mem, MODIFY, size)
+                cw, co = pm.entries(mem, n), cpm.entries(mem, n)
+        finally:
+            res = finish_child(comm, pid)
+            comm.close()
+    if res.exit_code != 0:
+        raise AssertionError(f"child failed: {res.describe()}")
+    return CowObservation(before, fw, fo, cw, co)
+
+
+def exclusivity_problems(o: CowObservation) -> list[str]:
+    """What a base page's COW must show (Documentation/admin-guide/mm/pagemap.rst bit 56
+    "page exclusively mapped"): set on a page the process wrote, clear in both processes
+    while fork() left it COW-shared, set in the writer once its write fault copied it; the
+    writer's PFN changes, the other process keeps the original PFN."""
+    out = []
+    b = o.before[0]
+    if not (b.present and b.exclusive and b.pfn):
+        out.append(f"written page before fork(): expected present+exclusive with a PFN, got {b}")
+    for who, e in (("writer", o.forked_writer[0]), ("other", o.forked_other[0])):
+        if not e.present or e.exclusive:
+            out.append(f"right after fork(), {who}: expected present, not exclusive; got {e}")
+        if e.pfn != b.pfn:
+            out.append(f"right after fork(), {who}: expected the original PFN {b.pfn:#x}, got {e}")
+    w, other = o.cow_writer[0], o.cow_other[0]
+    if not (w.present and w.exclusive):
+        out.append(f"after the COW fault, writer: expected present+exclusive, got {w}")
+    if w.pfn == b.pfn:
+        out.append(f"after the COW fault, writer: PFN unchanged ({b.pfn:#x}): no copy was made")
+    if other.pfn != b.pfn:
+        out.append(f"after the COW fault, other: expected the original PFN {b.pfn:#x}, got {other}")
+    return out
+
+
+def summarize(o: CowObservation) -> list[str]:
+    """Counts per step (for THP backings, where bit 56's meaning differs between kernels)."""
+
+    def line(step: str, es: list[Entry], ref: list[Entry]) -> str:
+        excl = sum(e.exclusive for e in es)
+        same = sum(e.pfn is not None and e.pfn == r.pfn for e, r in zip(es, ref))
+        pres = sum(e.present for e in es)
+        return f"{step}: present {pres}/{len(es)}, exclusive {excl}/{len(es)}, original PFN {same}/{len(es)}"
+
+    return [
+        line("before fork, writer", o.before, o.before),
+        line("after fork, writer", o.forked_writer, o.before),
+        line("after fork, other", o.forked_other, o.before),
+        line("after COW, writer", o.cow_writer, o.before),
+        line("after COW, other", o.cow_other, o.before),
+    ]

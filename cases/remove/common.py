@@ -1,0 +1,300 @@
+"""Shared pieces of the REMOVE area: backings, the source, callers in threads, and the oracles.
+
+Kernel facts the area relies on (Documentation/admin-guide/mm/userfaultfd.rst, mm/madvise.c,
+fs/userfaultfd.c userfaultfd_remove()/userfaultfd_event_wait_completion()):
+
+* With UFFD_FEATURE_EVENT_REMOVE, madvise(MADV_DONTNEED/MADV_REMOVE) on a registered range
+  queues UFFD_EVENT_REMOVE with the advised [start, end) and sleeps (TASK_KILLABLE, state D,
+  wchan userfaultfd_event_wait_completion) until the message is read; it raises
+  ctx->mmap_changing meanwhile, so UFFDIO_COPY/ZEROPAGE fail with EAGAIN.
+* Only after the read does madvise zap (DONTNEED) or punch (MADV_REMOVE): the old mapping
+  stays usable while the message is unread.
+
+Backings: private anon (4 KiB), shmem (MAP_SHARED|MAP_ANONYMOUS), a shared memfd, hugetlb
+MAP_PRIVATE|MAP_HUGETLB (what e2b and Firecracker map) and a shared MFD_HUGETLB memfd
+(hugetlbfs), for every hugetlb size the kernel offers (2 MiB and 1 GiB here).  The *punching*
+advice of a backing is the one that discards its content: MADV_DONTNEED for private memory,
+MADV_REMOVE for shared memory (DONTNEED on shared memory only zaps the page tables).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from lib import abi, check, libc, memory, needs, system
+from lib.child import Deadline, task_state, task_wchan, wait_until
+from lib.handler import Source, Stats
+
+PAGE = libc.PAGE_SIZE
+MiB, GiB = system.MiB, system.GiB
+TOPOLOGIES = ["thread", "process", "scm_rights"]
+PROCESS_TOPOLOGIES = ["process", "scm_rights"]
+
+WCHAN_EVENT = "userfaultfd_event_wait_completion"  # madvise/munmap waiting for the read
+WCHAN_FAULT = "handle_userfault"  # a thread blocked in a userfault
+HEAD = 64  # bytes of the per-page source header
+
+
+@dataclass(frozen=True)
+class Backing:
+    kind: str  # anon | shmem | memfd | hugetlb-private | hugetlb
+    hpage: int = 0
+
+    @property
+    def hugetlb(self) -> bool:
+        return self.hpage != 0
+
+    @property
+    def shared(self) -> bool:
+        return self.kind in ("shmem", "memfd", "hugetlb")
+
+    @property
+    def page_size(self) -> int:
+        return self.hpage or PAGE
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {system.size_label(self.page_size)}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def max_pages(self) -> int:
+        """Pages a case may map (1 GiB pages are expensive and hard to allocate: at most 2)."""
+        return 2 if self.hpage >= GiB else 8
+
+    @property
+    def missing_feature(self) -> int:
+        if self.hugetlb:
+            return int(abi.Feature.MISSING_HUGETLBFS)
+        if self.shared:
+            return int(abi.Feature.MISSING_SHMEM)
+        return 0
+
+    @property
+    def wp_feature(self) -> int:
+        f = int(abi.Feature.PAGEFAULT_FLAG_WP)
+        return f | (int(abi.Feature.WP_HUGETLBFS_SHMEM) if self.kind != "anon" else 0)
+
+    @property
+    def punch(self) -> int:
+        """The advice that discards content: DONTNEED (private) or REMOVE (shared)."""
+        return abi.Madv.REMOVE if self.shared else abi.Madv.DONTNEED
+
+    @property
+    def punch_name(self) -> str:
+        return "MADV_REMOVE" if self.shared else "MADV_DONTNEED"
+
+    def prepare(self, settings) -> None:
+        """Runs in the pytest process: grow the hugetlb pool this backing needs."""
+        if self.hugetlb and self.hpage in system.hugetlb_sizes():
+            settings.hugetlb(self.hpage, self.max_pages)
+
+    def require(self, features: int = 0) -> None:
+        """Skip (with the reason) unless this backing and ``features`` are usable here."""
+        if self.hugetlb:
+            needs.hugetlb_size(self.hpage)
+            if system.hugetlb_counter(self.hpage, "free_hugepages") < 1:
+                pytest.skip(f"no free {system.size_label(self.hpage)} hugetlb page (pool could not be grown)")
+        needs.uffd_features(self.missing_feature | int(features))
+
+    def map(self, npages: int) -> memory.Region:
+        if npages > self.max_pages:
+            raise ValueError(f"{npages} pages of {self.name}: at most {self.max_pages}")
+        size = npages * self.page_size
+        if self.kind == "anon":
+            return memory.anon(size)
+        if self.kind == "shmem":
+            r = memory.anon(size, shared=True)
+            r.kind = "shmem"
+            return r
+        if self.kind == "memfd":
+            return memory.memfd(size, shared=True)
+        if self.kind == "hugetlb-private":
+            try:
+                return memory.hugetlb(size, self.hpage, shared=False, via_memfd=False)
+            except OSError as e:
+                pytest.skip(f"cannot map {npages} {self.name} pages: {e.strerror}")
+        if self.kind == "hugetlb":
+            try:
+                return memory.hugetlb(size, self.hpage, shared=True, via_memfd=True)
+            except OSError as e:
+                pytest.skip(f"cannot map {npages} {self.name} pages: {e.strerror}")
+        raise ValueError(self.kind)
+
+
+BACKINGS = [
+    Backing("anon"),
+    Backing("shmem"),
+    Backing("memfd"),
+    Backing("hugetlb-private", 2 * MiB),
+    Backing("hugetlb", 2 * MiB),
+    Backing("hugetlb-private", GiB),
+    Backing("hugetlb", GiB),
+]
+PRIVATE = [b for b in BACKINGS if not b.shared]
+SHARED = [b for b in BACKINGS if b.shared]
+HUGETLBFS = [b for b in BACKINGS if b.kind == "hugetlb"]
+
+
+def matrix(backings: list[Backing], name: Callable[..., str], topologies: list[str] | None = None):
+    """pytest.param list: backings (x topologies), ids from ``name(backing[, topology])``."""
+    if topologies is None:
+        return [pytest.param(b, id=name(b)) for b in backings]
+    return [pytest.param(b, t, id=name(b, t)) for b in backings for t in topologies]
+
+
+# ---------------------------------------------------------------------------------------
+# the source: a sparse memfd with a recognisable header at the start of every page
+
+
+def header(i: int) -> bytes:
+    """The first bytes of source page ``i``: 0xC3 (e2b's sentinel) and the page index."""
+    return (b"\xc3" + f" kmm-remove source page {i:04d} ".encode()).ljust(HEAD, b"\xc3")
+
+
+def make_source(region: memory.Region) -> Source:
+    """Only the headers are written: a 1 GiB page costs a memfd hole, not a pattern fill."""
+    src = Source(region.size)
+    for i in range(region.npages):
+        libc.write(src.addr + i * region.page_size, header(i))
+    return src
+
+
+def page_is_zero(addr: int, length: int) -> bool:
+    return libc.is_uniform(addr, 0, length)
+
+
+def check_zero(addr: int, length: int, what: str) -> None:
+    """Every byte of [addr, addr+length) is zero (no buffer of that size is built)."""
+    if not page_is_zero(addr, length):
+        raise AssertionError(f"{what}: expected zeros, first bytes are {libc.read(addr, 16).hex()}")
+
+
+def check_source(addr: int, i: int, what: str) -> None:
+    """The page at ``addr`` starts with the header of source page ``i``."""
+    got = libc.read(addr, HEAD)
+    if got != header(i):
+        raise AssertionError(f"{what}: expected source page {i} header, got {got[:16].hex()}")
+
+
+def check_no_errors(st: Stats) -> None:
+    check.eq(st.errors, [], "handler errors")
+
+
+# ---------------------------------------------------------------------------------------
+# callers in threads (they touch memory only through lib.libc: DESIGN rule 1)
+
+
+class Async:
+    """Run ``fn`` in a thread; its kernel tid is known when the constructor returns."""
+
+    def __init__(self, fn: Callable[[], object], name: str = "caller") -> None:
+        self.fn, self.name = fn, name
+        self.tid = 0
+        self.result: object = None
+        self.error: BaseException | None = None
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+        if not self._started.wait(5):
+            raise TimeoutError(f"{name}: thread did not start")
+
+    def _run(self) -> None:
+        self.tid = libc.gettid()
+        self._started.set()
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by join()
+            self.error = e
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def join(self, timeout: float = 10.0) -> object:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError(f"{self.name} (tid {self.tid}) still blocked after {timeout}s, state "
+                                 f"{task_state(self.tid)} wchan {task_wchan(self.tid)}")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def wait_blocked(self, wchan: str, timeout: float = 5.0) -> str:
+        """Wait until the thread sleeps in ``wchan``; returns its /proc state letter."""
+
+        def blocked() -> str | None:
+            if self.done():
+                raise AssertionError(f"{self.name} finished instead of blocking in {wchan}")
+            s, w = task_state(self.tid), task_wchan(self.tid)
+            if s in "DS" and (w == wchan or (w in ("0", "?", "-") and s == "D")):
+                return s
+            return None
+
+        return str(wait_until(blocked, timeout, f"{self.name} (tid {self.tid}) blocked in {wchan}"))
+
+
+def madvise_async(addr: int, length: int, advice: int) -> Async:
+    return Async(lambda: libc.madvise(addr, length, advice), f"madvise({abi.Madv(advice).name})")
+
+
+def read_async(addr: int, length: int) -> Async:
+    return Async(lambda: libc.read(addr, length), f"read@{addr:#x}")
+
+
+def write_async(addr: int, data: bytes) -> Async:
+    return Async(lambda: libc.write(addr, data), f"write@{addr:#x}")
+
+
+def returns_within(fn: Callable[[], object], seconds: float, what: str) -> object:
+    """Run ``fn`` in a thread; it must return within ``seconds`` (the liveness oracle)."""
+    a = Async(fn, what)
+    a.thread.join(Deadline(seconds).remaining())
+    if a.thread.is_alive():
+        raise AssertionError(f"{what} did not return within {seconds}s (state {task_state(a.tid)} "
+                             f"wchan {task_wchan(a.tid)})")
+    return a.join(0)
+
+
+# ---------------------------------------------------------------------------------------
+# REMOVE message oracles
+
+
+def ranges_of(events: list[dict], event: str = "REMOVE") -> list[tuple[int, int]]:
+    return [(e["start"], e["end"]) for e in events if e["event"] == event]
+
+
+def check_ranges_cover(ranges: list[tuple[int, int]], start: int, end: int, what: str) -> None:
+    """The messages' ranges are disjoint, inside [start, end) and cover it exactly."""
+    if not ranges:
+        raise AssertionError(f"{what}: no message, expected [{start:#x}, {end:#x})")
+    pos = start
+    for s, e in sorted(ranges):
+        if s != pos or e <= s:
+            raise AssertionError(f"{what}: ranges {fmt_ranges(ranges)} do not tile [{start:#x}, {end:#x}) "
+                                 f"(gap or overlap at {pos:#x})")
+        pos = e
+    if pos != end:
+        raise AssertionError(f"{what}: ranges {fmt_ranges(ranges)} end at {pos:#x}, expected {end:#x}")
+
+
+def fmt_ranges(ranges: list[tuple[int, int]]) -> str:
+    return ", ".join(f"[{s:#x}, {e:#x})" for s, e in ranges) or "none"
+
+
+def drain(u, timeout: float = 0.0) -> list:
+    """Every message pending on ``u`` (one message may be several reads: loop until empty)."""
+    out = []
+    while True:
+        if not u.wait(timeout):
+            return out
+        msgs = u.read_msgs(64)
+        if not msgs:
+            return out
+        out.extend(msgs)
+        timeout = 0.0

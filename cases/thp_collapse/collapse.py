@@ -1,0 +1,670 @@
+"""Shared pieces of the THP-collapse area: memory kinds, collapse contexts, probes and oracles.
+
+Upstream model: tools/testing/selftests/mm/khugepaged.c (two collapse contexts crossed with
+three memory types) and the anon-THP collapse cases of cow.c.  The contexts:
+
+* ``madvise`` -- MADV_COLLAPSE (Documentation/admin-guide/mm/transhuge.rst, "MADV_COLLAPSE"):
+  a synchronous collapse that ignores the sysfs ``enabled`` knobs and the ``max_ptes_*``
+  limits.  Like upstream's __madvise_collapse the context runs with ``enabled=never`` and
+  ``shmem_enabled=never`` (keeps khugepaged out of the way and shows that MADV_COLLAPSE
+  ignores sysfs); MADV_COLLAPSE is retried once on EAGAIN.
+* ``khugepaged`` -- the khugepaged thread with the knobs upstream pushes (scan and alloc
+  sleeps 10 ms, pages_to_scan 8*nr, max_ptes_none nr-1, max_ptes_swap nr/8,
+  max_ptes_shared nr/2).  A collapse is awaited on the range's state and on the
+  ``khugepaged/full_scans`` counter (two more full scans), with a deadline, never a sleep.
+
+All knobs are set in ``Variant.prepare`` (the pytest process) and restored after the case.
+
+Every oracle here is a plain function; tests/test_thp_collapse_oracles.py feeds each of them
+a state that must make it fail (negative controls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import struct
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from lib import abi, check, child, libc, system
+from lib.pagemap import Pagemap, folio_order
+
+PS = libc.PAGE_SIZE
+PMD = system.pmd_size()
+NR = PMD // PS if PMD else 0
+KH = "khugepaged"
+RW = abi.PROT_READ | abi.PROT_WRITE
+MADV = abi.Madv
+
+# memory kinds (khugepaged.c mem_ops): anon, shmem (memfd), and a regular file opened
+# read-only ("file": the CONFIG_READ_ONLY_THP_FOR_FS path) or read-write ("file-rw": needs
+# file collapse of large-folio page caches)
+ANON, SHMEM, FILE, FILE_RW = "anon", "shmem", "file", "file-rw"
+FILES = (FILE, FILE_RW)
+SMAPS_FIELD = {ANON: "AnonHugePages", SHMEM: "ShmemPmdMapped", FILE: "FilePmdMapped", FILE_RW: "FilePmdMapped"}
+
+
+def label(size: int) -> str:
+    return system.size_label(size)
+
+
+def order_of(size: int) -> int:
+    return (size // PS).bit_length() - 1
+
+
+def thp_sizes() -> list[int]:
+    """The PMD size first, then every other anon THP size (mTHP) the kernel offers."""
+    if not PMD:
+        return []
+    return [PMD] + [s for s in system.thp_sizes() if s != PMD]
+
+
+# ---------------------------------------------------------------------------------------
+# variants: (case, context, memory, size) with the settings they need
+
+
+def _kh_defaults() -> list[tuple[str, str | int]]:
+    return [
+        ("enabled", "madvise"),
+        ("shmem_enabled", "advise"),
+        (f"{KH}/defrag", 1),
+        (f"{KH}/scan_sleep_millisecs", 10),
+        (f"{KH}/alloc_sleep_millisecs", 10),
+        (f"{KH}/pages_to_scan", NR * 8),
+        (f"{KH}/max_ptes_none", NR - 1),
+        (f"{KH}/max_ptes_swap", NR // 8),
+        (f"{KH}/max_ptes_shared", NR // 2),
+    ]
+
+
+def knobs(ctx: str, size: int) -> list[tuple[str, str | int]]:
+    """The sysfs values a context runs with (relative to /sys/kernel/mm/transparent_hugepage)."""
+    out: list[tuple[str, str | int]] = []
+    if ctx == "madvise":
+        out += [("enabled", "never"), ("shmem_enabled", "never")]
+    else:
+        out += _kh_defaults()
+    # exactly one anon size: the PMD size through 'inherit' (as upstream), an mTHP size 'always'
+    for s in system.thp_sizes():
+        rel = f"hugepages-{s // system.KiB}kB/enabled"
+        if s == size:
+            out.append((rel, "inherit" if s == PMD else "always"))
+        else:
+            out.append((rel, "never"))
+    for s in system.shmem_thp_sizes():
+        rel = f"hugepages-{s // system.KiB}kB/shmem_enabled"
+        if os.path.exists(f"{system.THP}/{rel}"):
+            out.append((rel, "inherit" if s == PMD else "never"))
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One cell of a collapse matrix; a pytest parameter whose ``prepare`` sets the knobs."""
+
+    case: str
+    ctx: str  # "madvise" | "khugepaged"
+    mem: str = ANON
+    size: int = PMD
+    extra: tuple[tuple[str, str | int], ...] = ()
+    settings_ctx: str = ""  # settings of another context (madvise_retracted_page_tables)
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.size == PMD else f", {label(self.size)}"
+        return f"{self.case} ({self.ctx}:{self.mem}{suffix})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def nr(self) -> int:
+        return self.size // PS
+
+    @property
+    def khugepaged(self) -> bool:
+        return self.ctx == "khugepaged"
+
+    def prepare(self, settings) -> None:
+        if not PMD:
+            return  # the case skips (needs.thp)
+        for rel, value in knobs(self.settings_ctx or self.ctx, self.size) + list(self.extra):
+            settings.thp(rel, value)
+
+
+def variants(case: str, ctxs=("madvise", "khugepaged"), mems=(ANON,), sizes: bool = True, **extra) -> list:
+    """pytest params of ``case`` crossed with contexts, memory kinds and (anon only) THP sizes.
+
+    ``extra`` maps a context to additional knobs, e.g. ``khugepaged=(("khugepaged/max_ptes_none", 256),)``.
+    """
+    out = []
+    for ctx in ctxs:
+        for mem in mems:
+            for size in (thp_sizes() if sizes and mem == ANON else [PMD]) or [0]:
+                v = Variant(case, ctx, mem, size, tuple(extra.get(ctx, ())))
+                out.append(pytest.param(v, id=v.name))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# memory
+
+
+@dataclass
+class Area:
+    """A PMD-aligned mapping of one memory kind (khugepaged.c setup_area)."""
+
+    addr: int
+    size: int
+    mem: str
+    fd: int = -1
+
+    def page(self, i: int) -> int:
+        return self.addr + i * PS
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            libc.munmap(self.addr, self.size)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def reserve(size: int, align: int = 0) -> int:
+    """Address space of ``size`` bytes aligned to ``align`` (PMD by default), PROT_NONE."""
+    align = align or PMD
+    raw = libc.mmap(size + align, abi.PROT_NONE, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_NORESERVE)
+    start = (raw + align - 1) & ~(align - 1)
+    if start > raw:
+        libc.munmap(raw, start - raw)
+    tail = raw + size + align - (start + size)
+    if tail:
+        libc.munmap(start + size, tail)
+    return start
+
+
+def file_dir() -> str:
+    """Where file-backed areas live: $KMM_FILE_DIR, else /var/tmp (a disk filesystem)."""
+    return os.environ.get("KMM_FILE_DIR") or ("/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir())
+
+
+def pattern_bytes(first: int, n: int) -> bytes:
+    """The khugepaged.c fill pattern: int ``i + 0xdead0000`` at the start of page i."""
+    out = bytearray(n * PS)
+    for i in range(n):
+        struct.pack_into("<I", out, i * PS, (first + i + 0xDEAD0000) & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def setup_area(mem: str, size: int) -> Area:
+    """khugepaged.c setup_area: anon private, memfd shared, or a regular file filled with the
+    pattern then reopened read-only (mapped PROT_READ|PROT_EXEC private) or read-write (shared)."""
+    addr = reserve(size)
+    if mem == ANON:
+        libc.mmap(size, RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED, addr=addr)
+        return Area(addr, size, mem)
+    if mem == SHMEM:
+        fd = os.memfd_create("kmm-collapse-shmem", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        libc.mmap(size, RW, abi.MAP_SHARED | abi.MAP_FIXED, fd, 0, addr=addr)
+        return Area(addr, size, mem, fd)
+    fd, path = tempfile.mkstemp(prefix="kmm-collapse-", dir=file_dir())
+    try:
+        os.write(fd, pattern_bytes(0, size // PS))
+        os.fsync(fd)
+        if mem == FILE:
+            os.close(fd)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            libc.mmap(size, abi.PROT_READ | abi.PROT_EXEC, abi.MAP_PRIVATE | abi.MAP_FIXED, fd, 0, addr=addr)
+        else:
+            libc.mmap(size, RW, abi.MAP_SHARED | abi.MAP_FIXED, fd, 0, addr=addr)
+    finally:
+        os.unlink(path)
+    return Area(addr, size, mem, fd)
+
+
+def fault(area: Area, start: int, end: int) -> None:
+    """khugepaged.c fault: write the pattern into pages [start, end) (anon, shmem); read-fault
+    them with MADV_POPULATE_READ (files)."""
+    if end <= start:
+        return
+    if area.mem in FILES:
+        libc.madvise(area.addr + start, end - start, MADV.POPULATE_READ)
+        return
+    for i in range(start // PS, end // PS):
+        libc.write(area.page(i), struct.pack("<I", (i + 0xDEAD0000) & 0xFFFFFFFF))
+
+
+def bad_pages(addr: int, start: int, end: int) -> list[tuple[int, int]]:
+    """Pages in [start, end) whose first int is not the pattern: [(page index, value)]."""
+    if end <= start:
+        return []
+    data = libc.read(addr + start, end - start)
+    out = []
+    for k in range((end - start) // PS):
+        i = start // PS + k
+        v = struct.unpack_from("<I", data, k * PS)[0]
+        if v != (i + 0xDEAD0000) & 0xFFFFFFFF:
+            out.append((i, v))
+    return out
+
+
+def validate(addr: int, start: int, end: int) -> None:
+    """Oracle (khugepaged.c validate_memory): every page keeps its pattern."""
+    bad = bad_pages(addr, start, end)
+    if bad:
+        i, v = bad[0]
+        raise AssertionError(f"page {i} is corrupted: {v:#x} (and {len(bad) - 1} more)")
+
+
+# ---------------------------------------------------------------------------------------
+# state: smaps PMD counters, pagemap + kpageflags folio orders
+
+
+def smaps_sum(addr: int, length: int, field: str, pid: int | str = "self") -> int:
+    """Sum of a kB counter over the VMAs overlapping [addr, addr+length) (VMAs may be split)."""
+    total = 0
+    inside = False
+    end = addr + length
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and ":" not in head:
+                try:
+                    s, e = (int(x, 16) for x in head.split("-"))
+                except ValueError:
+                    inside = False
+                    continue
+                inside = s < end and e > addr
+                continue
+            if inside and line.startswith(field + ":"):
+                total += int(line.split()[1])
+    return total
+
+
+def pmd_mapped_kb(addr: int, length: int, mem: str) -> int:
+    return smaps_sum(addr, length, SMAPS_FIELD[mem])
+
+
+def folio_orders(addr: int, npages: int) -> list[int | None]:
+    """Order of the folio behind each base page (None: not present).  Root only (PFNs)."""
+    with Pagemap() as pm:
+        entries = pm.entries(addr, npages)
+    cache: dict[int, int] = {}
+    out: list[int | None] = []
+    for e in entries:
+        if not e.present or not e.pfn:
+            out.append(None)
+            continue
+        pfn = e.pfn
+        hit = next((o for base, o in cache.items() if base <= pfn < base + (1 << o)), None)
+        if hit is None:
+            hit = folio_order(pfn)
+            cache[pfn & ~((1 << hit) - 1)] = hit
+        out.append(hit)
+    return out
+
+
+def describe(addr: int, length: int, mem: str = ANON) -> str:
+    """'AnonHugePages 2048 kB; folio orders {9: 512}' (the diagnostics of a case)."""
+    hist = Counter(folio_orders(addr, length // PS)) if system.is_root() else Counter()
+    orders = ", ".join(f"{'none' if k is None else k}: {v}" for k, v in sorted(hist.items(), key=lambda kv: (
+        kv[0] is None, kv[0] or 0)))
+    return f"{SMAPS_FIELD[mem]} {pmd_mapped_kb(addr, length, mem)} kB; folio orders {{{orders}}}"
+
+
+def huge_windows(addr: int, nwin: int, size: int, mem: str = ANON) -> int:
+    """How many ``size`` windows from ``addr`` are backed by one folio of that size and mapped
+    as such: for the PMD size, the smaps PMD counter (khugepaged.c check_huge) confirmed by the
+    folio order of each window; for an mTHP size, the folio order (mTHPs are PTE-mapped)."""
+    n = size // PS
+    if size == PMD:
+        mapped = pmd_mapped_kb(addr, nwin * size, mem) // (size // 1024)
+        if not system.is_root():
+            return mapped
+        orders = folio_orders(addr, nwin * n)
+        whole = sum(1 for w in range(nwin) if set(orders[w * n:(w + 1) * n]) == {order_of(size)})
+        return min(mapped, whole)
+    orders = folio_orders(addr, nwin * n)
+    return sum(1 for w in range(nwin) if set(orders[w * n:(w + 1) * n]) == {order_of(size)})
+
+
+def check_huge(area: Area, nwin: int, size: int, what: str) -> None:
+    """Oracle: exactly ``nwin`` windows of the area are collapsed (0 = none is)."""
+    total = area.size // size
+    got = huge_windows(area.addr, total, size, area.mem)
+    if got != nwin:
+        raise AssertionError(f"{what}: expected {nwin} of {total} {label(size)} windows huge, got {got} "
+                             f"({describe(area.addr, area.size, area.mem)})")
+
+
+def pte_mapped_thp(addr: int, size: int, mem: str = ANON) -> bool:
+    """True when [addr, addr+size) is one THP folio of ``size`` that is mapped by PTEs only."""
+    orders = folio_orders(addr, size // PS)
+    return set(orders) == {order_of(size)} and pmd_mapped_kb(addr, size, mem) == 0
+
+
+def pmd_mapped_thp(addr: int, size: int, mem: str = ANON) -> bool:
+    orders = folio_orders(addr, size // PS)
+    return set(orders) == {order_of(size)} and pmd_mapped_kb(addr, size, mem) == size // 1024
+
+
+# ---------------------------------------------------------------------------------------
+# collapse contexts
+
+
+def madvise_collapse(addr: int, length: int) -> int:
+    """MADV_COLLAPSE, retried once on EAGAIN (khugepaged.c madvise_collapse_retry); 0 or errno."""
+    for attempt in (0, 1):
+        try:
+            libc.madvise(addr, length, MADV.COLLAPSE)
+            return 0
+        except OSError as e:
+            if e.errno != 11 or attempt:
+                return e.errno
+    return 0
+
+
+def kh_counter(name: str) -> int:
+    return int(system.read_text(f"{system.THP}/{KH}/{name}"))
+
+
+@dataclass
+class ScanResult:
+    collapsed: bool
+    scans: int  # full scans seen while waiting
+    pages_collapsed: int  # increase of khugepaged/pages_collapsed
+    seconds: float
+
+
+def wait_for_scan(is_huge, timeout: float = 10.0, read=kh_counter, scans: int = 2) -> ScanResult:
+    """Wait until ``is_huge()`` or until khugepaged completed ``scans`` more full scans.
+
+    khugepaged.c wait_for_scan with a deadline instead of a fixed number of sleeps: two full
+    scans after the range was advised mean khugepaged has visited it at least once.  A
+    deadline without those scans is an error (khugepaged not scanning), never a verdict.
+    """
+    start_scans, start_pc, t0 = read("full_scans"), read("pages_collapsed"), time.monotonic()
+    state = {"huge": False}
+
+    def done() -> bool:
+        if is_huge():
+            state["huge"] = True
+            return True
+        return read("full_scans") >= start_scans + scans
+
+    try:
+        child.wait_until(done, timeout, f"khugepaged: collapse or {scans} full scans")
+    except TimeoutError:
+        seen = read("full_scans") - start_scans
+        raise AssertionError(f"khugepaged completed {seen} of {scans} full scans within {timeout:g}s "
+                             f"(scan_sleep_millisecs {kh_counter('scan_sleep_millisecs')})") from None
+    return ScanResult(state["huge"], read("full_scans") - start_scans, read("pages_collapsed") - start_pc,
+                      time.monotonic() - t0)
+
+
+def khugepaged_running() -> bool:
+    """Whether the khugepaged kernel thread exists (it is stopped when no THP order it serves
+    is enabled: hugepage_pmd_enabled() in mm/khugepaged.c)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if comm == "khugepaged" and ppid == 2:
+            return True
+    return False
+
+
+def collapse(v: Variant, area: Area, nwin: int, expect: bool, what: str, sanity: bool = True) -> None:
+    """khugepaged.c c->collapse() for the variant's context, then check_huge."""
+    length = nwin * v.size
+    if sanity:
+        check_huge(area, 0, v.size, f"{what}: sanity, before the collapse")
+    if v.khugepaged:
+        libc.madvise(area.addr, length, MADV.HUGEPAGE)
+        r = wait_for_scan(lambda: huge_windows(area.addr, nwin, v.size, area.mem) == nwin)
+        libc.madvise(area.addr, length, MADV.NOHUGEPAGE)
+        child.note(f"{what}: khugepaged collapsed={r.collapsed} after {r.scans} full scans, "
+                   f"pages_collapsed +{r.pages_collapsed}, {r.seconds:.2f}s")
+        if area.mem != ANON:
+            # file/shmem: khugepaged collapses the page cache; the PMD appears on the next fault
+            fault(area, 0, length)
+    else:
+        libc.madvise(area.addr, length, MADV.HUGEPAGE)  # clear VM_NOHUGEPAGE
+        ret = madvise_collapse(area.addr, length)
+        if (ret == 0) != expect:
+            raise AssertionError(f"{what}: bad return value: MADV_COLLAPSE gave {check.errname(ret or None)}, "
+                                 f"expected {'success' if expect else 'failure'} "
+                                 f"({describe(area.addr, area.size, area.mem)})")
+    check_huge(area, nwin if expect else 0, v.size, what)
+
+
+def alloc_hpage(v: Variant) -> Area:
+    """khugepaged.c alloc_hpage: one PMD, fully faulted, collapsed by MADV_COLLAPSE, then
+    MADV_HUGEPAGE."""
+    area = setup_area(v.mem, v.size)
+    fault(area, 0, v.size)
+    ret = madvise_collapse(area.addr, v.size)
+    if ret:
+        raise AssertionError(f"alloc_hpage: MADV_COLLAPSE failed: {check.strerror(ret)}")
+    check_huge(area, 1, v.size, "alloc_hpage")
+    libc.madvise(area.addr, v.size, MADV.HUGEPAGE)
+    return area
+
+
+# ---------------------------------------------------------------------------------------
+# preconditions (probes): skip with a measured reason
+
+
+def require(v: Variant) -> None:
+    """Skip unless the variant's context can collapse its memory kind to its size here."""
+    if not PMD:
+        pytest.skip("THP not supported (no hpage_pmd_size)")
+    if not system.is_root():
+        pytest.skip("needs root: PFNs and /proc/kpageflags (folio orders) and THP sysfs")
+    if v.size != PMD:
+        require_mthp_collapse(v.ctx, v.size)
+    if v.mem in FILES:
+        require_file_collapse(v.mem)
+
+
+def mthp_madvise_probe(size: int) -> tuple[bool, str]:
+    """Does MADV_COLLAPSE collapse to ``size``?  With only ``size`` enabled, a PMD range of base
+    pages is collapsed twice: one ``size`` window, then the whole range; the folio orders say
+    what the kernel built."""
+    area = setup_area(ANON, PMD)
+    try:
+        libc.madvise(area.addr, PMD, MADV.NOHUGEPAGE)
+        libc.madvise(area.addr, PMD, MADV.POPULATE_WRITE)
+        libc.madvise(area.addr, PMD, MADV.HUGEPAGE)
+        e1 = madvise_collapse(area.addr, size)
+        o1 = sorted(set(folio_orders(area.addr, size // PS)), key=lambda o: -1 if o is None else o)
+        if o1 == [order_of(size)]:
+            return True, f"a {label(size)} window collapsed to order {order_of(size)}"
+        e2 = madvise_collapse(area.addr, PMD)
+        o2 = sorted(set(folio_orders(area.addr, PMD // PS)), key=lambda o: -1 if o is None else o)
+        return False, (f"MADV_COLLAPSE does not collapse to {label(size)} on this kernel (PMD size only): with only "
+                       f"{label(size)} enabled, MADV_COLLAPSE of a {label(size)} window of base pages returned "
+                       f"{check.errname(e1 or None)} and left folio order(s) {o1}; of the whole {label(PMD)} range "
+                       f"it returned {check.errname(e2 or None)} with folio order(s) {o2}")
+    finally:
+        area.close()
+
+
+def mthp_khugepaged_probe(size: int) -> tuple[bool, str]:
+    """Does khugepaged collapse to ``size``?  With only ``size`` enabled (PMD 'never') it must at
+    least run; then one fully populated ``size`` window of a PMD range must become one folio
+    within two full scans."""
+    if not khugepaged_running():
+        return False, (f"khugepaged does not collapse to {label(size)} on this kernel (PMD size only): with only "
+                       f"{label(size)} enabled (PMD size 'never') the khugepaged thread is not running")
+    area = setup_area(ANON, PMD)
+    try:
+        libc.madvise(area.addr, PMD, MADV.NOHUGEPAGE)
+        libc.madvise(area.addr, size, MADV.POPULATE_WRITE)
+        libc.madvise(area.addr, PMD, MADV.HUGEPAGE)
+        r = wait_for_scan(lambda: folio_orders(area.addr, 1) == [order_of(size)])
+        if r.collapsed:
+            return True, f"khugepaged collapsed a {label(size)} window"
+        return False, (f"khugepaged did not collapse a fully populated {label(size)} window to {label(size)} "
+                       f"within {r.scans} full scans (orders {sorted(set(folio_orders(area.addr, size // PS)))})")
+    finally:
+        area.close()
+
+
+def require_mthp_collapse(ctx: str, size: int) -> None:
+    ok, why = mthp_madvise_probe(size) if ctx == "madvise" else mthp_khugepaged_probe(size)
+    child.note(why)
+    if not ok:
+        pytest.skip(why)
+
+
+def file_probe(mem: str) -> tuple[bool, str]:
+    """Can a regular-file mapping of this kind be collapsed?  MADV_COLLAPSE on a PMD of it."""
+    area = setup_area(mem, PMD)
+    try:
+        libc.madvise(area.addr, PMD, MADV.POPULATE_READ)
+        orders = sorted(set(folio_orders(area.addr, NR)), key=lambda o: -1 if o is None else o)
+        libc.madvise(area.addr, PMD, MADV.HUGEPAGE)
+        e = madvise_collapse(area.addr, PMD)
+        if e == 0:
+            return True, "file collapse works"
+        fs = _fs_type(file_dir())
+        ro = system.config_enabled("CONFIG_READ_ONLY_THP_FOR_FS")
+        cfg = {True: "set", False: "not set", None: "unknown (no kernel config)"}[ro]
+        how = "opened read-only, mapped private R/X" if mem == FILE else "opened read-write, mapped shared"
+        return False, (f"MADV_COLLAPSE of a regular file on {fs} ({how}) fails with {check.strerror(e)}: "
+                       f"CONFIG_READ_ONLY_THP_FOR_FS is {cfg}, and this kernel's collapse path accepts a regular "
+                       f"file only through it (the page cache already held folio order(s) {orders})")
+    finally:
+        area.close()
+
+
+def _fs_type(path: str) -> str:
+    best, fstype = "", "?"
+    real = os.path.realpath(path)
+    for line in system.read_text("/proc/mounts", "").splitlines():
+        parts = line.split()
+        if len(parts) > 2 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) and \
+                len(parts[1]) >= len(best):
+            best, fstype = parts[1], parts[2]
+    return f"{fstype} ({path})"
+
+
+def require_file_collapse(mem: str) -> None:
+    ok, why = file_probe(mem)
+    child.note(why)
+    if not ok:
+        pytest.skip(why)
+
+
+# ---------------------------------------------------------------------------------------
+# processes
+
+
+def in_child(fn, timeout: float = 30.0) -> None:
+    """Run ``fn`` in a forked, isolated child; its failure becomes this process's failure."""
+    o = child.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,))
+    if o.kind == "skip":
+        pytest.skip(o.message)
+    if o.kind != "pass":
+        raise AssertionError(f"in the child: {o.message}")
+
+
+# ---------------------------------------------------------------------------------------
+# userfaultfd helpers (rule 1: registered memory is touched only through lib.libc, from a
+# thread that does not hold the GIL while blocked)
+
+
+class Toucher:
+    """A thread that touches one page at a time on request and says when it is done."""
+
+    def __init__(self) -> None:
+        self.req_r, self.req_w = os.pipe2(os.O_CLOEXEC)
+        self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while True:
+            raw = os.read(self.req_r, 17)
+            if len(raw) < 17:
+                return
+            op, addr, val = raw[0:1], int.from_bytes(raw[1:9], "little"), int.from_bytes(raw[9:17], "little")
+            if op == b"w":
+                libc.touch_write(addr, val & 0xFF)
+            else:
+                libc.touch_read(addr)
+            os.write(self.done_w, b"d")
+
+    def request(self, op: str, addr: int, val: int = 0) -> None:
+        os.write(self.req_w, op.encode() + addr.to_bytes(8, "little") + val.to_bytes(8, "little"))
+
+    def close(self) -> None:
+        os.close(self.req_w)
+        self.t.join(5)
+        for fd in (self.req_r, self.done_r, self.done_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def touch_outcome(u, toucher: Toucher, op: str, addr: int, val: int = 0, timeout: float = 5.0):
+    """Touch ``addr`` in the toucher thread; returns the uffd message it raised (None when the
+    access completed without one).  A raised fault is left for the caller to resolve."""
+    toucher.request(op, addr, val)
+    p = select.poll()
+    p.register(u.fd, select.POLLIN)
+    p.register(toucher.done_r, select.POLLIN)
+    ev = p.poll(int(timeout * 1000))
+    if not ev:
+        raise AssertionError(f"{op} at {addr:#x}: neither completed nor faulted within {timeout}s")
+    fds = {fd for fd, _ in ev}
+    if u.fd in fds:
+        return u.read_msg(timeout)
+    os.read(toucher.done_r, 1)
+    return None
+
+
+def wait_done(toucher: Toucher, timeout: float = 5.0) -> None:
+    p = select.poll()
+    p.register(toucher.done_r, select.POLLIN)
+    if not p.poll(int(timeout * 1000)):
+        raise AssertionError(f"the access did not complete within {timeout}s after the fault was resolved")
+    os.read(toucher.done_r, 1)
+
+
+def wp_kept(u, addr: int, npages: int, protected: list[bool], toucher: Toucher) -> None:
+    """Oracle: every page marked in ``protected`` still has pagemap bit 57 and a write to it
+    raises a WP fault (resolved by un-protecting that page); unprotected pages write freely.
+    The written byte is the page's old first byte, so contents are not changed."""
+    with Pagemap() as pm:
+        bits = [e.uffd_wp for e in pm.entries(addr, npages)]
+    lost = [i for i in range(npages) if protected[i] and not bits[i]]
+    if lost:
+        raise AssertionError(f"uffd-wp bit 57 lost on {len(lost)} protected page(s), first {lost[:8]}")
+    for i in range(npages):
+        a = addr + i * PS
+        old = libc.read(a, 1)[0]
+        m = touch_outcome(u, toucher, "w", a, old)
+        if protected[i]:
+            if m is None:
+                raise AssertionError(f"write to protected page {i} did not trap (pagemap bit 57 was set)")
+            if not (m.is_wp and (m.address & ~(PS - 1)) == a):
+                raise AssertionError(f"write to protected page {i}: unexpected uffd message {m}")
+            u.writeprotect(a, PS, False)
+            wait_done(toucher)
+        elif m is not None:
+            raise AssertionError(f"write to unprotected page {i} trapped: {m}")

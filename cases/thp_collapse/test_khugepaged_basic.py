@@ -1,0 +1,83 @@
+"""khugepaged.c collapse cases on fully/partly populated page tables, both contexts.
+
+Upstream: tools/testing/selftests/mm/khugepaged.c (collapse_full, collapse_empty,
+collapse_single_pte_entry, collapse_max_ptes_none, alloc_at_fault); semantics:
+Documentation/admin-guide/mm/transhuge.rst ("khugepaged will be automatically started ...",
+max_ptes_none; MADV_COLLAPSE ignores the max_ptes_* limits).  Names are the upstream function
+names with ``(<context>:<memory>)`` as khugepaged.c's command line spells them; anon cases
+run on every THP size (mTHP sizes skip with the measured reason where the kernel cannot
+collapse to them).
+"""
+
+import pytest
+
+from cases.thp_collapse import collapse as C
+from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant
+from lib import libc
+
+ALL_MEMS = (ANON, FILE, FILE_RW, SHMEM)
+
+
+@pytest.mark.parametrize("v", C.variants("collapse_full", mems=ALL_MEMS))
+def test_collapse_full(v: Variant) -> None:
+    """Four fully populated PTE tables collapse into four huge pages; contents kept."""
+    C.require(v)
+    n = 4
+    area = C.setup_area(v.mem, n * v.size)
+    C.fault(area, 0, area.size)
+    C.collapse(v, area, n, True, "Collapse multiple fully populated PTE table")
+    C.validate(area.addr, 0, area.size)
+
+
+@pytest.mark.parametrize("v", C.variants("collapse_empty"))
+def test_collapse_empty(v: Variant) -> None:
+    """An empty PTE table is not collapsed (MADV_COLLAPSE fails, khugepaged leaves it)."""
+    C.require(v)
+    area = C.setup_area(v.mem, v.size)
+    C.collapse(v, area, 1, False, "Do not collapse empty PTE table")
+
+
+@pytest.mark.parametrize("v", C.variants("collapse_single_pte_entry", mems=ALL_MEMS))
+def test_collapse_single_pte_entry(v: Variant) -> None:
+    """One present PTE is enough (max_ptes_none = nr-1; MADV_COLLAPSE ignores the limit)."""
+    C.require(v)
+    area = C.setup_area(v.mem, v.size)
+    C.fault(area, 0, PS)
+    C.collapse(v, area, 1, True, "Collapse PTE table with single PTE entry present")
+    C.validate(area.addr, 0, PS)
+
+
+HALF_NONE = (("khugepaged/max_ptes_none", C.NR // 2),)
+
+
+@pytest.mark.parametrize("v", C.variants("collapse_max_ptes_none", mems=(ANON, FILE, FILE_RW),
+                                         madvise=HALF_NONE, khugepaged=HALF_NONE))
+def test_collapse_max_ptes_none(v: Variant) -> None:
+    """With max_ptes_none = nr/2 and one PTE too few present, khugepaged does not collapse and
+    MADV_COLLAPSE does; with exactly nr - max_ptes_none present khugepaged collapses.
+    (Upstream skips this on tmpfs, whose pages are always in the page cache; not run on shmem.)"""
+    C.require(v)
+    max_none = (C.NR // 2) * v.nr // C.NR  # scaled to the collapse size (linux-mm mTHP context)
+    area = C.setup_area(v.mem, v.size)
+    few = (v.nr - max_none - 1) * PS
+    C.fault(area, 0, few)
+    C.collapse(v, area, 1, not v.khugepaged, "Maybe collapse with max_ptes_none exceeded")
+    C.validate(area.addr, 0, few)
+    if v.khugepaged:
+        enough = (v.nr - max_none) * PS
+        C.fault(area, 0, enough)
+        C.collapse(v, area, 1, True, "Collapse with max_ptes_none PTEs empty")
+        C.validate(area.addr, 0, enough)
+
+
+@pytest.mark.tap("alloc_at_fault")
+@pytest.mark.parametrize("v", [Variant("alloc_at_fault", "khugepaged", extra=(("enabled", "always"),))])
+def test_alloc_at_fault(v: Variant) -> None:
+    """khugepaged.c's first check: with enabled=always one touch allocates a PMD THP, and
+    MADV_DONTNEED of its first page splits the PMD (AnonHugePages back to 0)."""
+    C.require(v)
+    area = C.setup_area(ANON, v.size)
+    libc.touch_write(area.addr, 1)
+    C.check_huge(area, 1, v.size, "Allocate huge page on fault")
+    libc.madvise(area.addr, PS, MADV.DONTNEED)
+    C.check_huge(area, 0, v.size, "Split huge PMD on MADV_DONTNEED")

@@ -1,0 +1,112 @@
+"""khugepaged.c collapse cases on page tables that map (parts of) existing THPs.
+
+Upstream: tools/testing/selftests/mm/khugepaged.c (collapse_single_pte_entry_compound,
+collapse_full_of_compound, collapse_compound_extreme, madvise_collapse_existing_thps,
+madvise_retracted_page_tables).  A PTE-mapped THP is made by splitting the PMD of a
+collapsed one (MADV_DONTNEED of all but one page, or a VMA split by MADV_NOHUGEPAGE on its
+first page); the collapse must rebuild a PMD-mapped THP with the contents kept.
+"""
+
+import pytest
+
+from cases.thp_collapse import collapse as C
+from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant
+from lib import abi, libc
+
+
+@pytest.mark.parametrize("v", C.variants("collapse_single_pte_entry_compound", mems=(ANON, FILE, FILE_RW)))
+def test_collapse_single_pte_entry_compound(v: Variant) -> None:
+    """One PTE left mapping a compound page (the rest zapped) collapses into a new THP.
+    (Upstream skips tmpfs: MADV_DONTNEED does not evict shmem pages; not run on shmem.)"""
+    C.require(v)
+    area = C.alloc_hpage(v)
+    libc.madvise(area.addr, v.size, MADV.NOHUGEPAGE)
+    libc.madvise(area.addr + PS, v.size - PS, MADV.DONTNEED)
+    C.check_huge(area, 0, v.size, "Split huge page leaving single PTE mapping compound page")
+    C.collapse(v, area, 1, True, "Collapse PTE table with single PTE mapping compound page")
+    C.validate(area.addr, 0, PS)
+
+
+@pytest.mark.parametrize("v", C.variants("collapse_full_of_compound", mems=(ANON, FILE, FILE_RW, SHMEM)))
+def test_collapse_full_of_compound(v: Variant) -> None:
+    """A PTE table full of the subpages of one THP (PMD split by a VMA split and merge) is
+    collapsed again."""
+    C.require(v)
+    area = C.alloc_hpage(v)
+    libc.madvise(area.addr, PS, MADV.NOHUGEPAGE)
+    libc.madvise(area.addr, v.size, MADV.NOHUGEPAGE)
+    C.check_huge(area, 0, v.size, "Split huge page leaving single PTE page table full of compound pages")
+    C.collapse(v, area, 1, True, "Collapse PTE table full of compound pages")
+    C.validate(area.addr, 0, v.size)
+
+
+def build_compound_extreme(size: int) -> tuple[int, int]:
+    """A PTE table whose nr entries each map a page of a *different* THP (khugepaged.c
+    collapse_compound_extreme): nr rounds of 'make a THP at B, move its first page out and
+    back below B'.  Returns (start of the built range, reservation to unmap)."""
+    nr = size // PS
+    resv = C.reserve(6 * size)
+    base, tmp = resv + 2 * size, resv + 4 * size
+    libc.mmap(size, C.RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED, addr=base)
+    for i in range(nr):
+        libc.madvise(base, size, MADV.HUGEPAGE)
+        libc.touch_write(base, 1)  # a THP at fault where enabled ...
+        if C.huge_windows(base, 1, size) != 1:
+            libc.madvise(base, size, MADV.POPULATE_WRITE)  # ... else collapse one
+            ret = C.madvise_collapse(base, size)
+            if ret or C.huge_windows(base, 1, size) != 1:
+                raise AssertionError(f"round {i}: failed to allocate a huge page at B (MADV_COLLAPSE {ret})")
+        libc.madvise(base, size, MADV.NOHUGEPAGE)
+        libc.mremap(base - i * PS, i * PS + size, (i + 1) * PS, abi.MREMAP_MAYMOVE | abi.MREMAP_FIXED, tmp)
+        libc.mremap(tmp, (i + 1) * PS, (i + 1) * PS + size, abi.MREMAP_MAYMOVE | abi.MREMAP_FIXED,
+                    base - (i + 1) * PS)
+    libc.munmap(base, size)
+    return base - size, resv
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("v", C.variants("collapse_compound_extreme"))
+def test_collapse_compound_extreme(v: Variant) -> None:
+    """A PTE table full of pages from nr different THPs collapses into one THP."""
+    C.require(v)
+    start, resv = build_compound_extreme(v.size)
+    area = C.Area(start, v.size, ANON)
+    C.fault(area, 0, v.size)
+    C.check_huge(area, 0, v.size, "Construct PTE page table full of different PTE-mapped compound pages")
+    C.collapse(v, area, 1, True, "Collapse PTE table full of different compound pages")
+    C.validate(area.addr, 0, v.size)
+    libc.munmap(resv, 6 * v.size)
+
+
+@pytest.mark.parametrize("v", C.variants("madvise_collapse_existing_thps", ctxs=("madvise",),
+                                         mems=(ANON, FILE, FILE_RW, SHMEM)))
+def test_madvise_collapse_existing_thps(v: Variant) -> None:
+    """MADV_COLLAPSE of a range that is already PMD-mapped succeeds and changes nothing."""
+    C.require(v)
+    area = C.setup_area(v.mem, v.size)
+    C.fault(area, 0, v.size)
+    C.collapse(v, area, 1, True, "Collapse fully populated PTE table")
+    C.validate(area.addr, 0, v.size)
+    C.collapse(v, area, 1, True, "Re-collapse PMD-mapped hugepage", sanity=False)
+    C.validate(area.addr, 0, v.size)
+
+
+@pytest.mark.parametrize("v", [pytest.param(x, id=x.name) for x in (
+    Variant("madvise_retracted_page_tables", "madvise", m, settings_ctx="khugepaged") for m in (FILE, FILE_RW, SHMEM))])
+def test_madvise_retracted_page_tables(v: Variant) -> None:
+    """khugepaged collapses the page cache and retracts the page table (PMD cleared); then
+    MADV_COLLAPSE installs the huge PMD from the page cache.  Runs with the khugepaged
+    context's knobs throughout (upstream pushes enabled=never only around the MADV_COLLAPSE)."""
+    C.require(v)
+    area = C.setup_area(v.mem, v.size)
+    C.fault(area, 0, v.size)
+    C.check_huge(area, 0, v.size, "Collapse and leave PMD cleared: sanity")
+    libc.madvise(area.addr, v.size, MADV.HUGEPAGE)
+    before = C.kh_counter("pages_collapsed")
+    r = C.wait_for_scan(lambda: C.kh_counter("pages_collapsed") > before)
+    libc.madvise(area.addr, v.size, MADV.NOHUGEPAGE)
+    if not r.pages_collapsed:
+        raise AssertionError(f"khugepaged did not collapse the page cache within {r.scans} full scans "
+                             f"(pages_collapsed unchanged): nothing retracted to test")
+    C.collapse(v, area, 1, True, "Install huge PMD from page cache")
+    C.validate(area.addr, 0, v.size)

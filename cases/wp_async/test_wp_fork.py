@@ -1,0 +1,149 @@
+"""uffd-unit-tests' wp-fork, wp-fork-with-event, wp-fork-pin, wp-fork-pin-with-event.
+
+Upstream (kernel-selftests.md 3.5; fix 49d6d7fb6313 "mm/uffd: fix pte marker when fork()
+without fork event", e2b-ltp.md D item 4): protect page 0 of a WP-registered area; a fork()ed
+child sees pagemap bit 57 clear unless UFFD_FEATURE_EVENT_FORK was negotiated (then the child
+VMA stays registered and keeps it).  After a zap of the parent's page (MADV_DONTNEED on shared
+memory, MADV_PAGEOUT on private) the protection persists as a pte marker / swap entry and a
+second fork gives the child the same answer.  Unprotecting clears the bit, and a write
+leaves it clear.  The pin variants take a FOLL_LONGTERM R/O pin through gup_test before the
+fork (early COW) and in the child (unshare); without gup_test they skip, as upstream does.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from cases.wp_async.common import wp_uffd
+from lib import abi, check, child, libc, needs, system
+from lib.backing import MemType, mem_types
+from lib.pagemap import Pagemap
+
+TYPES = mem_types()
+EV_FORK = int(abi.Feature.EVENT_FORK)
+NPAGES = 4
+
+
+def child_bit57(addr: int, with_event: bool, u, pre=None) -> bool:
+    """Fork; the child reports its own bit 57 of ``addr`` (exit 10 = set, 11 = clear)."""
+    stop = threading.Event()
+    forks: list[int] = []
+
+    def consume() -> None:  # upstream's fork-event thread: the fork waits for the read
+        while not stop.is_set():
+            if u.wait(0.02):
+                for m in u.read_msgs():
+                    if m.event == abi.Event.FORK:
+                        forks.append(m.ufd)
+
+    t = threading.Thread(target=consume, daemon=True)
+    if with_event:
+        t.start()
+
+    def body() -> int:
+        if pre is not None:
+            pre()
+        with Pagemap() as pm:
+            return 10 if pm.entry(addr).uffd_wp else 11
+
+    try:
+        res = child.reap(child.fork_call(body), 10)
+    finally:
+        stop.set()
+        if with_event:
+            t.join(5)
+    for fd in forks:
+        os.close(fd)
+    if with_event:
+        check.eq(len(forks), 1, "FORK events read by the monitor")
+    check.true(res.exit_code in (10, 11), f"child verdict ({res.describe()})")
+    return res.exit_code == 10
+
+
+def _setup(mt: MemType, features: int):
+    if mt.hugetlb:
+        needs.hugetlb_size(mt.hpage)
+        if system.hugetlb_counter(mt.hpage, "free_hugepages") < 1:
+            pytest.skip(f"no free {system.size_label(mt.hpage)} hugetlb page")
+    needs.uffd_features(mt.wp_feature | features)
+    return mt.map(1 if mt.hpage >= system.GiB else NPAGES)
+
+
+ARMS = [(mt, ev) for ev in (False, True) for mt in TYPES]
+
+
+def _ids(base: str) -> list[str]:
+    return [f"{base}{'-with-event' if ev else ''} on {mt}" for mt, ev in ARMS]
+
+
+@pytest.mark.parametrize("mt,with_event", ARMS, ids=_ids("wp-fork"))
+def test_wp_fork(mt: MemType, with_event: bool) -> None:
+    r = _setup(mt, EV_FORK if with_event else 0)
+    ps = mt.page_size
+    with wp_uffd(r, mt.wp_feature | (EV_FORK if with_event else 0)) as u:
+        libc.fill(r.addr, 0x42, ps)
+        u.writeprotect(r.addr, ps, True)
+        with Pagemap() as pm:
+            check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after protecting page 0")
+        check.eq(child_bit57(r.addr, with_event, u), with_event, "child bit 57 after fork (set iff EVENT_FORK)")
+        try:
+            libc.madvise(r.addr, ps, abi.Madv.DONTNEED if mt.shared else abi.Madv.PAGEOUT)
+        except OSError:
+            pass  # upstream ignores the result (PAGEOUT of hugetlb, no swap)
+        with Pagemap() as pm:
+            check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after the zap (pte marker / swap entry)")
+        check.eq(child_bit57(r.addr, with_event, u), with_event, "child bit 57 after the zap and a second fork")
+        u.writeprotect(r.addr, ps, False)
+        with Pagemap() as pm:
+            check.false(pm.entry(r.addr).uffd_wp, "bit 57 after mode 0")
+        libc.touch_write(r.addr, 1)
+        with Pagemap() as pm:
+            check.false(pm.entry(r.addr).uffd_wp, "bit 57 after a write")
+
+
+def gup_test_reason() -> str:
+    """Why a FOLL_LONGTERM pin through gup_test is not possible here ('' if it is)."""
+    path = "/sys/kernel/debug/gup_test"
+    if os.path.exists(path):
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+            return ""
+        except OSError as e:
+            return f"gup_test: {path}: {e.strerror} (Possibly CONFIG_GUP_TEST missing or unprivileged)"
+    parts = []
+    if not system.debugfs_mounted():
+        parts.append("debugfs not mounted")
+    cfg = system.config_enabled("CONFIG_GUP_TEST")
+    if cfg is False:
+        parts.append("kernel built without CONFIG_GUP_TEST")
+    return f"gup_test unavailable: {path} missing ({', '.join(parts) or 'unknown cause'})"
+
+
+def _pin(fd: int, addr: int, size: int) -> None:
+    libc.ioctl(fd, abi.PIN_LONGTERM_TEST_START, abi.pin_longterm_test(addr, size, 0, 0),
+               name="PIN_LONGTERM_TEST_START")
+
+
+@pytest.mark.parametrize("mt,with_event", ARMS, ids=_ids("wp-fork-pin"))
+def test_wp_fork_pin(mt: MemType, with_event: bool) -> None:
+    why = gup_test_reason()
+    if why:
+        pytest.skip(why)
+    r = _setup(mt, EV_FORK if with_event else 0)
+    ps = mt.page_size
+    with wp_uffd(r, mt.wp_feature | (EV_FORK if with_event else 0)) as u:
+        libc.fill(r.addr, 0x42, ps)
+        u.writeprotect(r.addr, ps, True)
+        fd = os.open("/sys/kernel/debug/gup_test", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            _pin(fd, r.addr, ps)  # (1) R/O longterm pin in the parent: fork takes the early-COW path
+            check.eq(child_bit57(r.addr, with_event, u), with_event, "child bit 57 after fork with a R/O pin")
+            libc.ioctl(fd, abi.PIN_LONGTERM_TEST_STOP, 0, name="PIN_LONGTERM_TEST_STOP")
+            # (2) the child pins (unshare / COR path), then reads its bit
+            got = child_bit57(r.addr, with_event, u, pre=lambda: _pin(fd, r.addr, ps))
+            check.eq(got, with_event, "child bit 57 after pinning in the child")
+        finally:
+            os.close(fd)
