@@ -167,9 +167,13 @@ class KmmRun:
                       + (", ".join(system.size_label(s) for s in facts.thp_sizes) or "none")
                       + "; hugetlb sizes: " + (", ".join(system.size_label(s) for s in facts.hugetlb_sizes) or "none"))
         if system.is_root():
-            if not system.SETTINGS.acquire(wait=False):
-                self.tap.diag(f"waiting for another run (pid {system.SETTINGS.lock_holder()}) to finish")
-                system.SETTINGS.acquire(wait=True)
+            if not system.SETTINGS.acquire():
+                wait = float(os.environ.get("KMM_LOCK_WAIT", "1800"))
+                self.tap.diag(f"waiting up to {wait:g}s for another run (pid {system.SETTINGS.lock_holder()}) to end")
+                if not system.SETTINGS.acquire(timeout=wait):
+                    self.active = False
+                    raise pytest.UsageError(f"another kmm-conformance run (pid {system.SETTINGS.lock_holder()}) "
+                                            f"still holds {system.SETTINGS.lock_path} after {wait:g}s")
             repaired = system.SETTINGS.repair()
             if repaired:
                 self.tap.diag("restored settings left by a killed run: "

@@ -15,8 +15,15 @@ All three expose one control interface (pause/resume, stats, barriers, stop).  T
    batch's page faults, so a REMOVE is never overtaken by a fault read in the same batch;
 3. resolves each fault inline or on a worker thread: take the settle read lock, choose the
    source (zeros once the page was removed, else the source page), then UFFDIO_COPY (optionally
-   COPY_MODE_WP), ZEROPAGE, CONTINUE or WRITEPROTECT.  EEXIST wakes instead; EAGAIN (a REMOVE
-   is pending) drops the lock and retries from the source choice.
+   COPY_MODE_WP), ZEROPAGE, CONTINUE or WRITEPROTECT, and records the page's state before it
+   drops the lock.  EEXIST wakes instead; EAGAIN (a REMOVE is pending) drops the lock and
+   retries from the source choice (an inline serve loop first reads the pending event itself:
+   nobody else would).
+
+A REMOVE marks its pages removed as soon as it is read (a choice made after the read serves
+zeros), then again under the settle write lock (a worker that chose before the read may have
+recorded the page as installed meanwhile).  Only pages wholly inside the range count: hugetlbfs
+MADV_REMOVE zeroes a partial head/tail page in place and keeps it mapped.
 
 Barrier points (``before_lock``, ``before_resolve``) park a worker serving a given page until
 the test releases it: deterministic races without sleeps.  ``wrong_source_before_lock`` makes
@@ -63,6 +70,9 @@ class Options:
     wrong_page: bool = False  # negative control: serve the next source page instead of the right one
     reject_write_missing: bool = False  # uffd-unit-tests: a MISSING fault must be a read
     follow_fork: bool = True  # serve the child's uffd from a FORK event as well
+    # populate the zero buffer and each source page before UFFDIO_COPY: a hugetlb copy whose
+    # source is not mapped in needs a second, unreserved huge page (mm/hugetlb.c bounce folio)
+    populate_buffers: bool = False
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Stats:
     events: list[dict] = field(default_factory=list)  # every non-fault event, in order
     faults: list[dict] = field(default_factory=list)  # every fault message, in order
     states: dict[int, str] = field(default_factory=dict)  # page index -> state
+    log: list[str] = field(default_factory=list)  # serve-loop order: read / applied / dispatched
 
 
 class RWLock:
@@ -145,6 +156,8 @@ class FaultServer:
         self._resume = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._zeros = libc.mmap(page_size, abi.PROT_READ, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
+        if self.opt.populate_buffers:
+            libc.madvise(self._zeros, page_size, abi.Madv.POPULATE_READ)
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -252,9 +265,12 @@ class FaultServer:
 
     def _batch(self, u: Userfaultfd, msgs: list[Msg]) -> None:
         faults = []
+        if msgs:
+            self._log("read " + ", ".join(str(m) for m in msgs))
         for m in msgs:
             if m.event in (abi.Event.REMOVE,):
                 self._apply_remove(m)
+                self._log(f"applied {m}")
             elif m.event == abi.Event.PAGEFAULT:
                 faults.append(m)
             else:
@@ -262,10 +278,15 @@ class FaultServer:
         for m in faults:
             with self.state_lock:
                 self.stats.faults.append({"address": m.address, "flags": m.flags, "ptid": m.ptid})
+                self.stats.log.append(f"dispatched {m}")
             if self.opt.workers:
                 self._queue.put((u, m))
             else:
                 self._resolve(u, m)
+
+    def _log(self, line: str) -> None:
+        with self.state_lock:
+            self.stats.log.append(line)
 
     def _record(self, m: Msg) -> None:
         d = {"event": m.event.name, "start": m.start, "end": m.end}
@@ -277,19 +298,29 @@ class FaultServer:
             self.stats.events.append(d)
 
     def _apply_remove(self, m: Msg) -> None:
-        self._record(m)
         if self.opt.ignore_remove:
+            self._record(m)
             return
-        self.lock.acquire_write()
+        pages = self._pages_within(m.start, m.end)
+        self._mark_removed(pages)  # at once: a source chosen after this read must be zeros
+        self._record(m)
+        self.lock.acquire_write()  # settle: wait out workers that chose before the read
         try:
-            with self.state_lock:
-                first = max(0, (m.start - self.base) // self.page_size)
-                last = min(self.size, m.end - self.base)
-                for i in range(first, (last + self.page_size - 1) // self.page_size):
-                    self.removed.add(i)
-                    self.stats.states[i] = REMOVED
+            self._mark_removed(pages)  # again: such a worker may have recorded the page installed
         finally:
             self.lock.release_write()
+
+    def _pages_within(self, start: int, end: int) -> range:
+        """Pages wholly inside [start, end) (no partial page is discarded by the kernel)."""
+        first = max(0, -(-(start - self.base) // self.page_size))
+        last = min(self.size // self.page_size, (end - self.base) // self.page_size)
+        return range(first, last)
+
+    def _mark_removed(self, pages: range) -> None:
+        with self.state_lock:
+            for i in pages:
+                self.removed.add(i)
+                self.stats.states[i] = REMOVED
 
     def _apply_event(self, u: Userfaultfd, m: Msg) -> None:
         self._record(m)
@@ -332,29 +363,44 @@ class FaultServer:
                 return
             if self.opt.reject_write_missing and m.is_write:
                 raise AssertionError(f"MISSING fault at {m.address:#x} has the WRITE flag")
-            self._hook(BEFORE_LOCK, page)
+            # the negative control chooses where the buggy e2b serve loop did: before the
+            # worker reaches its first barrier and the settle lock
             early = self._choose_source(page) if self.opt.wrong_source_before_lock else None
+            self._hook(BEFORE_LOCK, page)
             while True:
                 self.lock.acquire_read()
                 try:
                     self._hook(BEFORE_RESOLVE, page)
                     src, kind = early or self._choose_source(page)
                     done = self._install(u, addr, src, m.is_write)
+                    if done:  # book-keep under the lock: a REMOVE applied next must win
+                        with self.state_lock:
+                            self.stats.missing += 1
+                            self.stats.states[page] = kind or (DIRTY if m.is_write else CLEAN)
+                            self.removed.discard(page)
                 finally:
                     self.lock.release_read()
                 if done:
                     break
                 early = None  # EAGAIN: a REMOVE is pending; choose again after it
-            with self.state_lock:
-                self.stats.missing += 1
-                self.stats.states[page] = kind or (DIRTY if m.is_write else CLEAN)
-                self.removed.discard(page)
+                if self._stop:
+                    raise RuntimeError("stopped while UFFDIO_COPY kept failing with EAGAIN")
+                if not self.opt.workers:
+                    self._read_pending(u)
         except Exception as e:
             with self.state_lock:
                 self.stats.errors.append(f"fault at {m.address:#x}: {type(e).__name__}: {e}")
 
+    def _read_pending(self, u: Userfaultfd) -> None:
+        """Inline serve loop, EAGAIN: the pending event can only be read here; read and handle it
+        (faults read with it are resolved now, before the retry)."""
+        if u.wait(0.001):
+            self._batch(u, u.read_msgs(64))
+
     def _install(self, u: Userfaultfd, addr: int, src: int, write: bool = False) -> bool:
         """Install one page; False means EAGAIN (retry after the pending event is read)."""
+        if src and self.opt.populate_buffers:
+            libc.madvise(src, self.page_size, abi.Madv.POPULATE_READ)
         mode = abi.CopyMode.WP if self.opt.copy_mode_wp or (self.opt.copy_mode_wp_reads and not write) else 0
         try:
             if src == 0 and self.opt.use_zeropage_ioctl and self.page_size == libc.PAGE_SIZE and not mode:

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import time
 from dataclasses import dataclass
 
 from lib import libc
@@ -282,17 +283,22 @@ class Settings:
         self._lock_fd: int | None = None
 
     # -- the run lock ---------------------------------------------------------------------
-    def acquire(self, wait: bool = True) -> bool:
-        """Take the machine-wide run lock; returns False if ``wait`` is False and it is held."""
+    def acquire(self, timeout: float = 0.0) -> bool:
+        """Take the machine-wide run lock, waiting up to ``timeout`` seconds for its holder."""
         if self._lock_fd is not None:
             return True
         os.makedirs(self.state_dir, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= end:
+                    os.close(fd)
+                    return False
+                time.sleep(0.1)  # polling a lock held by another process, bounded by the timeout
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd

@@ -27,7 +27,7 @@ import pytest
 
 from lib import abi, check, libc, memory, needs, system
 from lib.child import Deadline, task_state, task_wchan, wait_until
-from lib.handler import Source, Stats
+from lib.handler import Options, Source, Stats
 
 PAGE = libc.PAGE_SIZE
 MiB, GiB = system.MiB, system.GiB
@@ -65,8 +65,15 @@ class Backing:
 
     @property
     def max_pages(self) -> int:
-        """Pages a case may map (1 GiB pages are expensive and hard to allocate: at most 2)."""
-        return 2 if self.hpage >= GiB else 8
+        """Pages a case may map: one 1 GiB page (a fragmented machine often has no second)."""
+        return 1 if self.hpage >= GiB else 8
+
+    def options(self, **kw) -> Options:
+        """Handler options for this backing.  hugetlb: the handler populates its buffers, else
+        every UFFDIO_COPY needs a spare, unreserved huge page for mm/hugetlb.c's bounce folio."""
+        o = Options(**kw)
+        o.populate_buffers = self.hugetlb
+        return o
 
     @property
     def missing_feature(self) -> int:

@@ -31,15 +31,21 @@ from lib.handler import BEFORE_LOCK, BEFORE_RESOLVE, REMOVED, Options
 from lib.serve import served
 
 EV = int(abi.Feature.EVENT_REMOVE)
-TARGET = 1
-NPAGES = 2
+NPAGES = 2  # the racing page is the last one (the only one of a 1 GiB backing)
 MADVISE_BUDGET = 2.0  # seconds (e2b's madvise budget)
 
 
-def _opts(options: Options | None) -> Options:
+def _opts(b: Backing, options: Options | None) -> Options:
     o = options or Options()
     o.workers = max(o.workers, 2)
+    o.populate_buffers = b.hugetlb
     return o
+
+
+def _layout(b: Backing):
+    n = min(NPAGES, b.max_pages)
+    region = b.map(n)
+    return region, make_source(region), n - 1
 
 
 def _removed(h, page: int):
@@ -49,21 +55,20 @@ def _removed(h, page: int):
 def stale_source_race(b: Backing, topology: str, options: Options | None = None) -> None:
     """Worker parked before the lock; the REMOVE lands; released, it must serve zeros."""
     b.require(EV)
-    region = b.map(NPAGES)
-    src = make_source(region)
-    addr, ps = region.page(TARGET), region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(options)) as s:
+    region, src, target = _layout(b)
+    addr, ps = region.page(target), region.page_size
+    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
         h = s.handler
-        tok = h.install_barrier(TARGET, BEFORE_LOCK)
+        tok = h.install_barrier(target, BEFORE_LOCK)
         reader = read_async(addr, HEAD)
         note("waiting for the worker to park before_lock")
         h.wait_held(tok, 5.0)
         note(f"{b.punch_name} of the faulting page while its worker is parked")
         returns_within(lambda: libc.madvise(addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
-        wait_until(_removed(h, TARGET), 5.0, "the handler to record the REMOVE")
+        wait_until(_removed(h, target), 5.0, "the handler to record the REMOVE")
         h.release(tok)
         got = reader.join(10)
-        check.true(got != header(TARGET), "the racing read did not return the stale source page")
+        check.true(got != header(target), "the racing read did not return the stale source page")
         check_zero(addr, ps, "page read after the race")
         st = s.stats()
     check_no_errors(st)
@@ -72,17 +77,16 @@ def stale_source_race(b: Backing, topology: str, options: Options | None = None)
 def madvise_while_parked(b: Backing, topology: str, options: Options | None = None) -> None:
     """Worker parked holding the settle read lock: madvise returns in 2 s; the page ends zero."""
     b.require(EV)
-    region = b.map(NPAGES)
-    src = make_source(region)
-    addr, ps = region.page(TARGET), region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(options)) as s:
+    region, src, target = _layout(b)
+    addr, ps = region.page(target), region.page_size
+    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
         h = s.handler
-        tok = h.install_barrier(TARGET, BEFORE_RESOLVE)
+        tok = h.install_barrier(target, BEFORE_RESOLVE)
         reader = read_async(addr, HEAD)
         h.wait_held(tok, 5.0)
         note(f"{b.punch_name} while a worker holds the settle lock")
         returns_within(lambda: libc.madvise(addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
-        wait_until(_removed(h, TARGET), 5.0, "the handler to record the REMOVE")
+        wait_until(_removed(h, target), 5.0, "the handler to record the REMOVE")
         h.release(tok)
         reader.join(10)
         check_zero(addr, ps, "page after the parked worker was released")
@@ -98,19 +102,18 @@ def faulted_short_circuit(b: Backing, topology: str, options: Options | None = N
     released, the handler must not resurrect the source page: the page reads zero.
     """
     b.require(EV)
-    region = b.map(NPAGES)
-    src = make_source(region)
-    addr, ps = region.page(TARGET), region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(options)) as s:
+    region, src, target = _layout(b)
+    addr, ps = region.page(target), region.page_size
+    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
         h = s.handler
-        tok = h.install_barrier(TARGET, BEFORE_LOCK)
+        tok = h.install_barrier(target, BEFORE_LOCK)
         first = read_async(addr, HEAD)
         h.wait_held(tok, 5.0)
         second = read_async(addr, HEAD)
-        check.eq(second.join(10), header(TARGET), "second reader gets the source page")
-        check.eq(first.join(10), header(TARGET), "first reader, woken by the second install, gets it too")
+        check.eq(second.join(10), header(target), "second reader gets the source page")
+        check.eq(first.join(10), header(target), "first reader, woken by the second install, gets it too")
         returns_within(lambda: libc.madvise(addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
-        wait_until(_removed(h, TARGET), 5.0, "the handler to record the REMOVE")
+        wait_until(_removed(h, target), 5.0, "the handler to record the REMOVE")
         h.release(tok)
         wait_until(lambda: h.stats().missing >= 2, 10.0, "the parked duplicate fault to be resolved")
         check_zero(addr, ps, "page after the stale duplicate fault was resolved")
