@@ -373,7 +373,7 @@ class Settings:
         return restored
 
     def _write_journal(self) -> None:
-        if self._lock_fd is None and not is_root():
+        if not is_root():
             return
         os.makedirs(self.state_dir, exist_ok=True)
         tmp = self.journal_path + ".tmp"
@@ -384,6 +384,8 @@ class Settings:
         os.replace(tmp, self.journal_path)
 
     def _remove_journal(self) -> None:
+        if not is_root():
+            return  # an unprivileged run changes nothing and owns no journal
         try:
             os.unlink(self.journal_path)
         except FileNotFoundError:
