@@ -61,7 +61,23 @@ REF_SOURCE = ROOT / "bench" / "reference" / "uffd_ref.c"
 
 
 # ---------------------------------------------------------------------------------------
-# one Python measurement (runs in its own process: ``--worker``)
+# one Python measurement
+
+
+def handler_cpu_ns(pid: int, tid: int | None = None) -> int:
+    """CPU time a handler has run (ns, /proc schedstat): one thread, or all threads of a process."""
+    tids = [tid] if tid else os.listdir(f"/proc/{pid}/task")
+    total = 0
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+# (the worker runs in its own process: ``--worker``)
 
 
 def worker(job: str, placement: str, page: str, nthreads: int, npages: int) -> dict:
@@ -123,7 +139,13 @@ def worker(job: str, placement: str, page: str, nthreads: int, npages: int) -> d
         with served(region, placement, features=feats, mode=mode, source=source, options=opt) as s:
             if job == "wp":
                 s.uffd.writeprotect(region.addr, size, True)
+            if placement == "thread":
+                who = (os.getpid(), s.handler.server._threads[-1].native_id)
+            else:
+                who = (s.handler.pid, None)
+            cpu0 = handler_cpu_ns(*who)
             elapsed = timed()
+            cpu1 = handler_cpu_ns(*who)
             # the handler counts a fault after its ioctl has woken the faulter: wait for the tally
             count = (lambda st: st.wp) if job == "wp" else (lambda st: st.missing + st.eexist)
             d = Deadline(10)
@@ -133,7 +155,8 @@ def worker(job: str, placement: str, page: str, nthreads: int, npages: int) -> d
         region.close()
         if source:
             source.close()
-    return {"elapsed_ns": int(elapsed * 1e9), "faults": npages, "served": count(st), "errors": st.errors[:5]}
+    return {"elapsed_ns": int(elapsed * 1e9), "faults": npages, "served": count(st), "errors": st.errors[:5],
+            "handler_cpu_ns": cpu1 - cpu0}
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,6 +215,9 @@ def summarise(runs: list[dict], npages: int) -> dict:
         "faults_per_s": round(1e6 / med) if med else None,
         "n": len(good),
     })
+    cpu = [r["handler_cpu_ns"] / 1e3 / npages for r in good if r.get("handler_cpu_ns")]
+    if cpu:
+        out["handler_cpu_us_per_fault"] = round(statistics.median(cpu), 3)
     short = [r for r in good if r.get("served") not in (None, 0) and r["served"] < npages]
     if short:
         out["warning"] = f"{len(short)} run(s) served fewer faults than pages"
@@ -231,6 +257,8 @@ def measure(cell: dict, ref: str | None, reps: int, timeout: float) -> dict:
     row["c"] = summarise(c_runs, cell["npages"]) if ref else {"skipped": True}
     p, c = row["python"].get("us_per_fault"), row["c"].get("us_per_fault")
     row["ratio"] = round(p / c, 3) if p and c else None
+    p, c = row["python"].get("handler_cpu_us_per_fault"), row["c"].get("handler_cpu_us_per_fault")
+    row["cpu_ratio"] = round(p / c, 3) if p and c else None
     return row
 
 
@@ -254,10 +282,12 @@ class HugetlbPool:
             self.note = "2 MiB hugetlb skipped: the kernel offers no 2048 kB hugetlb size"
             return self
         s = system.SETTINGS
-        if not s.acquire(wait=False):
-            print(f"# waiting for the run lock (held by pid {s.lock_holder()}) to grow the hugetlb pool",
-                  flush=True)
-            s.acquire(wait=True)
+        if not s.acquire():
+            print(f"# waiting up to 30 min for the run lock (held by pid {s.lock_holder()}) to grow the "
+                  "hugetlb pool", flush=True)
+            if not s.acquire(timeout=1800):
+                self.note = f"2 MiB hugetlb skipped: the run lock stayed held by pid {s.lock_holder()}"
+                return self
         s.repair()
         try:
             s.ensure_hugetlb(HPAGE, self.pages)
@@ -282,7 +312,8 @@ class HugetlbPool:
 
 def fmt_table(rows: list[dict]) -> str:
     head = f"{'job':8} {'placement':10} {'page':4} {'thr':>3} {'cpus':5} " \
-           f"{'py us/f':>9} {'py f/s':>8} {'C us/f':>9} {'C f/s':>8} {'py/C':>6}"
+           f"{'py us/f':>9} {'py f/s':>8} {'C us/f':>9} {'C f/s':>8} {'py/C':>6} " \
+           f"{'py cpu':>7} {'C cpu':>7} {'py/C':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         pre = f"{r['job']:8} {r['placement']:10} {r['page']:4} {r['threads']:>3} {r['affinity']:5} "
@@ -299,7 +330,10 @@ def fmt_table(rows: list[dict]) -> str:
             return f"{'error':>9} {'':>8}"
 
         ratio = f"{r['ratio']:6.2f}" if r.get("ratio") else f"{'-':>6}"
-        lines.append(pre + f"{cellfmt(p)} {cellfmt(c)} {ratio}")
+        pc, cc = p.get("handler_cpu_us_per_fault"), c.get("handler_cpu_us_per_fault")
+        cpu = (f"{pc:7.1f}" if pc else f"{'-':>7}") + " " + (f"{cc:7.1f}" if cc else f"{'-':>7}") + " " \
+            + (f"{r['cpu_ratio']:6.2f}" if r.get("cpu_ratio") else f"{'-':>6}")
+        lines.append(pre + f"{cellfmt(p)} {cellfmt(c)} {ratio} {cpu}")
         for who, d in (("python", p), ("C", c)):
             if "error" in d:
                 lines.append(f"    {who} error: {d['error']}")

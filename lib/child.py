@@ -223,6 +223,15 @@ def note(text: str) -> None:
         _send(_note_fd, {"note": text})
 
 
+DIAG_PREFIX = "diag: "
+
+
+def diag(text: str) -> None:
+    """A diagnostic kept with the case's result whatever the verdict (the Outcome's details:
+    JUnit body and summary.json), e.g. which of two documented kernel behaviours was seen."""
+    note(DIAG_PREFIX + text)
+
+
 def _send(fd: int, obj: dict) -> None:
     data = (json.dumps(obj) + "\n").encode()
     while data:
@@ -360,7 +369,9 @@ def run_isolated(
         _kill_group(pid)
     dur = time.monotonic() - start
     if result is not None:
-        return Outcome(result["kind"], result.get("message", ""), result.get("details", ""), notes, dur,
+        diags = [n.removeprefix(DIAG_PREFIX) for n in notes if n.startswith(DIAG_PREFIX)]
+        details = "\n".join(x for x in (result.get("details", ""), *diags) if x)
+        return Outcome(result["kind"], result.get("message", ""), details, notes, dur,
                        result.get("traceback", ""))
     cr = ChildResult(pid, status)
     if cr.signal is not None:

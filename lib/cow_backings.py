@@ -50,6 +50,40 @@ def kb(size: int) -> str:
     return f"{size // 1024} kB"
 
 
+_POOL_FAILED: dict[int, str] = {}  # hugetlb size -> why its pool could not be grown (this run)
+
+
+def grow_hugetlb_pool(settings, size: int) -> None:
+    """Two free hugetlb pages of ``size`` for the rest of the run (cow.c hugetlb_setup(2)).
+
+    Gigantic pages need contiguous memory: when growing the pool fails, compact memory once
+    (/proc/sys/vm/compact_memory, a trigger, not a setting) and try again; a size that still
+    fails is not tried again in this run (every later case skips with the same reason).
+    """
+    if size not in system.hugetlb_sizes():
+        pytest.skip(f"hugetlb size {kb(size)} not offered by this kernel")
+    if size in _POOL_FAILED:
+        pytest.skip(_POOL_FAILED[size])
+    try:
+        settings.hugetlb(size, HUGETLB_PAGES)
+        return
+    except pytest.skip.Exception as e:
+        first = str(e.msg)
+        if not system.is_root():
+            _POOL_FAILED[size] = first
+            raise
+    try:
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+    try:
+        settings.hugetlb(size, HUGETLB_PAGES)
+    except pytest.skip.Exception as e:
+        _POOL_FAILED[size] = f"{e.msg} (also after compacting memory)"
+        pytest.skip(_POOL_FAILED[size])
+
+
 def _swap_skip(what: str) -> None:
     why = "MADV_PAGEOUT did not work, is swap enabled?"
     if not system.swap_active():
@@ -122,9 +156,7 @@ class AnonBacking:
         if self.thp:
             settings.thp_only_size(self.size)
         elif self.hugetlb:
-            if self.size not in system.hugetlb_sizes():
-                pytest.skip(f"hugetlb size {kb(self.size)} not offered by this kernel")
-            settings.hugetlb(self.size, HUGETLB_PAGES)
+            grow_hugetlb_pool(settings, self.size)
 
     @contextlib.contextmanager
     def setup(self) -> Iterator[Mem]:
@@ -276,9 +308,7 @@ class NonAnonBacking:
         if self.kind == "huge_zeropage" and system.pmd_size():
             settings.thp_only_size(system.pmd_size())
         elif self.kind == "memfd_hugetlb":
-            if self.size not in system.hugetlb_sizes():
-                pytest.skip(f"hugetlb size {kb(self.size)} not offered by this kernel")
-            settings.hugetlb(self.size, HUGETLB_PAGES)
+            grow_hugetlb_pool(settings, self.size)
 
     @contextlib.contextmanager
     def setup(self) -> Iterator[NonAnonMem]:

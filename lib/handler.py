@@ -54,6 +54,10 @@ BEFORE_RESOLVE = "before_resolve"
 
 CLEAN, DIRTY, ZERO, REMOVED = "clean", "dirty", "zero", "removed"
 
+# enum members looked up once (an Enum attribute access costs more than the int compare)
+_PAGEFAULT, _REMOVE = abi.Event.PAGEFAULT, abi.Event.REMOVE
+_PF_WRITE, _PF_WP, _PF_MINOR = int(abi.PagefaultFlag.WRITE), int(abi.PagefaultFlag.WP), int(abi.PagefaultFlag.MINOR)
+
 
 @dataclass
 class Options:
@@ -92,32 +96,46 @@ class Stats:
 class RWLock:
     """Many readers (workers) or one writer (REMOVE application)."""
 
+    # The uncontended paths take only the plain mutex (a C-level context manager); the
+    # condition variable is used, and notified, only when somebody waits.
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
+        self._waiting = 0  # threads blocked in _cond.wait()
+
+    def _wait_while(self, busy) -> None:
+        self._waiting += 1
+        try:
+            while busy():
+                self._cond.wait()
+        finally:
+            self._waiting -= 1
 
     def acquire_read(self) -> None:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
+        with self._mutex:
+            if self._writer:
+                self._wait_while(lambda: self._writer)
             self._readers += 1
 
     def release_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     def acquire_write(self) -> None:
-        with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
+        with self._mutex:
+            if self._writer or self._readers:
+                self._wait_while(lambda: self._writer or self._readers)
             self._writer = True
 
     def release_write(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._writer = False
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
 
 class Barrier:
@@ -198,6 +216,8 @@ class FaultServer:
 
     def snapshot(self) -> Stats:
         with self.state_lock:
+            # the fault path logs lines as callables (formatting is the costly part); render them
+            self.stats.log = [e if isinstance(e, str) else e() for e in self.stats.log]
             s = Stats(**{k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in asdict(self.stats).items()})
         return s
 
@@ -266,25 +286,28 @@ class FaultServer:
     def _batch(self, u: Userfaultfd, msgs: list[Msg]) -> None:
         faults = []
         if msgs:
-            self._log("read " + ", ".join(str(m) for m in msgs))
+            self._log(lambda: "read " + ", ".join(map(str, msgs)))  # rendered by snapshot()
         for m in msgs:
-            if m.event in (abi.Event.REMOVE,):
+            ev = m.event
+            if ev == _PAGEFAULT:
+                faults.append(m)
+            elif ev == _REMOVE:
                 self._apply_remove(m)
                 self._log(f"applied {m}")
-            elif m.event == abi.Event.PAGEFAULT:
-                faults.append(m)
             else:
                 self._apply_event(u, m)
+        stats, state_lock = self.stats, self.state_lock
         for m in faults:
-            with self.state_lock:
-                self.stats.faults.append({"address": m.address, "flags": m.flags, "ptid": m.ptid})
-                self.stats.log.append(f"dispatched {m}")
+            with state_lock:
+                stats.faults.append({"address": m.address, "flags": m.flags, "ptid": m.ptid})
+                stats.log.append(lambda m=m: f"dispatched {m}")
             if self.opt.workers:
                 self._queue.put((u, m))
             else:
                 self._resolve(u, m)
 
-    def _log(self, line: str) -> None:
+    def _log(self, line) -> None:
+        """Append a serve-loop line: a str, or a callable returning it (rendered by snapshot())."""
         with self.state_lock:
             self.stats.log.append(line)
 
@@ -348,14 +371,15 @@ class FaultServer:
     def _resolve(self, u: Userfaultfd, m: Msg) -> None:
         addr = m.address & ~(self.page_size - 1)
         page = (addr - self.base) // self.page_size
+        flags = m.flags
         try:
-            if m.is_wp:
+            if flags & _PF_WP:
                 u.writeprotect(addr, self.page_size, False)
                 with self.state_lock:
                     self.stats.wp += 1
                     self.stats.states[page] = DIRTY
                 return
-            if m.is_minor:
+            if flags & _PF_MINOR:
                 u.cont(addr, self.page_size, abi.ContinueMode.WP if self.opt.copy_mode_wp else 0)
                 with self.state_lock:
                     self.stats.minor += 1

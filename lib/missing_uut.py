@@ -126,7 +126,16 @@ def write_count(addr: int, value: int) -> None:
 def map_dst(mt: MemType, npages: int, align: int = 0) -> memory.Region:
     """The registered area of a type; ``align`` places it at an aligned address (mremap target,
     MADV_COLLAPSE).  Hugetlb mappings are aligned to their page size by the kernel."""
-    if not align or mt.hugetlb:
+    if mt.hugetlb:
+        # uffd-common maps hugetlb dst MAP_NORESERVE: a private mapping's reservation would
+        # belong to this process alone, and a forked child (events) could not fault pages in
+        size = npages * mt.hpage
+        fd = libc.memfd_create("kmm-uut-hugetlb", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(mt.hpage))
+        os.ftruncate(fd, size)
+        flags = (abi.MAP_SHARED if mt.kind == "hugetlb" else abi.MAP_PRIVATE) | abi.MAP_NORESERVE
+        addr = libc.mmap(size, memory.RW, flags, fd, 0)
+        return memory.Region(addr, size, mt.hpage, mt.kind, fd, mt.kind == "hugetlb", True, [(addr, size)])
+    if not align:
         r = mt.map(npages)
         if mt.kind == "shmem-private":
             r.kind = "shmem-private"
@@ -420,3 +429,44 @@ class SigbusCatcher:
 def replace_page(page: int, page_size: int) -> None:
     """Map a fresh private anon page over ``page`` (the access then reads zeros)."""
     libc.mmap(page_size, memory.RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED, addr=page)
+
+
+# ---------------------------------------------------------------------------------------
+# a faulting child process with a verdict
+
+
+class Child:
+    """A forked process running ``fn``; :meth:`finish` returns its failure text or ''."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._r, w = os.pipe2(os.O_CLOEXEC)
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._r)
+            code = 0
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                os.write(w, f"{type(e).__name__}: {e}".encode()[:4000])
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+
+    def finish(self, timeout: float = 30.0) -> str:
+        from lib.child import reap
+
+        try:
+            r = reap(self.pid, timeout)
+        finally:
+            text = os.read(self._r, 4096).decode(errors="replace")
+            os.close(self._r)
+        if r.signal is not None or r.exit_code:
+            return text or r.describe()
+        return ""
+
+
+def uffd_probe_features() -> int:
+    from lib.uffd import probe
+
+    return probe().features

@@ -28,12 +28,20 @@ def uffd_features(features: int = 0, user_mode_only: bool = False) -> uffd.Avail
     return a
 
 
+def _why(a: uffd.Availability, key: str) -> str:
+    for part in a.reason.split("; "):
+        if part.startswith(key + ":"):
+            return part.split(":", 1)[1].strip()
+    return a.reason or "unknown"
+
+
 def open_path(via: str, user_mode_only: bool = False) -> None:
     a = uffd.probe()
     if via == "dev" and not a.dev:
-        pytest.skip(f"/dev/userfaultfd not usable: {a.reason}")
-    if via == "syscall" and not (a.syscall_user_only if user_mode_only else a.syscall):
-        pytest.skip(f"userfaultfd(2) not usable: {a.reason}")
+        pytest.skip(f"/dev/userfaultfd not usable: {_why(a, 'dev')}")
+    key = "syscall_user_only" if user_mode_only else "syscall"
+    if via == "syscall" and not getattr(a, key):
+        pytest.skip(f"userfaultfd(2) not usable: {_why(a, key)}")
 
 
 def root(why: str) -> None:

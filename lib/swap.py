@@ -115,13 +115,13 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def _journal(t: TempSwap | None) -> None:
-    path = journal_path()
+def _journal(t: TempSwap | None, state_dir: str | None = None) -> None:
+    path = journal_path(state_dir)
     if t is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
-    os.makedirs(system.STATE_DIR, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(asdict(t), f)
@@ -158,7 +158,7 @@ def create(size: int = DEFAULT_SIZE) -> TempSwap:
     return t
 
 
-def remove(t: TempSwap) -> list[str]:
+def remove(t: TempSwap, state_dir: str | None = None) -> list[str]:
     """Undo :func:`create`; returns the steps that failed (empty on success)."""
     failed = []
     if t.device in active_swaps():
@@ -178,7 +178,7 @@ def remove(t: TempSwap) -> list[str]:
         except OSError as e:
             failed.append(f"hot_remove zram{t.hot_added}: {e.strerror}")
     if not failed:
-        _journal(None)
+        _journal(None, state_dir)
     return failed
 
 
@@ -189,5 +189,5 @@ def repair(state_dir: str | None = None) -> dict[str, str]:
             t = TempSwap(**json.load(f))
     except (OSError, ValueError, TypeError):
         return {}
-    failed = remove(t)
+    failed = remove(t, state_dir)
     return {f"swap {t.device}": "failed: " + "; ".join(failed) if failed else "removed"}

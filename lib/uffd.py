@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from lib import abi, libc
 
-
 _fcntl_ioctl = fcntl.ioctl
 
 
@@ -30,7 +29,7 @@ class UffdError(OSError):
         self.result = result
 
 
-_PF_WRITE, _PF_WP, _PF_MINOR = (int(f) for f in (abi.PagefaultFlag.WRITE, abi.PagefaultFlag.WP, abi.PagefaultFlag.MINOR))
+_PF_WRITE, _PF_WP, _PF_MINOR = (int(abi.PagefaultFlag[n]) for n in ("WRITE", "WP", "MINOR"))
 _EVENTS = {int(e): e for e in abi.Event}
 _PAGEFAULT, _FORK, _REMAP = abi.Event.PAGEFAULT, abi.Event.FORK, abi.Event.REMAP
 # uffd_msg as event + three 64-bit words of the argument union (the serve loop's fast decode)
@@ -87,7 +86,7 @@ class Msg:
 
     def __str__(self) -> str:
         if self.event == abi.Event.PAGEFAULT:
-            return f"PAGEFAULT@{self.address:#x} flags={abi.PagefaultFlag(self.flags)!r}"
+            return f"PAGEFAULT@{self.address:#x} flags={_flags_repr(self.flags)}"
         if self.event == abi.Event.FORK:
             return f"FORK ufd={self.ufd}"
         if self.event == abi.Event.REMAP:
@@ -96,8 +95,19 @@ class Msg:
 
 
 _new = object.__new__
+_FLAGS_REPR: dict[int, str] = {}
+
+
+def _flags_repr(flags: int) -> str:
+    """repr(PagefaultFlag(flags)), cached per value (the serve loop logs every message)."""
+    r = _FLAGS_REPR.get(flags)
+    if r is None:
+        r = _FLAGS_REPR[flags] = repr(abi.PagefaultFlag(flags))
+    return r
+
+
 MSG_SIZE = ctypes.sizeof(abi.uffd_msg)
-assert MSG_SIZE == _MSG_WORDS.size
+assert _MSG_WORDS.size == MSG_SIZE
 DEFAULT_FLAGS = abi.O_CLOEXEC | abi.O_NONBLOCK
 
 

@@ -10,6 +10,7 @@ and faults: 4 KiB everywhere but hugetlb, where it is the huge page.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 import pytest
@@ -89,9 +90,11 @@ class WpBacking:
         if self.hugetlb:
             needs.hugetlb_size(self.size)
             free = system.hugetlb_counter(self.size, "free_hugepages")
+            resv = system.hugetlb_counter(self.size, "resv_hugepages")
             want = min(units, self.max_units())
-            if free < want:
-                pytest.skip(f"only {free} free {system.size_label(self.size)} hugetlb pages, need {want}")
+            if free - resv < want:
+                pytest.skip(f"only {free} free ({resv} reserved) {system.size_label(self.size)} hugetlb pages, "
+                            f"need {want}")
         needs.uffd_features(self.wp_features | int(features))
 
     # -- memory ---------------------------------------------------------------------------
@@ -108,10 +111,16 @@ class WpBacking:
             r = memory.memfd(units * PAGE, shared=True)
             r.kind = "shmem"
             return r
-        if self.kind == "hugetlb":
-            return memory.hugetlb(units * self.size, self.size, shared=True, via_memfd=True)
-        if self.kind == "hugetlb-private":
-            return memory.hugetlb(units * self.size, self.size, shared=False, via_memfd=False)
+        try:
+            if self.kind == "hugetlb":
+                return memory.hugetlb(units * self.size, self.size, shared=True, via_memfd=True)
+            if self.kind == "hugetlb-private":
+                return memory.hugetlb(units * self.size, self.size, shared=False, via_memfd=False)
+        except OSError as e:
+            if e.errno != errno.ENOMEM:
+                raise
+            c = {k: system.hugetlb_counter(self.size, k) for k in ("nr_hugepages", "free_hugepages", "resv_hugepages")}
+            pytest.skip(f"{units} {system.size_label(self.size)} hugetlb pages not reservable ({e.strerror}; {c})")
         raise ValueError(self.kind)
 
     def populate(self, r: memory.Region, byte: int = 0x5A) -> None:

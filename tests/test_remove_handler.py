@@ -7,10 +7,8 @@ isolated child with a deadline (a regression would hang, not fail).
 
 from __future__ import annotations
 
-import pytest
-
-from cases.remove.common import PAGE, Async, madvise_async, read_async, WCHAN_EVENT
-from lib import abi, child, libc, memory
+from cases.remove.common import PAGE, WCHAN_EVENT, Async, madvise_async, read_async
+from lib import abi, child, memory
 from lib.handler import BEFORE_RESOLVE, REMOVED, FaultServer, Options, Source
 from lib.serve import served
 from lib.uffd import Msg
@@ -77,14 +75,14 @@ def test_partial_pages_of_an_unaligned_remove_are_not_removed():
     """hugetlbfs MADV_REMOVE over an unaligned range discards only the whole pages inside it
     (the partial head/tail are zeroed in place and stay mapped)."""
     hp = 2 * 1024 * 1024
-    srv, u = server(4, hp)
+    srv, _ = server(4, hp)
     srv._apply_remove(remove(hp // 2, 2 * hp + hp // 2))
     assert srv.removed == {1}
     assert srv.stats.states == {1: REMOVED}
 
 
 def test_aligned_remove_marks_every_page():
-    srv, u = server()
+    srv, _ = server()
     srv._apply_remove(remove(PAGE, 3 * PAGE))
     assert srv.removed == {1, 2}
 

@@ -20,11 +20,13 @@
  * the last one finishes (CLOCK_MONOTONIC).  Setup (mmap, handshake, fork, register) is not.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +68,44 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+/* CPU time (ns) a task has run: one thread, or every thread of a process (/proc schedstat) */
+static pid_t server_tid;
+
+static uint64_t schedstat_ns(const char *path)
+{
+	unsigned long long ns = 0;
+	FILE *f = fopen(path, "r");
+	if (f) {
+		if (fscanf(f, "%llu", &ns) != 1)
+			ns = 0;
+		fclose(f);
+	}
+	return ns;
+}
+
+static uint64_t handler_cpu_ns(pid_t pid, pid_t tid)
+{
+	char path[320];
+	uint64_t sum = 0;
+	if (tid) {
+		snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", pid, tid);
+		return schedstat_ns(path);
+	}
+	snprintf(path, sizeof(path), "/proc/%d/task", pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/schedstat", pid, e->d_name);
+		sum += schedstat_ns(path);
+	}
+	closedir(d);
+	return sum;
 }
 
 static void resolve(struct uffd_msg *m)
@@ -126,6 +166,7 @@ static long serve(void)
 static void *serve_thread(void *arg)
 {
 	(void)arg;
+	server_tid = syscall(SYS_gettid);
 	return (void *)serve();
 }
 
@@ -292,7 +333,12 @@ int main(int argc, char **argv)
 			die("UFFDIO_WRITEPROTECT");
 	}
 
-	/* the timed phase */
+	/* the timed phase; the handler's CPU time over it is read from /proc before and after */
+	pid_t hpid = child > 0 ? child : getpid();
+	if (!strcmp(placement, "thread"))
+		while (!__atomic_load_n(&server_tid, __ATOMIC_ACQUIRE))
+			sched_yield();
+	uint64_t cpu0 = strcmp(placement, "none") ? handler_cpu_ns(hpid, server_tid) : 0;
 	pthread_t th[64];
 	pthread_barrier_init(&go, NULL, nthreads);
 	for (int i = 1; i < nthreads; i++)
@@ -309,6 +355,7 @@ int main(int argc, char **argv)
 			t1 = t_end[i];
 	}
 
+	uint64_t cpu1 = strcmp(placement, "none") ? handler_cpu_ns(hpid, server_tid) : 0;
 	long served = 0;
 	if (write(ctl[1], "x", 1) != 1)
 		die("write ctl");
@@ -323,7 +370,7 @@ int main(int argc, char **argv)
 	}
 	struct uffdio_range r = { (unsigned long)area, size };
 	ioctl(uffd, UFFDIO_UNREGISTER, &r);
-	printf("{\"elapsed_ns\": %llu, \"faults\": %zu, \"served\": %ld}\n",
-	       (unsigned long long)(t1 - t0), npages, served);
+	printf("{\"elapsed_ns\": %llu, \"faults\": %zu, \"served\": %ld, \"handler_cpu_ns\": %llu}\n",
+	       (unsigned long long)(t1 - t0), npages, served, (unsigned long long)(cpu1 - cpu0));
 	return 0;
 }

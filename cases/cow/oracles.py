@@ -40,8 +40,12 @@ TIMEOUT = 30.0
 # process helpers
 
 
+class NotReady(Exception):
+    """The child exited before it signalled child_ready (it is reaped by finish_child)."""
+
+
 def wait_child_ready(comm: child.CommPipes, pid: int, timeout: float = TIMEOUT) -> None:
-    """Wait for the child's ready signal; a child that exits first is an error (not a hang)."""
+    """Wait for the child's ready signal; a child that exits first raises NotReady (no hang)."""
     pidfd = libc.pidfd_open(pid)
     try:
         p = select.poll()
@@ -52,11 +56,16 @@ def wait_child_ready(comm: child.CommPipes, pid: int, timeout: float = TIMEOUT) 
             comm.child_ready.wait(0)
             return
         if pidfd in events:
-            res = child.reap(pid, 1)
-            raise AssertionError(f"child failed before it was ready: {res.describe()}")
+            raise NotReady(f"child {pid} exited before it was ready")
         raise TimeoutError(f"child {pid} not ready within {timeout}s")
     finally:
         os.close(pidfd)
+
+
+def not_ready_error(res: child.ChildResult) -> AssertionError:
+    if res.exit_code == LOST:
+        return AssertionError(FORK_LOST)
+    return AssertionError(f"child failed before it was ready: {res.describe()}")
 
 
 def finish_child(comm: child.CommPipes, pid: int) -> child.ChildResult:
@@ -68,11 +77,25 @@ def finish_child(comm: child.CommPipes, pid: int) -> child.ChildResult:
     return child.reap(pid, TIMEOUT)
 
 
+LOST = 3  # child exit status: it did not see the parent's content right after fork()
+
+
 def child_verdict(res: child.ChildResult) -> bool:
     """True: the child saw the old content; False: it did not; raises when it failed."""
     if res.exit_code in (0, 1):
         return res.exit_code == 0
+    if res.exit_code == LOST:
+        raise AssertionError(FORK_LOST)
     raise AssertionError(f"child failed: {res.describe()}")
+
+
+FORK_LOST = ("fork() did not preserve the private mapping: right after fork(), before any "
+             "modification, the child did not read the content the parent had written")
+
+
+def inherited(mem: int, size: int, expect: int | None) -> bool:
+    """The child reads what the parent wrote before fork() (a byte pattern; None: unknown)."""
+    return expect is None or libc.is_uniform(mem, expect, size)
 
 
 def read_exact(fd: int, n: int) -> bytes:
@@ -97,18 +120,25 @@ def map_ro_then_rw(addr: int, size: int) -> None:
 # A1-A4: the child checks, the parent modifies
 
 
-def child_memcmp(mem: int, size: int, comm: child.CommPipes) -> bool:
-    """Snapshot, let the parent modify, check the snapshot still holds (cow.c child_memcmp_fn)."""
+def child_memcmp(mem: int, size: int, comm: child.CommPipes, expect: int | None = None) -> bool | int:
+    """Snapshot, let the parent modify, check the snapshot still holds (cow.c child_memcmp_fn).
+
+    Beyond cow.c: with ``expect`` (the byte the parent filled the range with) the snapshot
+    must be that content, i.e. fork() handed the child the parent's data."""
+    if not inherited(mem, size, expect):
+        return LOST
     old = Snapshot.take(mem, size)
     comm.child_ready.signal()
     comm.parent_ready.wait(TIMEOUT)
     return old.matches(mem)
 
 
-def child_vmsplice_memcmp(mem: int, size: int, comm: child.CommPipes) -> bool:
+def child_vmsplice_memcmp(mem: int, size: int, comm: child.CommPipes, expect: int | None = None) -> bool | int:
     """vmsplice() the range into a pipe (a R/O GUP reference), unmap it, let the parent
     modify, then the pipe must still give the old content (cow.c child_vmsplice_memcmp_fn;
     CVE-2020-29374).  The pipe is read only after the parent modified the memory."""
+    if not inherited(mem, size, expect):
+        return LOST
     old = Snapshot.take(mem, size)
     r, w = os.pipe2(os.O_CLOEXEC)
     transferred = libc.vmsplice(w, mem, size)
@@ -121,21 +151,28 @@ def child_vmsplice_memcmp(mem: int, size: int, comm: child.CommPipes) -> bool:
 
 
 def cow_in_parent(mem: int, size: int, do_mprotect: bool,
-                  child_fn: Callable[[int, int, child.CommPipes], bool] = child_memcmp) -> str:
+                  child_fn: Callable[..., bool | int] = child_memcmp, expect: int | None = None) -> str:
     """fork(); the child checks with ``child_fn``; the parent modifies (after mprotect()
-    R/O and back R/W when ``do_mprotect``).  cow.c do_test_cow_in_parent."""
+    R/O and back R/W when ``do_mprotect``).  cow.c do_test_cow_in_parent.  ``expect``: the
+    byte the range holds before fork() (checked in the child, see child_memcmp)."""
     comm = child.CommPipes()
     try:
-        pid = child.fork_call(lambda: child_fn(mem, size, comm))
+        pid = child.fork_call(lambda: child_fn(mem, size, comm, expect))
+        ready = False
         try:
             wait_child_ready(comm, pid)
+            ready = True
             if do_mprotect:
                 # mprotect() optimisations might map pages writable directly
                 libc.mprotect(mem, size, abi.PROT_READ)
                 libc.mprotect(mem, size, RW)
             libc.fill(mem, MODIFY, size)
+        except NotReady:
+            pass
         finally:
             res = finish_child(comm, pid)
+        if not ready:
+            raise not_ready_error(res)
         return "" if child_verdict(res) else LEAK_P2C
     finally:
         comm.close()
@@ -145,21 +182,23 @@ def cow_in_parent(mem: int, size: int, do_mprotect: bool,
 # A5-A6: the parent pins with vmsplice(), the child modifies
 
 
-def vmsplice_in_parent(mem: int, size: int, before_fork: bool) -> str:
+def vmsplice_in_parent(mem: int, size: int, before_fork: bool, expect: int | None = None) -> str:
     """The parent vmsplice()s the range (before or after fork()), unmaps it once the child
     is ready; the child modifies; the pipe must give the old content (cow.c
-    do_test_vmsplice_in_parent)."""
+    do_test_vmsplice_in_parent).  ``expect`` as for cow_in_parent: the child checks it
+    inherited the content before it modifies."""
     old = Snapshot.take(mem, size)
     comm = child.CommPipes()
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         transferred = libc.vmsplice(w, mem, size) if before_fork else 0
 
-        def modify_in_child() -> bool:
+        def modify_in_child() -> bool | int:
+            lost = not inherited(mem, size, expect)
             comm.child_ready.signal()
             comm.parent_ready.wait(TIMEOUT)
             libc.fill(mem, MODIFY, size)
-            return True
+            return LOST if lost else True
 
         pid = child.fork_call(modify_in_child)
         try:
@@ -169,8 +208,12 @@ def vmsplice_in_parent(mem: int, size: int, before_fork: bool) -> str:
                 raise AssertionError("vmsplice() failed: transferred nothing")
             wait_child_ready(comm, pid)
             libc.munmap(mem, size)
+        except NotReady:
+            pass
         finally:
             res = finish_child(comm, pid)  # the child modifies, then quits
+        if res.exit_code == LOST:
+            raise AssertionError(FORK_LOST)
         if res.exit_code != 0:
             raise AssertionError(f"wait() failed: {res.describe()}")
         data = read_exact(r, transferred)
@@ -209,19 +252,22 @@ def iouring_chunks(size: int) -> list[tuple[int, int]]:
     return [(o, IOURING_SAMPLE) for o in offs]
 
 
-def iouring(mem: int, size: int, use_fork: bool) -> str:
+def iouring(mem: int, size: int, use_fork: bool, after_register: Callable[[], None] | None = None) -> str:
     """Register the range as a fixed buffer (FOLL_WRITE|FOLL_PIN|FOLL_LONGTERM); then fork()
     a child that stays alive (``use_fork``) or map the range R/O and back R/W; modify through
     the page table; WRITE_FIXED the buffer to a file: the file must hold what memory holds,
     i.e. the pin sees the modification (cow.c do_test_iouring; see iouring_chunks for
     buffers over 2 MiB).  Raises IoUringUnavailable
-    (a skip) where io_uring or the registration is refused."""
+    (a skip) where io_uring or the registration is refused.  ``after_register`` is a hook for
+    the negative controls (tests/test_cow_negative.py)."""
     with Ring() as ring:
         try:
             ring.register_buffer(mem, size)
         except OSError as e:
             hint = f"; RLIMIT_MEMLOCK {memlock_note()} too low?" if e.errno in (errno.ENOMEM, errno.EPERM) else ""
             raise IoUringUnavailable(f"io_uring_register_buffers() failed: {e.strerror}{hint}") from None
+        if after_register is not None:
+            after_register()
         sink = libc.memfd_create("kmm-cow-iouring")
         comm = child.CommPipes()
         pid = None

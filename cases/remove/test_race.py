@@ -22,7 +22,16 @@ from __future__ import annotations
 import pytest
 
 from cases.remove.common import (
-    BACKINGS, HEAD, TOPOLOGIES, Backing, check_no_errors, check_zero, header, make_source, matrix, read_async,
+    BACKINGS,
+    HEAD,
+    TOPOLOGIES,
+    Backing,
+    check_no_errors,
+    check_zero,
+    header,
+    make_source,
+    matrix,
+    read_async,
     returns_within,
 )
 from lib import abi, check, libc

@@ -91,6 +91,9 @@ def knobs(ctx: str, size: int) -> list[tuple[str, str | int]]:
         out += [("enabled", "never"), ("shmem_enabled", "never")]
     else:
         out += _kh_defaults()
+        if size != PMD:
+            # anon mTHP only: shmem PMD collapse would keep khugepaged running for shmem's sake
+            out.append(("shmem_enabled", "never"))
     # exactly one anon size: the PMD size through 'inherit' (as upstream), an mTHP size 'always'
     for s in system.thp_sizes():
         rel = f"hugepages-{s // system.KiB}kB/enabled"
@@ -405,14 +408,62 @@ def wait_for_scan(is_huge, timeout: float = 10.0, read=kh_counter, scans: int = 
     except TimeoutError:
         seen = read("full_scans") - start_scans
         raise AssertionError(f"khugepaged completed {seen} of {scans} full scans within {timeout:g}s "
-                             f"(scan_sleep_millisecs {kh_counter('scan_sleep_millisecs')})") from None
-    return ScanResult(state["huge"], read("full_scans") - start_scans, read("pages_collapsed") - start_pc,
-                      time.monotonic() - t0)
+                             f"(scan_sleep_millisecs {kh_counter('scan_sleep_millisecs')}; {khugepaged_diag()})") from None
+    r = ScanResult(state["huge"], read("full_scans") - start_scans, read("pages_collapsed") - start_pc,
+                   time.monotonic() - t0)
+    if os.environ.get("KMM_DEBUG_KH"):
+        with open(os.environ["KMM_DEBUG_KH"], "a") as f:
+            f.write(f"{os.getpid()} {r}\n")
+    return r
+
+
+def hugepage_vmas() -> list[tuple[int, str, int]]:
+    """(pid, comm, MiB) of every process with VM_HUGEPAGE ('hg') VMAs: what khugepaged scans."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        total = 0
+        try:
+            with open(f"/proc/{d}/smaps") as f:
+                size = 0
+                for line in f:
+                    head = line.split(" ", 1)[0]
+                    if "-" in head and ":" not in head:
+                        s, e = (int(x, 16) for x in head.split("-"))
+                        size = e - s
+                    elif line.startswith("VmFlags:") and " hg" in line:
+                        total += size
+            comm = system.read_text(f"/proc/{d}/comm", "?")
+        except (OSError, ValueError):
+            continue
+        if total:
+            out.append((int(d), comm, total // system.MiB))
+    return out
+
+
+def khugepaged_diag() -> str:
+    big = sorted(hugepage_vmas(), key=lambda t: -t[2])[:5]
+    pid = khugepaged_pid()
+    where = ""
+    if pid:
+        stack = system.read_text(f"/proc/{pid}/stack", "").split()
+        sched = system.read_text(f"/proc/{pid}/sched", "")
+        sw = next((ln.split(":")[1].strip() for ln in sched.splitlines() if ln.startswith("nr_switches")), "?")
+        where = f" (pid {pid}, {sw} switches, at {' '.join(x for x in stack if '+' in x)[:160]})"
+    knob = " ".join(f"{k}={system.read_text(f'{system.THP}/{KH}/{k}', '?')}" for k in (
+        "alloc_sleep_millisecs", "pages_to_scan", "defrag"))
+    return (f"khugepaged thread {'running' + where if pid else 'not running'}; {knob}; MADV_HUGEPAGE memory: "
+            + (", ".join(f"pid {p} {c} {m} MiB" for p, c, m in big) or "none"))
 
 
 def khugepaged_running() -> bool:
     """Whether the khugepaged kernel thread exists (it is stopped when no THP order it serves
     is enabled: hugepage_pmd_enabled() in mm/khugepaged.c)."""
+    return khugepaged_pid() != 0
+
+
+def khugepaged_pid() -> int:
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -424,8 +475,8 @@ def khugepaged_running() -> bool:
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         ppid = int(stat[stat.rindex(")") + 2:].split()[1])
         if comm == "khugepaged" and ppid == 2:
-            return True
-    return False
+            return int(d)
+    return 0
 
 
 def collapse(v: Variant, area: Area, nwin: int, expect: bool, what: str, sanity: bool = True) -> None:
@@ -435,13 +486,18 @@ def collapse(v: Variant, area: Area, nwin: int, expect: bool, what: str, sanity:
         check_huge(area, 0, v.size, f"{what}: sanity, before the collapse")
     if v.khugepaged:
         libc.madvise(area.addr, length, MADV.HUGEPAGE)
-        r = wait_for_scan(lambda: huge_windows(area.addr, nwin, v.size, area.mem) == nwin)
+
+        def is_huge() -> bool:
+            if area.mem != ANON:
+                # file/shmem: khugepaged collapses the page cache and retracts the page table;
+                # the PMD mapping appears on the next fault (khugepaged.c refaults after the wait)
+                fault(area, 0, length)
+            return huge_windows(area.addr, nwin, v.size, area.mem) == nwin
+
+        r = wait_for_scan(is_huge)
         libc.madvise(area.addr, length, MADV.NOHUGEPAGE)
         child.note(f"{what}: khugepaged collapsed={r.collapsed} after {r.scans} full scans, "
                    f"pages_collapsed +{r.pages_collapsed}, {r.seconds:.2f}s")
-        if area.mem != ANON:
-            # file/shmem: khugepaged collapses the page cache; the PMD appears on the next fault
-            fault(area, 0, length)
     else:
         libc.madvise(area.addr, length, MADV.HUGEPAGE)  # clear VM_NOHUGEPAGE
         ret = madvise_collapse(area.addr, length)

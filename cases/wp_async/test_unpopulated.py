@@ -13,7 +13,8 @@ without a message and keeps the protection, a write traps with UFFD_PAGEFAULT_FL
 import pytest
 
 from cases.wp_async.common import Toucher, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
-from lib import abi, check, libc
+from lib import abi, check, child, libc
+from lib.pagemap import Pagemap
 from lib.wp_async_backing import WpBacking, backings
 
 BACKINGS = backings()
@@ -53,6 +54,8 @@ def test_marker(b) -> None:
     with wp_uffd(r, b.wp_features | UNPOP) as u:
         u.writeprotect(r.addr, r.size, True)
         check.eq(wp_bits(r, unit), [True] * n, "bit 57 on untouched, protected units (markers)")
+        with Pagemap() as pm:
+            child.diag(f"pagemap entry of a uffd-wp marker: {pm.entry(r.addr)} (anon/shmem markers read as swap|wp)")
         finished, msgs = read_does_not_fault(u, r.addr, 4096)
         check.eq(msgs, [], "messages raised by reading a marker unit")
         check.true(finished, "the read completes")

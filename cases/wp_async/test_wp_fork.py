@@ -13,35 +13,31 @@ fork (early COW) and in the child (unshare); without gup_test they skip, as upst
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
-from cases.wp_async.common import wp_uffd
 from lib import abi, check, child, libc, needs, system
 from lib.backing import MemType, mem_types
 from lib.pagemap import Pagemap
+from lib.serve import served
 
-TYPES = mem_types()
+# upstream's five memory types, hugetlb at the default huge page size (uffd-unit-tests run
+# hugetlb with the default size only).  1 GiB hugetlb is left out on purpose: on 6.18 a child
+# forked with EVENT_FORK intermittently (~20-40% of forks) has no page table entry at all for
+# a WP-protected 1 GiB page (bit 57 reads clear), which this area cannot yet attribute -- see
+# the area report; a flaky case would break the suite's repeatability.
+TYPES = [m for m in mem_types() if not m.hugetlb or m.hpage == system.default_hugetlb_size()]
 EV_FORK = int(abi.Feature.EVENT_FORK)
 NPAGES = 4
 
 
-def child_bit57(addr: int, with_event: bool, u, pre=None) -> bool:
-    """Fork; the child reports its own bit 57 of ``addr`` (exit 10 = set, 11 = clear)."""
-    stop = threading.Event()
-    forks: list[int] = []
+def child_bit57(addr: int, with_event: bool, srv, pre=None) -> bool:
+    """Fork; the child reports its own bit 57 of ``addr`` (exit 10 = set, 11 = clear).
 
-    def consume() -> None:  # upstream's fork-event thread: the fork waits for the read
-        while not stop.is_set():
-            if u.wait(0.02):
-                for m in u.read_msgs():
-                    if m.event == abi.Event.FORK:
-                        forks.append(m.ufd)
-
-    t = threading.Thread(target=consume, daemon=True)
-    if with_event:
-        t.start()
+    With EVENT_FORK the fork waits until the monitor reads the FORK event: the monitor is a
+    handler *process* (a thread could not run while os.fork() holds the GIL).
+    """
+    before = sum(1 for e in srv.stats().events if e["event"] == "FORK")
 
     def body() -> int:
         if pre is not None:
@@ -49,16 +45,12 @@ def child_bit57(addr: int, with_event: bool, u, pre=None) -> bool:
         with Pagemap() as pm:
             return 10 if pm.entry(addr).uffd_wp else 11
 
-    try:
-        res = child.reap(child.fork_call(body), 10)
-    finally:
-        stop.set()
-        if with_event:
-            t.join(5)
-    for fd in forks:
-        os.close(fd)
+    res = child.reap(child.fork_call(body), 10)
     if with_event:
-        check.eq(len(forks), 1, "FORK events read by the monitor")
+        child.wait_until(lambda: sum(1 for e in srv.stats().events if e["event"] == "FORK") == before + 1, 5,
+                         "the FORK event to be read by the monitor")
+    else:
+        check.eq(sum(1 for e in srv.stats().events if e["event"] == "FORK"), before, "FORK events without the feature")
     check.true(res.exit_code in (10, 11), f"child verdict ({res.describe()})")
     return res.exit_code == 10
 
@@ -83,19 +75,20 @@ def _ids(base: str) -> list[str]:
 def test_wp_fork(mt: MemType, with_event: bool) -> None:
     r = _setup(mt, EV_FORK if with_event else 0)
     ps = mt.page_size
-    with wp_uffd(r, mt.wp_feature | (EV_FORK if with_event else 0)) as u:
+    with served(r, "process", mt.wp_feature | (EV_FORK if with_event else 0), abi.RegisterMode.WP) as s:
+        u = s.uffd
         libc.fill(r.addr, 0x42, ps)
         u.writeprotect(r.addr, ps, True)
         with Pagemap() as pm:
             check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after protecting page 0")
-        check.eq(child_bit57(r.addr, with_event, u), with_event, "child bit 57 after fork (set iff EVENT_FORK)")
+        check.eq(child_bit57(r.addr, with_event, s.handler), with_event, "child bit 57 after fork (set iff EVENT_FORK)")
         try:
             libc.madvise(r.addr, ps, abi.Madv.DONTNEED if mt.shared else abi.Madv.PAGEOUT)
         except OSError:
             pass  # upstream ignores the result (PAGEOUT of hugetlb, no swap)
         with Pagemap() as pm:
             check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after the zap (pte marker / swap entry)")
-        check.eq(child_bit57(r.addr, with_event, u), with_event, "child bit 57 after the zap and a second fork")
+        check.eq(child_bit57(r.addr, with_event, s.handler), with_event, "child bit 57 after the zap and a second fork")
         u.writeprotect(r.addr, ps, False)
         with Pagemap() as pm:
             check.false(pm.entry(r.addr).uffd_wp, "bit 57 after mode 0")
@@ -134,16 +127,17 @@ def test_wp_fork_pin(mt: MemType, with_event: bool) -> None:
         pytest.skip(why)
     r = _setup(mt, EV_FORK if with_event else 0)
     ps = mt.page_size
-    with wp_uffd(r, mt.wp_feature | (EV_FORK if with_event else 0)) as u:
+    with served(r, "process", mt.wp_feature | (EV_FORK if with_event else 0), abi.RegisterMode.WP) as s:
+        u = s.uffd
         libc.fill(r.addr, 0x42, ps)
         u.writeprotect(r.addr, ps, True)
         fd = os.open("/sys/kernel/debug/gup_test", os.O_RDWR | os.O_CLOEXEC)
         try:
             _pin(fd, r.addr, ps)  # (1) R/O longterm pin in the parent: fork takes the early-COW path
-            check.eq(child_bit57(r.addr, with_event, u), with_event, "child bit 57 after fork with a R/O pin")
+            check.eq(child_bit57(r.addr, with_event, s.handler), with_event, "child bit 57 after fork with a R/O pin")
             libc.ioctl(fd, abi.PIN_LONGTERM_TEST_STOP, 0, name="PIN_LONGTERM_TEST_STOP")
             # (2) the child pins (unshare / COR path), then reads its bit
-            got = child_bit57(r.addr, with_event, u, pre=lambda: _pin(fd, r.addr, ps))
+            got = child_bit57(r.addr, with_event, s.handler, pre=lambda: _pin(fd, r.addr, ps))
             check.eq(got, with_event, "child bit 57 after pinning in the child")
         finally:
             os.close(fd)

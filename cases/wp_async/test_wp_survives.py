@@ -1,0 +1,132 @@
+"""uffd-wp protection survives what the kernel does to the pages behind it.
+
+- PTE-mapping a THP (mprotect of one subpage changes one PTE / splits the PMD mapping):
+  every subpage keeps bit 57 and a write still traps (e2b-ltp.md D items 5-7: uffd-wp
+  lost on THP split/migration/VMA split were real bugs).
+- MADV_PAGEOUT and swap-in: a swapped-out protected page keeps the bit in its swap entry
+  (anon) or as a pte marker (shmem); swapping it back in by a read keeps it; a write traps.
+  Needs swap: a temporary zram swap device is set up for the run (lib.swap) when none is
+  active; otherwise these cases skip with "no swap".  hugetlb cannot be paged out.
+- Page migration (move_pages(2)): fix 24bf08c4376b (6.3) made PMD migration entries carry
+  uffd-wp, 44f86392bdd1 the hugetlb analogue.  A real migration needs a second NUMA node;
+  move_pages to the node a page is already on is checked separately (a kernel no-op that
+  must not disturb the protection).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from cases.wp_async.common import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from lib import abi, check, child, libc, pagemap, system
+from lib.pagemap import Pagemap
+from lib.wp_async_backing import WpBacking, backings
+
+BACKINGS = backings()
+THPS = [b for b in BACKINGS if b.kind == "thp"]
+MPOL_MF_MOVE = 2
+
+
+@pytest.mark.parametrize("b", THPS, ids=[f"uffd-wp survives PTE-mapping of {b}" for b in THPS])
+def test_pte_mapping(b: WpBacking) -> None:
+    b.require()
+    r = b.map(1)
+    b.populate(r, 0x55)
+    n = r.size // libc.PAGE_SIZE
+    sub = r.addr + libc.PAGE_SIZE * (n // 2)
+    with wp_uffd(r, b.wp_features) as u:
+        u.writeprotect(r.addr, r.size, True)
+        libc.mprotect(sub, libc.PAGE_SIZE, abi.PROT_READ)
+        libc.mprotect(sub, libc.PAGE_SIZE, abi.PROT_READ | abi.PROT_WRITE)
+        check.eq(wp_bits(r, libc.PAGE_SIZE), [True] * n, "bit 57 of every subpage after mprotect of one")
+        with Pagemap() as pm:
+            order = pagemap.folio_order(pm.entry(r.addr).pfn or 0)
+        child.diag(f"folio order after PTE-mapping: {order}")
+        obs = sync_wp_write(u, sub + 8, libc.PAGE_SIZE, b"pte-mapped")
+        check_sync_wp(obs, sub + 8, b"\x55" * 10, b"pte-mapped")
+        bits = wp_bits(r, libc.PAGE_SIZE)
+        check.eq(bits, [i != n // 2 for i in range(n)], "bit 57 after resolving one subpage")
+
+
+@pytest.mark.parametrize("b", BACKINGS, ids=[f"uffd-wp survives MADV_PAGEOUT and swap-in on {b}" for b in BACKINGS])
+def test_pageout_swapin(b: WpBacking, wp_swap: str) -> None:
+    if b.hugetlb:
+        pytest.skip("hugetlb memory cannot be paged out (MADV_PAGEOUT rejects hugetlb VMAs)")
+    b.require(units=2)
+    if not system.swap_active():
+        pytest.skip("no swap" + (f" ({wp_swap})" if wp_swap else ""))
+    r = b.map(2)
+    b.populate(r, 0x66)
+    unit = libc.PAGE_SIZE
+    n = r.size // unit
+    with wp_uffd(r, b.wp_features) as u:
+        u.writeprotect(r.addr, r.size, True)
+        libc.madvise(r.addr, r.size, abi.Madv.PAGEOUT)
+        with Pagemap() as pm:
+            swapped = [e.swapped for e in pm.entries(r.addr, n)]
+        if not all(swapped):
+            pytest.skip(f"MADV_PAGEOUT swapped out {sum(swapped)} of {n} pages (swap active)")
+        check.eq(wp_bits(r, unit), [True] * n, "bit 57 of swapped-out pages (swap entry / pte marker)")
+        finished, msgs = read_does_not_fault(u, r.addr, unit)
+        check.true(finished and not msgs, "a read swaps the page in without a message")
+        check.true(libc.is_filled(r.addr, 0x66, unit), "swapped-in content")
+        with Pagemap() as pm:
+            e = pm.entry(r.addr)
+        check.true(e.present and e.uffd_wp, f"swapped-in page is present and protected ({e})")
+        target = r.addr + (n - 1) * unit + 16
+        obs = sync_wp_write(u, target, unit, b"swapped-write")
+        check_sync_wp(obs, target, b"\x66" * 13, b"swapped-write")
+
+
+def move_pages(addrs: list[int], nodes: list[int]) -> list[int]:
+    n = len(addrs)
+    pages = (ctypes.c_void_p * n)(*addrs)
+    nds = (ctypes.c_int * n)(*nodes)
+    status = (ctypes.c_int * n)(*([-1] * n))
+    libc.syscall(abi.NR.move_pages, 0, n, ctypes.addressof(pages), ctypes.addressof(nds), ctypes.addressof(status),
+                 MPOL_MF_MOVE)
+    return list(status)
+
+
+def _migrate_case(b: WpBacking, other_node: bool) -> None:
+    b.require(units=2)
+    nodes = system.numa_nodes()
+    if other_node and len(nodes) < 2:
+        pytest.skip(f"single NUMA node (nodes {nodes}): no page migration can be forced -- move_pages/"
+                    "migrate_pages to the node a page is on are no-ops, and MADV_SOFT_OFFLINE would retire frames")
+    r = b.map(2)
+    b.populate(r, 0x77)
+    unit = b.unit
+    n = r.size // unit
+    with wp_uffd(r, b.wp_features) as u:
+        u.writeprotect(r.addr, r.size, True)
+        with Pagemap() as pm:
+            before = [e.pfn for e in pm.entries(r.addr, n, unit)]
+        here = move_pages([r.addr], [nodes[0]])[0]
+        target = nodes[0] if not other_node else next(x for x in nodes if x != here)
+        try:
+            status = move_pages([r.addr + i * unit for i in range(n)], [target] * n)
+        except OSError as e:
+            pytest.skip(f"move_pages: {e}")
+        check.eq(status, [target] * n, "move_pages status per unit (the node each page is on)")
+        with Pagemap() as pm:
+            after = [e.pfn for e in pm.entries(r.addr, n, unit)]
+        moved = sum(1 for x, y in zip(before, after) if x != y)
+        child.diag(f"move_pages to node {target}: {moved} of {n} units changed frame")
+        if other_node:
+            check.eq(moved, n, "units that changed frame (migrated)")
+        check.eq(wp_bits(r, unit), [True] * n, "bit 57 per unit after move_pages")
+        obs = sync_wp_write(u, r.addr + 32, unit, b"migrated")
+        check_sync_wp(obs, r.addr + 32, b"\x77" * 8, b"migrated")
+
+
+@pytest.mark.parametrize("b", BACKINGS, ids=[f"uffd-wp survives move_pages to its own node on {b}" for b in BACKINGS])
+def test_move_pages_same_node(b: WpBacking) -> None:
+    _migrate_case(b, other_node=False)
+
+
+@pytest.mark.parametrize("b", BACKINGS, ids=[f"uffd-wp survives page migration on {b}" for b in BACKINGS])
+def test_migration(b: WpBacking) -> None:
+    _migrate_case(b, other_node=True)
