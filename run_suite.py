@@ -92,7 +92,9 @@ def build_parser() -> Parser:
                    help="never set up a temporary swap device (swap variants then skip)")
     vm = p.add_argument_group("other kernels (virtme-ng + QEMU)")
     vm.add_argument("--kernel", metavar="IMAGE", help="boot IMAGE and run the selection inside it")
-    vm.add_argument("--kernels", nargs="+", metavar="IMAGE", help="run the selection on each kernel in turn")
+    vm.add_argument("--kernels", nargs="+", metavar="IMAGE",
+                    help="run the selection on each kernel in turn (IMAGE `running`: this kernel, no VM); "
+                         "put the selection before this option")
     vm.add_argument("--find-first-bad", action="store_true", help="with --kernels: binary search for the first bad")
     vm.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two result folders")
     vm.add_argument("--memory", default="2G", help="guest memory (default 2G)")

@@ -302,7 +302,7 @@ class PollThread:
                 self.stats.msgs.append(m)
                 try:
                     self.on_msg(m)
-                except Exception as e:  # noqa: BLE001 - recorded; the case checks stats.errors
+                except Exception as e:
                     self.stats.errors.append(f"{m}: {type(e).__name__}: {e}")
                     if self.wake_range:  # let the faulting thread go on (and fail its checks)
                         try:
@@ -410,7 +410,7 @@ class SigbusCatcher:
             return
         try:
             self.on_sigbus(page)
-        except Exception as e:  # noqa: BLE001 - recorded; the next signal on the page escalates
+        except Exception as e:
             self.errors.append(f"SIGBUS handler at {page:#x}: {type(e).__name__}: {e}")
 
     def __enter__(self) -> SigbusCatcher:
@@ -446,7 +446,7 @@ class Child:
             code = 0
             try:
                 fn()
-            except BaseException as e:  # noqa: BLE001 - reported to the parent
+            except BaseException as e:
                 os.write(w, f"{type(e).__name__}: {e}".encode()[:4000])
                 code = 1
             finally:

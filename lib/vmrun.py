@@ -44,12 +44,35 @@ def guest_argv(args: argparse.Namespace, root: Path, results: Path) -> list[str]
 
 
 def image_label(image: str) -> str:
+    if image == RUNNING:
+        return f"{os.uname().release} (running)"
     return os.path.basename(image).removeprefix("vmlinuz-") or image
+
+
+RUNNING = "running"  # the image name that means "the kernel this machine runs" (no VM)
+
+
+def run_here(args: argparse.Namespace, root: Path, results: Path) -> dict:
+    """--kernels entry ``running``: the same selection on the running kernel, no VM."""
+    import subprocess
+
+    argv = guest_argv(args, root, results)
+    rc = subprocess.run(argv, cwd=root, check=False).returncode
+    try:
+        data = json.loads((results / "summary.json").read_text())
+    except (OSError, ValueError):
+        data = report.summary([], {}, partial=f"no report (exit {rc})", started=time.time(), exit_code=rc)
+    data["vm"] = {"image": RUNNING, "verdict": "ok", "stage": "EXITED", "guest_exit_code": rc,
+                  "reason": "ran on the host"}
+    report.write_summary(str(results / "summary.json"), data)
+    return data
 
 
 def run_one(args: argparse.Namespace, root: Path, image: str, results: Path, live: bool = True) -> dict:
     """Boot ``image``, run the selection, and return the completed summary (always written)."""
     results.mkdir(parents=True, exist_ok=True)
+    if image == RUNNING:
+        return run_here(args, root, results)
 
     def on_line(line: ConsoleLine) -> None:
         if not live:
@@ -156,7 +179,7 @@ def _preflight(images: list[str]) -> str:
     if vm.find_vng() is None or vm.find_qemu() is None:
         return "virtme-ng/QEMU not found: " + vm.install_hint().splitlines()[0]
     for img in images:
-        if not os.path.isfile(img):
+        if img != RUNNING and not os.path.isfile(img):
             return f"kernel image not found: {img}"
     if os.geteuid() != 0:
         return "--kernel needs root (the guest runs the suite as root against this root filesystem)"
@@ -205,7 +228,7 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     def run_index(i: int) -> dict:
         if i not in runs:
             print(f"# ===== kernel {i + 1}/{len(images)}: {images[i]}", flush=True)
-            res = base / f"{i:02d}-{image_label(images[i])}"
+            res = base / f"{i:02d}-{image_label(images[i]).replace(' ', '-')}"
             if res.exists():
                 shutil.rmtree(res)
             runs[i] = run_one(args, root, images[i], res)

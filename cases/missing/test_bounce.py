@@ -75,8 +75,9 @@ MEMS = [BounceMem(m) for m in mem_types(("anon", "shmem", "hugetlb"))]
 
 
 def mode_name(bounce: int) -> str:
-    parts = [n for bit, n in ((BOUNCE_RANDOM, "rnd"), (BOUNCE_RACING, "racing"), (BOUNCE_VERIFY, "ver")) if bounce & bit]
-    return " ".join(parts + ["poll" if bounce & BOUNCE_POLL else "read"])
+    bits = ((BOUNCE_RANDOM, "rnd"), (BOUNCE_RACING, "racing"), (BOUNCE_VERIFY, "ver"))
+    parts = [n for bit, n in bits if bounce & bit]
+    return " ".join([*parts, "poll" if bounce & BOUNCE_POLL else "read"])
 
 
 def map_area(mt: MemType, npages: int) -> memory.Region:
@@ -107,6 +108,7 @@ class Bounce:
     missing: int = 0
     wp_faults: int = 0
     eexist_checked: int = 0
+    handle: object = None  # the fault handler: handle_fault, or a negative control's
 
     @property
     def ps(self) -> int:
@@ -190,9 +192,9 @@ def read_handler(b: Bounce) -> None:
     while True:
         try:
             msgs = b.u.read_msgs(1)
-            if msgs and not handle_fault(b, msgs[0]):
+            if msgs and not b.handle(b, msgs[0]):
                 return
-        except Exception as e:  # noqa: BLE001 - recorded; the lockers stop
+        except Exception as e:
             b.fail(f"handler: {type(e).__name__}: {e}")
             b.finished = True
 
@@ -208,8 +210,8 @@ def poll_handler(b: Bounce, stop_fd: int) -> None:
         if b.u.fd in ready:
             try:
                 for m in b.u.read_msgs(16):
-                    handle_fault(b, m)
-            except Exception as e:  # noqa: BLE001
+                    b.handle(b, m)
+            except Exception as e:
                 b.fail(f"handler: {type(e).__name__}: {e}")
                 b.finished = True
 
@@ -226,7 +228,7 @@ def copier(b: Bounce, cpu: int) -> None:
             b.u.writeprotect(b.dst.addr + start * b.ps, per_cpu * b.ps, True)
         for nr in range(mid, end):
             checked = copy_page(b, nr * b.ps, check_eexist=not checked) or checked
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         b.fail(f"copier {cpu}: {type(e).__name__}: {e}")
 
 
@@ -274,15 +276,16 @@ def verify(b: Bounce) -> list[int]:
 
 def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) -> list[str]:
     """All bounces; returns a one-line summary per bounce (the errors raise)."""
-    global handle_fault
-    if handle is not None:
-        handle_fault = handle
     feats = mt.missing_feature
-    wp_feats = int(abi.Feature.PAGEFAULT_FLAG_WP) | (int(abi.Feature.WP_HUGETLBFS_SHMEM) if mt.hugetlb or mt.kind != "anon" else 0)
+    wp_feats = int(abi.Feature.PAGEFAULT_FLAG_WP)
+    if mt.kind != "anon":
+        wp_feats |= int(abi.Feature.WP_HUGETLBFS_SHMEM)
     avail = uut.uffd_probe_features()
     wp = (avail & wp_feats) == wp_feats
     if wp:
-        feats |= wp_feats | (int(abi.Feature.WP_UNPOPULATED) if mt.kind == "anon" and avail & abi.Feature.WP_UNPOPULATED else 0)
+        feats |= wp_feats
+        if mt.kind == "anon" and avail & abi.Feature.WP_UNPOPULATED:
+            feats |= int(abi.Feature.WP_UNPOPULATED)
     cpus = nr_cpus()
     src, dst = map_area(mt, npages), map_area(mt, npages)
     sentinel = memory.anon(cpus * memory.PAGE_SIZE)
@@ -290,7 +293,7 @@ def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) ->
     for nr in range(npages):
         uut.write_count(src.addr + nr * mt.page_size + uut.COUNT_OFF, 1)
     lines = []
-    eexist = 0
+    eexist = served = 0
     with open_for(feats, flags=abi.O_CLOEXEC) as u:
         for bounce in range(bounces - 1, -1, -1):
             fl = fcntl.fcntl(u.fd, fcntl.F_GETFL)
@@ -300,7 +303,7 @@ def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) ->
             u.register(sentinel.addr, sentinel.size, abi.RegisterMode.MISSING)
             release(mt, dst)
             libc.madvise(sentinel.addr, sentinel.size, abi.Madv.DONTNEED)
-            b = Bounce(u, src, dst, sentinel, count_verify, bounce, wp, cpus)
+            b = Bounce(u, src, dst, sentinel, count_verify, bounce, wp, cpus, handle=handle or handle_fault)
             stress(b, mt)
             if wp:
                 u.writeprotect(dst.addr, dst.size, False)
@@ -310,10 +313,12 @@ def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) ->
             bad = verify(b)
             check.eq(bad, [], f"bounce {bounce} ({mode_name(bounce)}): pages whose counter differs from count_verify")
             eexist += b.eexist_checked
+            served += b.missing
             lines.append(f"bounce {bounce} ({mode_name(bounce)}): missing {b.missing} wp {b.wp_faults}")
             src, dst = dst, src
     for r in (src, dst, sentinel):
         r.close()
+    check.ge(served, 1, "MISSING faults served by the handlers over all bounces")
     check.ge(eexist, 1, "UFFDIO_COPY re-copies proven to fail with EEXIST over all bounces")
     return lines
 

@@ -70,12 +70,11 @@ class Toucher:
         return not self._t.is_alive()
 
 
-@pytest.mark.parametrize("mt", MEMS, ids=ids("copy-eexist"))
-def test_copy_eexist(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
+def run_copy_eexist(mt: MemType, first_copy: bool = True) -> None:
     with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
-        check.eq(u.copy(a.dst.addr, a.src.addr, a.page_size), a.page_size, "first UFFDIO_COPY")
+        if first_copy:
+            check.eq(u.copy(a.dst.addr, a.src.addr, a.page_size), a.page_size, "first UFFDIO_COPY")
         targets = [a.dst.addr]
         if a.dst_alias is not None:
             u.register(a.dst_alias.addr, a.page_size)
@@ -85,6 +84,23 @@ def test_copy_eexist(mt: MemType) -> None:
                 u.copy(t, a.src.addr, a.page_size)
             check.eq(c[0].result, -errno.EEXIST, "uffdio_copy.copy")
         check.eq(uut.read_count(a.count_addr(0)), 1, "the page holds the first copy")
+
+
+def settle(u: Userfaultfd, a: uut.Area, *threads: Toucher) -> None:
+    """On the way out (also after a failed check): unregister, which wakes blocked readers, and
+    let them finish before the area is unmapped (else a woken reader faults on a hole)."""
+    try:
+        u.unregister(a.dst.addr, a.size)
+    except OSError:
+        pass
+    for t in threads:
+        t.join(10)
+
+
+@pytest.mark.parametrize("mt", MEMS, ids=ids("copy-eexist"))
+def test_copy_eexist(mt: MemType) -> None:
+    uut.need_type(mt, npages=1)
+    run_copy_eexist(mt)
 
 
 def _esrch_child(mt: MemType, sock: socket.socket, ready: Pipe) -> None:
@@ -141,13 +157,12 @@ def test_copy_esrch(mt: MemType) -> None:
     run_copy_esrch(mt)
 
 
-@pytest.mark.parametrize("mt", MEMS, ids=ids("copy-partial"))
-def test_copy_partial(mt: MemType) -> None:
-    uut.need_type(mt, npages=2)
+def run_copy_partial(mt: MemType, populate_second: bool = True) -> None:
     with uut.make_area(mt, 2) as a, open_for(mt.missing_feature) as u:
         ps = a.page_size
         u.register(a.dst.addr, 2 * ps)
-        check.eq(u.copy(a.page(1), a.src_page(1), ps), ps, "UFFDIO_COPY of page 1")
+        if populate_second:
+            check.eq(u.copy(a.page(1), a.src_page(1), ps), ps, "UFFDIO_COPY of page 1")
         with check.raises_errno(errno.EAGAIN, "UFFDIO_COPY of pages 0-1 with page 1 mapped") as c:
             u.copy(a.page(0), a.src_page(0), 2 * ps)
         check.eq(c[0].result, ps, "uffdio_copy.copy of the partial copy (bytes copied)")
@@ -157,22 +172,31 @@ def test_copy_partial(mt: MemType) -> None:
         check.eq(c[0].result, -errno.EEXIST, "uffdio_copy.copy of the remainder")
 
 
+@pytest.mark.parametrize("mt", MEMS, ids=ids("copy-partial"))
+def test_copy_partial(mt: MemType) -> None:
+    uut.need_type(mt, npages=2)
+    run_copy_partial(mt)
+
+
 def run_wake(mt: MemType, wake: bool = True) -> None:
     """UFFDIO_WAKE without resolving: the thread retries and faults again at the same page."""
     with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
         t = Toucher(a.count_addr(0)).start()
-        m1 = u.read_msg(10)
-        wait_task_state(t.tid, "S", 5, wchan="handle_userfault")
-        if wake:
-            u.wake(a.dst.addr, a.page_size)
-        m2 = u.read_msg(5)
-        check.eq(m2.address & ~(a.page_size - 1), m1.address & ~(a.page_size - 1),
-                 "the woken thread faults again at the same page")
-        check.false(t.done, "the thread completed its read without the page")
-        uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
-        check.true(t.join(10), "the reader finishes after UFFDIO_COPY")
-        check.eq(t.data, (1).to_bytes(8, "little"), "the reader's data")
+        try:
+            m1 = u.read_msg(10)
+            wait_task_state(t.tid, "S", 5, wchan="handle_userfault")
+            if wake:
+                u.wake(a.dst.addr, a.page_size)
+            m2 = u.read_msg(5)
+            check.eq(m2.address & ~(a.page_size - 1), m1.address & ~(a.page_size - 1),
+                     "the woken thread faults again at the same page")
+            check.false(t.done, "the thread completed its read without the page")
+            uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
+            check.true(t.join(10), "the reader finishes after UFFDIO_COPY")
+            check.eq(t.data, (1).to_bytes(8, "little"), "the reader's data")
+        finally:
+            settle(u, a, t)
 
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("wake"))
@@ -186,26 +210,30 @@ def run_copy_dontwake(mt: MemType, mode: int = abi.CopyMode.DONTWAKE) -> str:
     with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
         t = Toucher(a.count_addr(0)).start()
-        u.read_msg(10)
-        wait_task_state(t.tid, "S", 5, wchan="handle_userfault")
-        check.eq(u.copy(a.dst.addr, a.src.addr, a.page_size, mode), a.page_size, "UFFDIO_COPY(DONTWAKE)")
-        check.false(t.done, "faulting thread finished although COPY was DONTWAKE")
-        check.eq((task_state(t.tid), task_wchan(t.tid)), ("S", "handle_userfault"),
-                 "faulting thread state after COPY(DONTWAKE)")
-        # another thread in between: kernels differ (e2b-ltp A.7 item 3); observe, then serve
-        other = Toucher(a.count_addr(0)).start()
-        seen = "another thread read the page without a fault"
-        if not other.join(2):
-            if u.wait(5):
-                u.read_msgs()
-                seen = "another thread took a MISSING fault after COPY(DONTWAKE)"
-                uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
-            check.true(other.join(10), "the other reader finishes")
-        note(f"copy-dontwake on {mt}: {seen}")
-        check.false(t.done, "faulting thread woke without UFFDIO_WAKE")
-        u.wake(a.dst.addr, a.page_size)
-        check.true(t.join(10), "faulting thread finishes after UFFDIO_WAKE")
-        check.eq(t.data, (1).to_bytes(8, "little"), "faulting thread's data")
+        other: Toucher | None = None
+        try:
+            u.read_msg(10)
+            wait_task_state(t.tid, "S", 5, wchan="handle_userfault")
+            check.eq(u.copy(a.dst.addr, a.src.addr, a.page_size, mode), a.page_size, "UFFDIO_COPY(DONTWAKE)")
+            check.false(t.done, "faulting thread finished although COPY was DONTWAKE")
+            check.eq((task_state(t.tid), task_wchan(t.tid)), ("S", "handle_userfault"),
+                     "faulting thread state after COPY(DONTWAKE)")
+            # another thread in between: kernels differ (e2b-ltp A.7 item 3); observe, then serve
+            other = Toucher(a.count_addr(0)).start()
+            seen = "another thread read the page without a fault"
+            if not other.join(2):
+                if u.wait(5):
+                    u.read_msgs()
+                    seen = "another thread took a MISSING fault after COPY(DONTWAKE)"
+                    uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
+                check.true(other.join(10), "the other reader finishes")
+            note(f"copy-dontwake on {mt}: {seen}")
+            check.false(t.done, "faulting thread woke without UFFDIO_WAKE")
+            u.wake(a.dst.addr, a.page_size)
+            check.true(t.join(10), "faulting thread finishes after UFFDIO_WAKE")
+            check.eq(t.data, (1).to_bytes(8, "little"), "faulting thread's data")
+        finally:
+            settle(u, a, t, *([other] if other else []))
         return seen
 
 

@@ -42,10 +42,18 @@ def fault_once(u: Userfaultfd, a: uut.Area, access, resolve: bool = True) -> tup
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    m = u.read_msg(10)
-    if resolve:
-        uut.copy_page(u, m.address & ~(a.page_size - 1), a.src.addr, a.page_size)
-    t.join(10)
+    try:
+        m = u.read_msg(10)
+        if resolve:
+            uut.copy_page(u, m.address & ~(a.page_size - 1), a.src.addr, a.page_size)
+    finally:
+        t.join(10 if resolve else 0)
+        if t.is_alive():
+            try:
+                u.unregister(a.dst.addr, a.size)  # wakes the thread before the area goes away
+            except OSError:
+                pass
+        t.join(10)
     check.false(t.is_alive(), "the faulting thread finished after the page was served")
     return m, tid[0]
 

@@ -37,9 +37,11 @@ def _io(op: str, addr: int) -> int:
         os.close(w)
 
 
-def run_kernel_mode(mt: MemType, op: str, user_mode_only: bool) -> None:
+def run_kernel_mode(mt: MemType, op: str, user_mode_only: bool, open_user_mode_only: bool | None = None) -> None:
+    """``open_user_mode_only`` (default: as expected) lets a negative control open the other kind."""
+    umo = user_mode_only if open_user_mode_only is None else open_user_mode_only
     with uut.make_area(mt, 1, alias=False) as a:
-        with served(a.dst, "thread", mt.missing_feature, source=_src(a), user_mode_only=user_mode_only) as s:
+        with served(a.dst, "thread", mt.missing_feature, source=_src(a), user_mode_only=umo) as s:
             if user_mode_only:
                 with check.raises_errno(errno.EFAULT, f"{op}(2) on registered memory with UFFD_USER_MODE_ONLY"):
                     _io(op, a.dst.addr)

@@ -58,7 +58,7 @@ def run_mmap_changing(check_fn=check_eagain_ops) -> None:
             tid.append(threading.get_native_id())
             try:
                 libc.madvise(a.page(0), a.page_size, abi.Madv.REMOVE)
-            except BaseException as e:  # noqa: BLE001 - checked by the case
+            except BaseException as e:
                 err.append(e)
 
         t = threading.Thread(target=remove, daemon=True)

@@ -64,6 +64,7 @@ def refault_after(b: Backing, topology: str, advice: int, options: Options | Non
         read_async(addr, HEAD).join(10)  # a thread: the access may be a fault again
         zero = libc.is_uniform(addr, 0, ps)
         kept = libc.is_uniform(addr, MARK, ps)
+        flush(s.handler)
         st = s.stats()
     check_no_errors(st)
     check_ranges_cover(ranges_of(st.events), addr, addr + ps, "REMOVE ranges")

@@ -25,6 +25,7 @@ from cases.remove.common import (
     Backing,
     check_no_errors,
     check_zero,
+    flush,
     header,
     madvise_async,
     make_source,
@@ -80,6 +81,7 @@ def remove_then_write(b: Backing, topology: str, options: Options | None = None)
         mad.join(10)
         check.eq(read_async(addr, len(MARK)).join(10), bytes(len(MARK)), "the gated write went with the page")
         check_zero(addr, ps, "page after the REMOVE")
+        flush(h)
         st = s.stats()
     check_no_errors(st)
     check.eq(len(st.faults), 2, "MISSING faults (first read, access after the REMOVE; none for the write)")
@@ -105,6 +107,7 @@ def write_then_remove(b: Backing, topology: str, options: Options | None = None)
         check.eq(libc.read(p1, HEAD), MARK + header(1)[len(MARK):], "page 1: source page + the write")
         read_async(p0, HEAD).join(10)
         check_zero(p0, ps, "page 0 after the REMOVE")
+        flush(h)
         st = s.stats()
     check_no_errors(st)
     check_batch_order(st.log, p1, (p0, p0 + ps))
@@ -129,6 +132,7 @@ def remove_then_fault(b: Backing, topology: str, options: Options | None = None)
         mad.join(10)
         check.eq(got, bytes(HEAD), "the fault queued behind the REMOVE reads zeros")
         check_zero(addr, ps, "page after the batch")
+        flush(h)
         st = s.stats()
     check_no_errors(st)
     check_batch_order(st.log, addr, (addr, addr + ps))

@@ -21,6 +21,7 @@ from cases.remove.common import (
     check_ranges_cover,
     check_source,
     check_zero,
+    flush,
     make_source,
     matrix,
     ranges_of,
@@ -54,6 +55,7 @@ def multi_page(b: Backing, topology: str, options: Options | None = None) -> Non
         check.true(libc.is_uniform(region.page(0), MARK, ps), "page 0 (outside, written) keeps its data")
         read_async(region.page(5), HEAD).join(10)
         check_source(region.page(5), 5, "page 5 (outside, untouched) served from the source")
+        flush(s.handler)
         st = s.stats()
     check_no_errors(st)
     check_ranges_cover(ranges_of(st.events), start, end, "REMOVE ranges")

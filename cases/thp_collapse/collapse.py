@@ -90,6 +90,9 @@ def knobs(ctx: str, size: int) -> list[tuple[str, str | int]]:
     if ctx == "madvise":
         out += [("enabled", "never"), ("shmem_enabled", "never")]
     else:
+        # restart the khugepaged thread first (it stops when nothing it serves is enabled), so
+        # it starts the case awake with the case's knobs instead of in a sleep begun earlier
+        out += [("enabled", "never"), ("shmem_enabled", "never")]
         out += _kh_defaults()
         if size != PMD:
             # anon mTHP only: shmem PMD collapse would keep khugepaged running for shmem's sake
@@ -479,12 +482,26 @@ def khugepaged_pid() -> int:
     return 0
 
 
+_registered: list[Area] = []
+
+
+def register_with_khugepaged() -> None:
+    """Make sure khugepaged scans this process: an anon MADV_HUGEPAGE VMA registers the mm
+    (khugepaged_enter_vma).  Upstream's single process is registered by its anon cases; on
+    this kernel MADV_HUGEPAGE on a shmem VMA alone was seen not to get the mm scanned."""
+    if not _registered:
+        a = setup_area(ANON, PMD)
+        libc.madvise(a.addr, PMD, MADV.HUGEPAGE)
+        _registered.append(a)
+
+
 def collapse(v: Variant, area: Area, nwin: int, expect: bool, what: str, sanity: bool = True) -> None:
     """khugepaged.c c->collapse() for the variant's context, then check_huge."""
     length = nwin * v.size
     if sanity:
         check_huge(area, 0, v.size, f"{what}: sanity, before the collapse")
     if v.khugepaged:
+        register_with_khugepaged()
         libc.madvise(area.addr, length, MADV.HUGEPAGE)
 
         def is_huge() -> bool:
