@@ -373,17 +373,24 @@ class FaultServer:
         page = (addr - self.base) // self.page_size
         flags = m.flags
         try:
+            # Book-keeping happens before the ioctl that wakes the faulting thread, so a
+            # stats() taken right after the access already shows the page (it is undone if the
+            # ioctl fails).
             if flags & _PF_WP:
-                u.writeprotect(addr, self.page_size, False)
-                with self.state_lock:
-                    self.stats.wp += 1
-                    self.stats.states[page] = DIRTY
+                prev = self._book("wp", page, DIRTY)
+                try:
+                    u.writeprotect(addr, self.page_size, False)
+                except BaseException:
+                    self._unbook("wp", page, prev)
+                    raise
                 return
             if flags & _PF_MINOR:
-                u.cont(addr, self.page_size, abi.ContinueMode.WP if self.opt.copy_mode_wp else 0)
-                with self.state_lock:
-                    self.stats.minor += 1
-                    self.stats.states[page] = CLEAN
+                prev = self._book("minor", page, CLEAN)
+                try:
+                    u.cont(addr, self.page_size, abi.ContinueMode.WP if self.opt.copy_mode_wp else 0)
+                except BaseException:
+                    self._unbook("minor", page, prev)
+                    raise
                 return
             if self.opt.reject_write_missing and m.is_write:
                 raise AssertionError(f"MISSING fault at {m.address:#x} has the WRITE flag")
@@ -396,12 +403,19 @@ class FaultServer:
                 try:
                     self._hook(BEFORE_RESOLVE, page)
                     src, kind = early or self._choose_source(page)
-                    done = self._install(u, addr, src, m.is_write)
-                    if done:  # book-keep under the lock: a REMOVE applied next must win
-                        with self.state_lock:
-                            self.stats.missing += 1
-                            self.stats.states[page] = kind or (DIRTY if m.is_write else CLEAN)
-                            self.removed.discard(page)
+                    # book-keep under the settle lock (a REMOVE applied next must win) and
+                    # before the install wakes the faulting thread
+                    prev = self._book("missing", page, kind or (DIRTY if m.is_write else CLEAN))
+                    was_removed = page in self.removed
+                    self.removed.discard(page)
+                    try:
+                        done = self._install(u, addr, src, m.is_write)
+                    except BaseException:
+                        done = False
+                        self._unbook("missing", page, prev, was_removed)
+                        raise
+                    if not done:
+                        self._unbook("missing", page, prev, was_removed)
                 finally:
                     self.lock.release_read()
                 if done:
@@ -414,6 +428,23 @@ class FaultServer:
         except Exception as e:
             with self.state_lock:
                 self.stats.errors.append(f"fault at {m.address:#x}: {type(e).__name__}: {e}")
+
+    def _book(self, counter: str, page: int, state: str) -> str | None:
+        with self.state_lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            prev = self.stats.states.get(page)
+            self.stats.states[page] = state
+        return prev
+
+    def _unbook(self, counter: str, page: int, prev: str | None, was_removed: bool = False) -> None:
+        with self.state_lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) - 1)
+            if prev is None:
+                self.stats.states.pop(page, None)
+            else:
+                self.stats.states[page] = prev
+            if was_removed:
+                self.removed.add(page)
 
     def _read_pending(self, u: Userfaultfd) -> None:
         """Inline serve loop, EAGAIN: the pending event can only be read here; read and handle it

@@ -330,3 +330,10 @@ def test_no_unmap_oracle_catches_an_event():
         check.eq(got, [], "UNMAP ranges without the feature")
 
     fails(body, contains="without the feature")
+
+
+def test_removes_oracle_catches_another_event():
+    from lib.uffd import Msg
+
+    with pytest.raises(AssertionError, match="other than REMOVE"):
+        test_delivery.removes([Msg(abi.Event.REMOVE, start=0, end=4096), Msg(abi.Event.UNMAP, start=0, end=4096)])

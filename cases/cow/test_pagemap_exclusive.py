@@ -28,8 +28,7 @@ def test_pagemap_exclusive(backing) -> None:
     with backing.setup() as m:
         obs = oracles.observe_cow(m.addr, m.size)
     for line in oracles.summarize(obs):
-        print(f"{backing.suffix}: {line}")
-        child.note(f"{backing.suffix}: {line}")
+        child.diag(f"{backing.suffix}: {line}")
     if backing.run == "base":
         problems = oracles.exclusivity_problems(obs)
         assert not problems, "; ".join(problems)

@@ -51,10 +51,10 @@ def build_compound_extreme(size: int) -> tuple[int, int]:
     for i in range(nr):
         libc.madvise(base, size, MADV.HUGEPAGE)
         libc.touch_write(base, 1)  # a THP at fault where enabled ...
-        if C.huge_windows(base, 1, size) != 1:
+        if C.pmd_mapped_kb(base, size, ANON) != size // 1024:
             libc.madvise(base, size, MADV.POPULATE_WRITE)  # ... else collapse one
             ret = C.madvise_collapse(base, size)
-            if ret or C.huge_windows(base, 1, size) != 1:
+            if ret or C.pmd_mapped_kb(base, size, ANON) != size // 1024:
                 raise AssertionError(f"round {i}: failed to allocate a huge page at B (MADV_COLLAPSE {ret})")
         libc.madvise(base, size, MADV.NOHUGEPAGE)
         libc.mremap(base - i * PS, i * PS + size, (i + 1) * PS, abi.MREMAP_MAYMOVE | abi.MREMAP_FIXED, tmp)
@@ -101,12 +101,21 @@ def test_madvise_retracted_page_tables(v: Variant) -> None:
     area = C.setup_area(v.mem, v.size)
     C.fault(area, 0, v.size)
     C.check_huge(area, 0, v.size, "Collapse and leave PMD cleared: sanity")
+    C.register_with_khugepaged()
     libc.madvise(area.addr, v.size, MADV.HUGEPAGE)
-    before = C.kh_counter("pages_collapsed")
-    r = C.wait_for_scan(lambda: C.kh_counter("pages_collapsed") > before)
+    alias = libc.mmap(v.size, abi.PROT_READ, abi.MAP_SHARED, area.fd, 0)  # watches the page cache
+
+    def page_cache_huge() -> bool:
+        libc.touch_read(alias)
+        return C.folio_orders(alias, 1) == [C.order_of(v.size)]
+
+    try:
+        r = C.wait_for_scan(page_cache_huge)
+    finally:
+        libc.munmap(alias, v.size)
     libc.madvise(area.addr, v.size, MADV.NOHUGEPAGE)
-    if not r.pages_collapsed:
-        raise AssertionError(f"khugepaged did not collapse the page cache within {r.scans} full scans "
-                             f"(pages_collapsed unchanged): nothing retracted to test")
+    if not r.collapsed:
+        raise AssertionError(f"khugepaged did not collapse the page cache within {r.scans} full scans: "
+                             f"nothing retracted to test")
     C.collapse(v, area, 1, True, "Install huge PMD from page cache")
     C.validate(area.addr, 0, v.size)

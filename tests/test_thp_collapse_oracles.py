@@ -1,0 +1,220 @@
+"""Negative controls for the THP-collapse area's oracles (DESIGN rule 3): each oracle is fed a
+state that must make it fail, and (where cheap) one that must make it pass.
+
+Needs root (PFNs, /proc/kpageflags) and THP; changes no sysfs value.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from cases.thp_collapse import collapse as C
+from cases.thp_collapse import test_collapse_contents as contents
+from cases.thp_collapse import test_collapse_uffd as uf
+from cases.thp_collapse import test_cow_collapse as cow
+from lib import abi, child, libc, system
+from lib.pagemap import Pagemap, folio_order
+
+pytestmark = [
+    pytest.mark.skipif(not system.is_root(), reason="needs root (PFNs, kpageflags)"),
+    pytest.mark.skipif(not system.pmd_size(), reason="no THP"),
+]
+PS, PMD = C.PS, C.PMD
+
+
+def isolated(fn, timeout: float = 30.0) -> child.Outcome:
+    return child.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,))
+
+
+def collapsed_anon() -> C.Area:
+    """A PMD-mapped anon THP built with MADV_COLLAPSE, filled with the khugepaged pattern."""
+    a = C.setup_area(C.ANON, PMD)
+    C.fault(a, 0, PMD)
+    assert C.madvise_collapse(a.addr, PMD) == 0
+    return a
+
+
+# -- contents -------------------------------------------------------------------------------
+def test_validate_catches_a_corrupted_page():
+    a = C.setup_area(C.ANON, PMD)
+    C.fault(a, 0, PMD)
+    C.validate(a.addr, 0, PMD)  # positive
+    libc.write(a.page(7), struct.pack("<I", 0x1234))
+    with pytest.raises(AssertionError, match="page 7 is corrupted"):
+        C.validate(a.addr, 0, PMD)
+    a.close()
+
+
+def test_check_filled_catches_a_dirty_hole_a_lost_marker_and_an_absent_page():
+    n = 16
+    a = C.setup_area(C.ANON, n * PS)
+    populated = contents.populate_sparse(a.addr, n)
+    with pytest.raises(AssertionError, match="not present"):
+        contents.check_filled(a.addr, n, populated)  # holes never faulted
+    libc.madvise(a.addr, n * PS, abi.Madv.POPULATE_WRITE)
+    contents.check_filled(a.addr, n, populated)  # positive: holes now present and zero
+    libc.write(a.page(1) + 100, b"\x01")
+    with pytest.raises(AssertionError, match="hole 1 not zero-filled"):
+        contents.check_filled(a.addr, n, populated)
+    libc.write(a.page(1) + 100, b"\x00")
+    libc.write(a.page(3), b"\xff")
+    with pytest.raises(AssertionError, match="populated page 3 changed"):
+        contents.check_filled(a.addr, n, populated)
+    a.close()
+
+
+def test_check_presence_catches_an_extra_page():
+    n = 8
+    a = C.setup_area(C.ANON, n * PS)
+    populated = contents.populate_sparse(a.addr, n)
+    contents.check_presence(a.addr, n, populated, "positive")
+    libc.touch_write(a.page(1), 0)
+    with pytest.raises(AssertionError, match="present pages"):
+        contents.check_presence(a.addr, n, populated, "negative")
+    a.close()
+
+
+# -- huge / PTE-mapped / PMD-mapped ---------------------------------------------------------
+def test_check_huge_fails_on_base_pages_and_on_a_pte_mapped_thp():
+    a = C.setup_area(C.ANON, PMD)
+    libc.madvise(a.addr, PMD, abi.Madv.NOHUGEPAGE)
+    C.fault(a, 0, PMD)
+    with pytest.raises(AssertionError, match="expected 1 of 1"):
+        C.check_huge(a, 1, PMD, "base pages")
+    a.close()
+    t = collapsed_anon()
+    C.check_huge(t, 1, PMD, "positive")
+    assert C.pmd_mapped_thp(t.addr, PMD) and not C.pte_mapped_thp(t.addr, PMD)
+    libc.mprotect(t.addr + PS, PS, abi.PROT_READ)  # split the PMD mapping, keep the folio
+    libc.mprotect(t.addr + PS, PS, C.RW)
+    assert C.pte_mapped_thp(t.addr, PMD) and not C.pmd_mapped_thp(t.addr, PMD)
+    with pytest.raises(AssertionError, match="expected 1 of 1"):
+        C.check_huge(t, 1, PMD, "PTE-mapped THP")
+    t.close()
+
+
+def test_folio_orders_agrees_with_lib_folio_order():
+    t = collapsed_anon()
+    with Pagemap() as pm:
+        pfns = [e.pfn for e in pm.entries(t.addr, C.NR)]
+    fast = C.folio_orders(t.addr, C.NR)
+    assert fast[0] == fast[-1] == folio_order(pfns[0]) == folio_order(pfns[-1]) == C.order_of(PMD)
+    t.close()
+    b = C.setup_area(C.ANON, 4 * PS)
+    libc.madvise(b.addr, 4 * PS, abi.Madv.POPULATE_WRITE)
+    assert C.folio_orders(b.addr, 4) == [0, 0, 0, 0]
+    b.close()
+
+
+# -- COW leak ---------------------------------------------------------------------------------
+def test_leak_check_reports_a_leak_on_shared_memory():
+    """MAP_SHARED anon: the parent's write is the child's write; the oracle must say so."""
+    size = 16 * PS
+    addr = libc.mmap(size, C.RW, abi.MAP_SHARED | abi.MAP_ANONYMOUS)
+    libc.fill(addr, 1, size)
+    with pytest.raises(AssertionError, match="Leak from parent into child"):
+        cow.leak_check(addr, size, (0, size), lambda: None)
+    priv = libc.mmap(size, C.RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
+    libc.fill(priv, 1, size)
+    cow.leak_check(priv, size, (0, size), lambda: None)  # positive
+    libc.munmap(addr, size)
+    libc.munmap(priv, size)
+
+
+# -- khugepaged wait ----------------------------------------------------------------------------
+def test_wait_for_scan_fails_when_khugepaged_does_not_scan():
+    frozen = {"full_scans": 5, "pages_collapsed": 0}
+    with pytest.raises(AssertionError, match="completed 0 of 2 full scans"):
+        C.wait_for_scan(lambda: False, timeout=0.2, read=frozen.__getitem__)
+    r = C.wait_for_scan(lambda: True, timeout=0.2, read=frozen.__getitem__)
+    assert r.collapsed
+
+
+def test_wait_for_scan_min_scans_accepts_one_scan_only_when_asked():
+    seq = iter(range(100))
+    state = {"n": 0}
+
+    def read(name: str) -> int:
+        if name == "full_scans":
+            state["n"] = min(state["n"] + (1 if next(seq) == 1 else 0), 1)
+            return state["n"]
+        return 0
+
+    with pytest.raises(AssertionError, match="of 2 full scans"):
+        C.wait_for_scan(lambda: False, timeout=0.2, read=read)
+    state["n"], seq = 0, iter(range(100))
+    r = C.wait_for_scan(lambda: False, timeout=0.2, read=read, min_scans=1)
+    assert not r.collapsed and r.scans == 1
+
+
+# -- probes can say yes -------------------------------------------------------------------------
+def test_mthp_probe_says_yes_for_the_pmd_size():
+    """The mTHP probe is not a constant 'no': asked about the PMD size it sees a collapse."""
+    ok, why = C.mthp_madvise_probe(PMD)
+    assert ok, why
+
+
+def test_file_probe_says_yes_for_shmem():
+    ok, why = C.file_probe(C.SHMEM)
+    assert ok, why
+
+
+# -- uffd oracles -----------------------------------------------------------------------------
+def _wp_negative() -> None:
+    n = 8
+    a = C.setup_area(C.ANON, n * PS)
+    C.fault(a, 0, n * PS)
+    with uf.registered(a, uf.MODE.WP) as (u, toucher):
+        u.writeprotect(a.addr, n * PS, True)
+        u.writeprotect(a.page(5), PS, False)  # a protection "lost" by a bad collapse
+        try:
+            C.wp_kept(u, a.addr, n, [True] * n, toucher)
+        except AssertionError as e:
+            assert "bit 57 lost on 1 protected page(s), first [5]" in str(e), e
+        else:
+            raise AssertionError("wp_kept accepted a page that lost its protection")
+        u.writeprotect(a.addr, n * PS, True)
+        C.wp_kept(u, a.addr, n, [True] * n, toucher)  # positive; unprotects as it goes
+        try:
+            C.wp_kept(u, a.addr, n, [i == 0 for i in range(n)], toucher)
+        except AssertionError as e:
+            assert "bit 57 lost" in str(e), e
+        else:
+            raise AssertionError("wp_kept accepted an unprotected page as protected")
+
+
+def test_wp_kept_catches_a_lost_protection():
+    o = isolated(_wp_negative)
+    assert o.kind == "pass", o.message + o.details
+
+
+def _missing_negative() -> None:
+    n = 8
+    a = C.setup_area(C.ANON, n * PS)
+    C.fault(a, 0, PS)  # page 0 populated, 1..7 holes
+    with uf.registered(a, uf.MODE.MISSING) as (u, toucher):
+        uf.missing_kept(u, a, [1, 2], toucher)  # positive: both fault, served with zeros
+        # page 1 is now populated (served): claiming it is a hole must fail
+        try:
+            uf.missing_kept(u, a, [1, 4], toucher)
+        except AssertionError as e:
+            assert "hole(s) of the MISSING-registered range got populated, first [1]" in str(e), e
+        else:
+            raise AssertionError("missing_kept accepted a populated hole")
+
+
+def test_missing_kept_catches_a_filled_hole():
+    o = isolated(_missing_negative)
+    assert o.kind == "pass", o.message + o.details
+
+
+def test_in_page_cache_sees_shmem_holes():
+    fd = os.memfd_create("kmm-t", os.MFD_CLOEXEC)
+    os.ftruncate(fd, 8 * PS)
+    os.pwrite(fd, b"x", 2 * PS)
+    os.pwrite(fd, b"y", 5 * PS)
+    assert uf.in_page_cache(fd, 8) == {2, 5}
+    os.close(fd)
