@@ -16,6 +16,20 @@ from dataclasses import dataclass
 from lib import abi, memory, system
 
 
+def missing_feature_for(hugetlb: bool, shmem: bool) -> int:
+    """The UFFD_FEATURE_* a MISSING registration needs beyond anon memory."""
+    if hugetlb:
+        return int(abi.Feature.MISSING_HUGETLBFS)
+    return int(abi.Feature.MISSING_SHMEM) if shmem else 0
+
+
+def wp_feature_for(anon: bool) -> int:
+    """The UFFD_FEATURE_* a WP registration needs: PAGEFAULT_FLAG_WP, and for shmem/hugetlb
+    WP_HUGETLBFS_SHMEM."""
+    f = int(abi.Feature.PAGEFAULT_FLAG_WP)
+    return f if anon else f | int(abi.Feature.WP_HUGETLBFS_SHMEM)
+
+
 @dataclass(frozen=True)
 class MemType:
     kind: str  # anon | shmem | shmem-private | hugetlb | hugetlb-private
@@ -50,16 +64,11 @@ class MemType:
 
     @property
     def missing_feature(self) -> int:
-        if self.hugetlb:
-            return int(abi.Feature.MISSING_HUGETLBFS)
-        if self.kind.startswith("shmem"):
-            return int(abi.Feature.MISSING_SHMEM)
-        return 0
+        return missing_feature_for(self.hugetlb, self.kind.startswith("shmem"))
 
     @property
     def wp_feature(self) -> int:
-        f = int(abi.Feature.PAGEFAULT_FLAG_WP)
-        return f | (int(abi.Feature.WP_HUGETLBFS_SHMEM) if self.kind != "anon" else 0)
+        return wp_feature_for(self.kind == "anon")
 
     def prepare(self, settings) -> None:
         if self.hugetlb:

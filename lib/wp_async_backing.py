@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from lib import abi, libc, memory, needs, pagemap, system
+from lib.backing import wp_feature_for
 
 PAGE = libc.PAGE_SIZE
 F = abi.Feature
@@ -54,10 +55,7 @@ class WpBacking:
 
     @property
     def wp_features(self) -> int:
-        f = int(F.PAGEFAULT_FLAG_WP)
-        if not self.anon:
-            f |= int(F.WP_HUGETLBFS_SHMEM)
-        return f
+        return wp_feature_for(self.anon)
 
     @property
     def missing_features(self) -> int:

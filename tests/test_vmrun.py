@@ -95,7 +95,7 @@ def test_no_boot_cannot_test(tmp_path):
 
 
 def test_missing_image_is_a_usage_error(tmp_path):
-    image, env = fake(tmp_path, RUNS)
+    _, env = fake(tmp_path, RUNS)
     p = run(env, "passing", "--kernel", str(tmp_path / "nope"))
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "not found" in p.stderr
 
@@ -105,7 +105,7 @@ def test_kernels_table_and_first_bad(tmp_path):
     """Three 'kernels': the stand-in decides good or bad from the image name."""
     script = BOOT + 'case "$*" in *bad*) export KMM_CASES=' + str(DATA / "mixed") + ';; esac\n' \
         'eval "$last"\nrc=$?\nexit $rc\n'
-    image, env = fake(tmp_path, script)
+    _, env = fake(tmp_path, script)
     images = []
     for name in ("vmlinuz-1-good", "vmlinuz-2-good", "vmlinuz-3-bad", "vmlinuz-4-bad"):
         p = tmp_path / name

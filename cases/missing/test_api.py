@@ -15,7 +15,8 @@ from lib import abi, check, needs
 from lib.uffd import Userfaultfd
 
 
-@pytest.mark.parametrize("via", ["syscall", "dev"], ids=["UFFDIO_API (with syscall)", "UFFDIO_API (with /dev/userfaultfd)"])
+@pytest.mark.parametrize("via", ["syscall", "dev"],
+                         ids=["UFFDIO_API (with syscall)", "UFFDIO_API (with /dev/userfaultfd)"])
 def test_uffdio_api(via: str) -> None:
     needs.open_path(via, user_mode_only=True)
     with Userfaultfd.open(via=via, user_mode_only=True) as u:

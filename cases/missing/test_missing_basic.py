@@ -50,7 +50,8 @@ def missing_fault_copy(op: str, mt: MemType, *, touch: str | None = None, option
     want = src.page(TARGET, region.page_size)
     if op == "write":
         want = MARK + want[len(MARK):]
-    check.true(got == want, f"page content after the {op} fault equals the source page" + (" + the write" if op == "write" else ""))
+    extra = " + the write" if op == "write" else ""
+    check.true(got == want, f"page content after the {op} fault equals the source page{extra}")
     check.eq(st.errors, [], "handler errors")
     check.eq([f["address"] & ~(region.page_size - 1) for f in st.faults], [addr], "fault addresses")
     flags = st.faults[0]["flags"]
@@ -63,6 +64,9 @@ def missing_fault_copy(op: str, mt: MemType, *, touch: str | None = None, option
     check.eq(present, [i == TARGET for i in range(NPAGES)], "pagemap present bits per page")
 
 
-@pytest.mark.parametrize("op,mt", [(o, m) for m in BACKINGS for o in OPS], ids=[_id(o, m) for m in BACKINGS for o in OPS])
+MATRIX = [(o, m) for m in BACKINGS for o in OPS]
+
+
+@pytest.mark.parametrize("op,mt", MATRIX, ids=[_id(o, m) for o, m in MATRIX])
 def test_missing_fault_copy(op: str, mt: MemType) -> None:
     missing_fault_copy(op, mt)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pytest
 
 from lib import abi, check, libc, memory, needs, system
+from lib.backing import missing_feature_for, wp_feature_for
 from lib.child import Deadline, task_state, task_wchan, wait_until
 from lib.handler import Options, Source, Stats
 
@@ -77,16 +78,11 @@ class Backing:
 
     @property
     def missing_feature(self) -> int:
-        if self.hugetlb:
-            return int(abi.Feature.MISSING_HUGETLBFS)
-        if self.shared:
-            return int(abi.Feature.MISSING_SHMEM)
-        return 0
+        return missing_feature_for(self.hugetlb, self.shared)
 
     @property
     def wp_feature(self) -> int:
-        f = int(abi.Feature.PAGEFAULT_FLAG_WP)
-        return f | (int(abi.Feature.WP_HUGETLBFS_SHMEM) if self.kind != "anon" else 0)
+        return wp_feature_for(self.kind == "anon")
 
     @property
     def punch(self) -> int:
