@@ -702,7 +702,9 @@ class SpawnedHandler(_RemoteHandler):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=root)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lib.handler", str(child.fileno())],
+            # the running interpreter's own binary: always executable by us, whatever venv
+            # symlink sys.executable names (the handler needs only the standard library)
+            [os.readlink("/proc/self/exe"), "-m", "lib.handler", str(child.fileno())],
             pass_fds=[child.fileno()], env=env, cwd=root,
         )
         child.close()

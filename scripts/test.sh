@@ -11,7 +11,15 @@ echo "== ruff"
 echo "== project tests (tests/)"
 .venv/bin/python -m pytest tests -q -p no:cacheprovider --junitxml="$out/tests.xml" ${KMM_TEST_ARGS:-} || status=1
 echo "== conformance suite on $(uname -r)"
-./run_suite.py --results "$out/suite" || status=1
+deselect=()
+while IFS='|' read -r release expr what; do
+  case $release in ''|'#'*) continue ;; esac
+  if [ "$release" = "$(uname -r)" ]; then
+    echo "# known defect of this kernel, deselected (see .ci/known-kernel-defects): $what"
+    deselect=(-k "$expr")
+  fi
+done < .ci/known-kernel-defects
+./run_suite.py --results "$out/suite" "${deselect[@]}" || status=1
 .venv/bin/python - "$out" <<'PY'
 import json, sys
 from junitparser import JUnitXml

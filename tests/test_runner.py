@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,9 +29,17 @@ KNOB = "/sys/kernel/mm/transparent_hugepage/khugepaged/alloc_sleep_millisecs"
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
+PRIVATE_STATE = Path(tempfile.mkdtemp(prefix="kmm-test-state-"))
+
+
 def run(tree: str | None, *args: str, results: Path | None = None, timeout: float = 120,
-        env: dict | None = None) -> subprocess.CompletedProcess:
+        env: dict | None = None, shared_lock: bool = False) -> subprocess.CompletedProcess:
+    """run_suite.py on a synthetic tree.  Runs that change no setting use a private run lock
+    and journal, so they never wait for a real run on the machine; the settings tests share
+    the machine's (they change a real knob)."""
     e = dict(os.environ)
+    if not shared_lock:
+        e["KMM_STATE_DIR"] = str(PRIVATE_STATE)
     if tree:
         e["KMM_CASES"] = str(DATA / tree)
     e.update(env or {})
@@ -153,7 +162,7 @@ def test_isolation_timeout_and_signals(tmp_path):
 
 @root_only
 def test_kernel_log_splat_fails_a_passing_case(tmp_path):
-    p = run("kmsg", results=tmp_path)
+    p = run("kmsg", results=tmp_path, shared_lock=True)  # its splat must not land in another run's case
     assert p.returncode == 1
     c = summary(tmp_path)["cases"][0]
     assert c["verdict"] == "fail"
@@ -165,7 +174,7 @@ def test_kernel_log_splat_fails_a_passing_case(tmp_path):
 @root_only
 def test_settings_restored_after_an_exception(tmp_path):
     before = system.Settings.read(KNOB)
-    p = run("settings", "changes a knob then fails", results=tmp_path)
+    p = run("settings", "changes a knob then fails", results=tmp_path, shared_lock=True)
     assert p.returncode == 1
     assert verdicts(tmp_path)["changes a knob then fails"] == "fail"
     assert "boom after changing a knob" in summary(tmp_path)["cases"][0]["message"]
@@ -198,7 +207,7 @@ def test_settings_repaired_by_journal_after_sigkill(tmp_path):
     while subprocess.run(["pgrep", "-f", "changes a knob then hangs"], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "the case process outlived the killed run"
         time.sleep(0.05)
-    p = run("passing", results=tmp_path / "b")  # any next run repairs from the journal
+    p = run("passing", results=tmp_path / "b", shared_lock=True)  # the next run repairs from the journal
     assert p.returncode == 0
     assert system.Settings.read(KNOB) == before
     assert not Path(system.STATE_DIR, "journal.json").exists()
@@ -208,7 +217,7 @@ def test_settings_repaired_by_journal_after_sigkill(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_leaves_a_valid_partial_report(tmp_path, sig):
-    e = dict(os.environ, KMM_CASES=str(DATA / "slow"))
+    e = dict(os.environ, KMM_CASES=str(DATA / "slow"), KMM_STATE_DIR=str(PRIVATE_STATE))
     proc = subprocess.Popen([*RUN, f"--results={tmp_path}"], env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen = []

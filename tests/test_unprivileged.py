@@ -57,5 +57,5 @@ def test_unprivileged_run(shared_tmp):
     for name, c in cases.items():
         if "anon 4 kB" in name:
             assert c["verdict"] == "pass", c
-        if "hugetlb" in name:
-            assert c["verdict"] == "skip" and "needs root" in c["message"], c
+        if "hugetlb" in name:  # pool empty: cannot grow it unprivileged; pool has pages: runs
+            assert (c["verdict"] == "skip" and "needs root" in c["message"]) or c["verdict"] == "pass", c

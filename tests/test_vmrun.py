@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,11 @@ def fake(tmp_path: Path, script: str) -> tuple[str, dict]:
     return str(image), env
 
 
+PRIVATE_STATE = tempfile.mkdtemp(prefix="kmm-test-state-")
+
+
 def run(env: dict, tree: str, *args: str) -> subprocess.CompletedProcess:
-    e = dict(env, KMM_CASES=str(DATA / tree))
+    e = dict(env, KMM_CASES=str(DATA / tree), KMM_STATE_DIR=PRIVATE_STATE)  # never waits for a real run
     return subprocess.run([sys.executable, str(ROOT / "run_suite.py"), *args], capture_output=True, text=True,
                           env=e, cwd=ROOT, timeout=120)
 

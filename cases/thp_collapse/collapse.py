@@ -396,14 +396,19 @@ def pmd_mapped_thp(addr: int, size: int, mem: str = ANON) -> bool:
 # collapse contexts
 
 
+COLLAPSE_ATTEMPTS = 3
+
+
 def madvise_collapse(addr: int, length: int) -> int:
-    """MADV_COLLAPSE, retried once on EAGAIN (khugepaged.c madvise_collapse_retry); 0 or errno."""
-    for attempt in (0, 1):
+    """MADV_COLLAPSE, retried on EAGAIN (khugepaged.c's madvise_collapse_retry retries once;
+    madvise(2) documents EAGAIN as transient, and under load one retry was seen not to be
+    enough), at most COLLAPSE_ATTEMPTS times; 0 or the errno."""
+    for attempt in range(COLLAPSE_ATTEMPTS):
         try:
             libc.madvise(addr, length, MADV.COLLAPSE)
             return 0
         except OSError as e:
-            if e.errno != 11 or attempt:
+            if e.errno != 11 or attempt == COLLAPSE_ATTEMPTS - 1:
                 return e.errno
     return 0
 
