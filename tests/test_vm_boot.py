@@ -343,8 +343,9 @@ def test_kill_process_tree() -> None:
         ["sh", "-c", f"{marker} & setsid sh -c '{marker}' & wait"],
         start_new_session=True,
     )
+    only_sleeps = f"^{marker}$"  # the outer sh's command line contains the marker too: match the sleeps only
     deadline = time.monotonic() + 5
-    while len(subprocess.run(["pgrep", "-f", marker], capture_output=True).stdout.split()) < 2:
+    while len(subprocess.run(["pgrep", "-f", only_sleeps], capture_output=True).stdout.split()) < 2:
         assert time.monotonic() < deadline, "children did not start"
         time.sleep(0.05)  # test-side polling only
     vm.kill_process_tree(proc.pid)
