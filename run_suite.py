@@ -260,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     sys.stdout.flush()
     tap_fd = os.dup(sys.stdout.fileno())
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    # SIGINT too: a runner started in the background of a non-interactive shell inherits
+    # SIGINT ignored, and Python then leaves it ignored; Ctrl-C must still end the run cleanly
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _on_signal)
     code, usage = run_pytest(pytest_args(args, chosen, patterns, results, tap_fd), results / "run.log")
     os.close(tap_fd)
     if usage:
