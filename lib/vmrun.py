@@ -251,7 +251,7 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
         if first_bad is None:
             print(f"# first bad: none ({verdict_note})")
             return BISECT_SKIP if "cannot" in verdict_note else 0
-        print(f"# first bad: {images[first_bad]}")
+        print(f"# first bad: {images[first_bad]} ({verdict_note})")
         return 1
     codes = [bisect_verdict(r) for r in runs.values()]
     return 1 if BISECT_BAD in codes else 0
