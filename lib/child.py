@@ -183,9 +183,9 @@ def wait_task_state(tid: int, states: str, timeout: float = 5.0, wchan: str | No
     return str(wait_until(ok, timeout, what))
 
 
-def group_tasks(pgid: int) -> list[tuple[int, int, str, str, str]]:
-    """(pid, tid, comm, state, wchan) of every task in process group ``pgid``."""
-    out = []
+def proc_stats():
+    """(pid, comm, fields after the comm) of every process in /proc/<pid>/stat: fields[0] is
+    the state, [1] the ppid, [2] the process group."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -194,7 +194,14 @@ def group_tasks(pgid: int) -> list[tuple[int, int, str, str, str]]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
+        yield int(d), stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
+def group_tasks(pgid: int) -> list[tuple[int, int, str, str, str]]:
+    """(pid, tid, comm, state, wchan) of every task in process group ``pgid``."""
+    out = []
+    for pid, _comm, fields in proc_stats():
+        d = str(pid)
         if int(fields[2]) != pgid:
             continue
         try:

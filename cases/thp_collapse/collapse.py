@@ -503,18 +503,9 @@ def khugepaged_running() -> bool:
 
 
 def khugepaged_pid() -> int:
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        if comm == "khugepaged" and ppid == 2:
-            return int(d)
+    for pid, comm, fields in child.proc_stats():
+        if comm == "khugepaged" and int(fields[1]) == 2:  # a kernel thread (child of kthreadd)
+            return pid
     return 0
 
 
