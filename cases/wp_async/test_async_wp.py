@@ -42,6 +42,16 @@ def scan_written(r, wp: bool = False):
         return pm.scan(r.addr, r.end, flags=WPF if wp else 0, vec_len=64, category_mask=WRITTEN, return_mask=WRITTEN)
 
 
+def async_area(b):
+    """The populated area a WP_ASYNC case runs on: (region, unit, units, units to write)."""
+    b.require(abi.Feature.WP_ASYNC)
+    units, writes = plan(b)
+    r = b.map(units)
+    b.populate(r)
+    unit = b.unit if b.hugetlb else libc.PAGE_SIZE
+    return r, unit, r.size // unit, writes
+
+
 def check_written(res, r, unit: int, want: list[int], what: str) -> None:
     """PAGEMAP_SCAN reported exactly the units ``want`` (the region-count oracle)."""
     check.eq(written_units(res, r.addr, unit), want, f"{what}: units reported PAGE_IS_WRITTEN")
@@ -51,12 +61,7 @@ def check_written(res, r, unit: int, want: list[int], what: str) -> None:
 
 @pytest.mark.parametrize("b", BACKINGS, ids=[f"wp-async writes never reach the handler on {b}" for b in BACKINGS])
 def test_async_written(b) -> None:
-    b.require(abi.Feature.WP_ASYNC)
-    units, writes = plan(b)
-    r = b.map(units)
-    b.populate(r)
-    unit = b.unit if b.hugetlb else libc.PAGE_SIZE
-    n = r.size // unit
+    r, unit, n, writes = async_area(b)
     with wp_uffd(r, b.wp_features | int(abi.Feature.WP_ASYNC)) as u:
         u.writeprotect(r.addr, r.size, True)
         check.eq(scan_written(r).count, 0, "written regions right after protecting")
@@ -73,12 +78,7 @@ def test_async_written(b) -> None:
 
 @pytest.mark.parametrize("b", BACKINGS, ids=[f"wp-async PM_SCAN_WP_MATCHING re-protects on {b}" for b in BACKINGS])
 def test_async_wp_matching(b) -> None:
-    b.require(abi.Feature.WP_ASYNC)
-    units, writes = plan(b)
-    r = b.map(units)
-    b.populate(r)
-    unit = b.unit if b.hugetlb else libc.PAGE_SIZE
-    n = r.size // unit
+    r, unit, n, writes = async_area(b)
     with wp_uffd(r, b.wp_features | int(abi.Feature.WP_ASYNC)) as u:
         u.writeprotect(r.addr, r.size, True)
         for i in writes:
