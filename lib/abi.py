@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import struct
 
 # ---------------------------------------------------------------------------------------
 # ioctl number encoding (include/uapi/asm-generic/ioctl.h)
@@ -291,6 +292,33 @@ class uffd_msg(ctypes.Structure):
         ("reserved3", ctypes.c_uint32),
         ("arg", _msg_arg),
     ]
+
+
+_STRUCT_CODES = {ctypes.c_uint64: "Q", ctypes.c_int64: "q", ctypes.c_uint32: "I", ctypes.c_int32: "i"}
+
+
+def packer(cls: type[ctypes.Structure]) -> struct.Struct:
+    """The same layout as the ctypes structure ``cls``, as a :class:`struct.Struct` over its
+    flattened fields (nested structures inlined, in order).  The fault path packs ioctl
+    arguments with it: cheaper than building a ctypes object, and the layout stays defined once,
+    here.  Only gap-free structures of fixed-width integers are accepted."""
+    codes: list[str] = []
+
+    def flatten(c: type[ctypes.Structure], base: int) -> None:
+        for name, typ in c._fields_:
+            off = base + getattr(c, name).offset
+            if off != struct.calcsize("<" + "".join(codes)):
+                raise TypeError(f"{cls.__name__}.{name}: padding before offset {off}")
+            if isinstance(typ, type) and issubclass(typ, ctypes.Structure):
+                flatten(typ, off)
+            else:
+                codes.append(_STRUCT_CODES[typ])
+
+    flatten(cls, 0)
+    s = struct.Struct("<" + "".join(codes))
+    if s.size != ctypes.sizeof(cls):
+        raise TypeError(f"{cls.__name__}: packed size {s.size} != {ctypes.sizeof(cls)}")
+    return s
 
 
 UFFDIO_REGISTER = iowr(UFFDIO, IoctlBit.REGISTER, uffdio_register)

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 from lib import abi, libc
 from lib.child import Deadline
-from lib.uffd import Msg, UffdError, Userfaultfd
+from lib.uffd import MSG_SIZE, MSG_WORDS, Msg, UffdError, Userfaultfd
 
 BEFORE_LOCK = "before_lock"
 BEFORE_RESOLVE = "before_resolve"
@@ -56,7 +56,31 @@ CLEAN, DIRTY, ZERO, REMOVED = "clean", "dirty", "zero", "removed"
 
 # enum members looked up once (an Enum attribute access costs more than the int compare)
 _PAGEFAULT, _REMOVE = abi.Event.PAGEFAULT, abi.Event.REMOVE
+_PAGEFAULT_NR = int(_PAGEFAULT)
 _PF_WRITE, _PF_WP, _PF_MINOR = int(abi.PagefaultFlag.WRITE), int(abi.PagefaultFlag.WP), int(abi.PagefaultFlag.MINOR)
+_U32 = 0xFFFFFFFF
+_BATCH = 64  # messages per read(2)
+
+# The fault path logs raw message words, rendered to text by FaultServer.snapshot():
+# (_READ, [words, ...]) for a read(2), (_DISPATCHED, words) for a fault handed to resolution.
+_READ, _DISPATCHED = "read", "dispatched"
+DISPATCHED = _DISPATCHED  # for handlers written in tests (negative controls)
+
+
+def _render_log(entry) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, tuple):
+        kind, payload = entry
+        if kind is _READ:
+            return "read " + ", ".join(str(Msg._from_words(*w)) for w in payload)
+        return f"dispatched {Msg._from_words(*payload)}"
+    return entry()
+
+
+def _fault_record(words: tuple[int, int, int, int]) -> dict:
+    """Stats.faults' record of a page-fault message."""
+    return {"address": words[2], "flags": words[1], "ptid": words[3] & _U32}
 
 
 @dataclass
@@ -169,6 +193,8 @@ class FaultServer:
         self._tokens = itertools.count(1)
         self._ctl_r, self._ctl_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop = False
+        self._attention = False  # stop or pause requested: the serve loop's one check per round
+        self._rendered = 0  # log entries rendered to text so far (see snapshot)
         self._pause_req = threading.Event()
         self._paused = threading.Event()
         self._resume = threading.Event()
@@ -177,6 +203,15 @@ class FaultServer:
         if self.opt.populate_buffers:
             libc.madvise(self._zeros, page_size, abi.Madv.POPULATE_READ)
         self._threads: list[threading.Thread] = []
+        # the fault path's choices, made once
+        opt = self.opt
+        # plain MISSING faults go through _missing_inline (no negative control, no workers)
+        self._inline = not (opt.workers or opt.reject_write_missing or opt.wrong_page or opt.populate_buffers
+                            or opt.wrong_source_before_lock)
+        self._use_zeropage = opt.use_zeropage_ioctl and page_size == libc.PAGE_SIZE
+        wp = int(abi.CopyMode.WP)
+        self._copy_mode = {True: wp if opt.copy_mode_wp else 0,  # by "is a write fault"
+                           False: wp if opt.copy_mode_wp or opt.copy_mode_wp_reads else 0}
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -189,7 +224,7 @@ class FaultServer:
         self._threads.append(t)
 
     def stop(self, timeout: float = 10.0) -> Stats:
-        self._stop = True
+        self._stop = self._attention = True
         self._resume.set()
         for b in list(self.barriers.values()):
             b.released.set()
@@ -205,21 +240,36 @@ class FaultServer:
         """Stop reading the uffd; returns once the loop has stopped (events queue in the kernel)."""
         self._resume.clear()
         self._pause_req.set()
+        self._attention = True
         os.write(self._ctl_w, b"p")
         if not self._paused.wait(timeout):
             raise TimeoutError("serve loop did not pause")
 
     def resume(self) -> None:
         self._pause_req.clear()
+        self._attention = self._stop
         self._paused.clear()
         self._resume.set()
 
     def snapshot(self) -> Stats:
+        """A copy of the statistics.  The serve loop appends raw entries to ``stats.log``
+        without a lock (it is the log's only writer); they are rendered to text here, in place
+        and once, and each dispatched fault adds its ``stats.faults`` record.  Counters are read
+        before ``states``: the fault path publishes a page's state before its counter."""
         with self.state_lock:
-            # the fault path logs lines as callables (formatting is the costly part); render them
-            self.stats.log = [e if isinstance(e, str) else e() for e in self.stats.log]
-            s = Stats(**{k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in asdict(self.stats).items()})
-        return s
+            st = self.stats
+            log, n = st.log, len(st.log)
+            for i in range(self._rendered, n):
+                e = log[i]
+                if type(e) is tuple and e[0] is _DISPATCHED:
+                    st.faults.append(_fault_record(e[1]))
+                log[i] = _render_log(e)
+            self._rendered = n
+            return Stats(
+                missing=st.missing, wp=st.wp, minor=st.minor, eexist=st.eexist, eagain=st.eagain,
+                errors=list(st.errors), events=[dict(e) for e in st.events],
+                faults=[dict(f) for f in st.faults], states=st.states.copy(), log=log[:n],
+            )
 
     # -- barriers -------------------------------------------------------------------------
     def install_barrier(self, page: int, point: str) -> int:
@@ -252,64 +302,133 @@ class FaultServer:
                 self.stats.errors.append(f"serve loop: {type(e).__name__}: {e}")
 
     def _serve(self) -> None:
-        # Read first, poll only when every uffd is empty: under a stream of faults the next
-        # message is usually queued by the time a batch is resolved, so the poll(2) is saved.
-        poller, polled = None, None
-        while not self._stop:
-            if self._pause_req.is_set():
-                self._paused.set()
-                self._resume.wait()
-                continue
-            got = False
-            for u in list(self.uffds):
+        # poll(2), then one read(2) per uffd, as uffd-unit-tests' poll thread does; after a read
+        # that filled its buffer more messages are likely queued, so the next round reads first.
+        poller, npolled = None, -1
+        read, nbytes, unpack = os.read, MSG_SIZE * _BATCH, MSG_WORDS.iter_unpack
+        log_append = self.stats.log.append
+        uffds = self.uffds  # only ever appended to (FORK events), so iterated as it is
+        eager = False
+        while True:
+            if self._attention:
+                if self._stop:
+                    return
                 if self._pause_req.is_set():
+                    self._paused.set()
+                    self._resume.wait()
+                    continue
+            if not eager:
+                if len(uffds) != npolled:
+                    poller, npolled = select.poll(), len(uffds)
+                    poller.register(self._ctl_r, select.POLLIN)
+                    for u in uffds:
+                        poller.register(u.fd, select.POLLIN)
+                ready = poller.poll(1000)
+                if not ready:
+                    continue
+                for fd, _ in ready:
+                    if fd == self._ctl_r:
+                        try:
+                            os.read(self._ctl_r, 64)
+                        except BlockingIOError:
+                            pass
+            eager = False
+            for u in uffds:
+                if self._attention:
                     break
-                msgs = u.read_msgs(64)  # O_NONBLOCK: [] when nothing is pending
-                if msgs:
-                    got = True
-                    self._batch(u, msgs)
-            if got or self._pause_req.is_set():
-                continue
-            fds = tuple(u.fd for u in self.uffds)
-            if fds != polled:
-                poller, polled = select.poll(), fds
-                poller.register(self._ctl_r, select.POLLIN)
-                for fd in fds:
-                    poller.register(fd, select.POLLIN)
-            for fd, _ in poller.poll(1000):
-                if fd == self._ctl_r:
-                    try:
-                        os.read(self._ctl_r, 64)
-                    except BlockingIOError:
-                        pass
+                try:
+                    raw = read(u.fd, nbytes)  # O_NONBLOCK
+                except BlockingIOError:
+                    continue
+                words = list(unpack(raw))
+                if len(words) == _BATCH:
+                    eager = True
+                if self._inline and not self.barriers:
+                    for w in words:
+                        if w[0] != _PAGEFAULT_NR or w[1] & (_PF_WP | _PF_MINOR):
+                            break
+                    else:  # only plain MISSING faults
+                        log_append((_READ, words))
+                        for w in words:
+                            self._missing_inline(u, w)
+                        continue
+                self._batch(u, words)
 
-    def _batch(self, u: Userfaultfd, msgs: list[Msg]) -> None:
+    def _batch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]]) -> None:
+        """Handle the messages of one read(2), given as raw words (event, a, b, c): REMOVEs and
+        other events first, in order, then the faults."""
+        log_append = self.stats.log.append
+        log_append((_READ, words))
         faults = []
-        if msgs:
-            self._log(lambda: "read " + ", ".join(map(str, msgs)))  # rendered by snapshot()
-        for m in msgs:
-            ev = m.event
-            if ev == _PAGEFAULT:
-                faults.append(m)
-            elif ev == _REMOVE:
+        for w in words:
+            if w[0] == _PAGEFAULT_NR:
+                faults.append(w)
+                continue
+            m = Msg._from_words(*w)
+            if m.event == _REMOVE:
                 self._apply_remove(m)
-                self._log(f"applied {m}")
+                log_append(f"applied {m}")
             else:
                 self._apply_event(u, m)
-        stats, state_lock = self.stats, self.state_lock
-        for m in faults:
-            with state_lock:
-                stats.faults.append({"address": m.address, "flags": m.flags, "ptid": m.ptid})
-                stats.log.append(lambda m=m: f"dispatched {m}")
+        for w in faults:
+            log_append((_DISPATCHED, w))
+            m = Msg._from_words(*w)
             if self.opt.workers:
                 self._queue.put((u, m))
             else:
                 self._resolve(u, m)
 
+    def _missing_inline(self, u: Userfaultfd, w: tuple[int, int, int, int]) -> None:
+        """A MISSING fault resolved by the serve loop itself: :meth:`_resolve`'s steps for the
+        common case, made cheap.  No settle lock (REMOVEs are applied by this same thread, so
+        none lands between the source choice and the install) and no state lock (this thread
+        is then the only writer of the statistics; the page's state is published before its
+        counter, see snapshot).  Any failure is undone and the fault handed to _resolve, which
+        retries and records (EEXIST wakes; EAGAIN first reads the pending event)."""
+        _ev, flags, address, _ptid = w
+        ps = self.page_size
+        addr = address & -ps
+        page = (addr - self.base) // ps
+        stats = self.stats
+        stats.log.append((_DISPATCHED, w))
+        write = flags & _PF_WRITE
+        removed = self.removed
+        was_removed = page in removed
+        if was_removed or self.opt.zero or not self.source:
+            src, state = 0, ZERO
+        else:
+            src, state = self.source + page * ps, (DIRTY if write else CLEAN)
+        states = stats.states
+        prev = states.get(page)
+        states[page] = state
+        stats.missing += 1
+        if was_removed:
+            removed.discard(page)
+        mode = self._copy_mode[bool(write)]
+        try:
+            if src == 0 and self._use_zeropage and not mode:
+                u.zeropage(addr, ps)
+            else:
+                u.copy(addr, src or self._zeros, ps, mode)
+            return
+        except Exception as e:
+            stats.missing -= 1
+            if prev is None:
+                del states[page]
+            else:
+                states[page] = prev
+            if was_removed:
+                removed.add(page)
+            if isinstance(e, UffdError) and e.errno == errno.EAGAIN:
+                with self.state_lock:
+                    stats.eagain += 1
+                self._read_pending(u)
+        self._resolve(u, Msg._from_words(*w))
+
     def _log(self, line) -> None:
-        """Append a serve-loop line: a str, or a callable returning it (rendered by snapshot())."""
-        with self.state_lock:
-            self.stats.log.append(line)
+        """Append a serve-loop line: a str, or a callable returning it (rendered by snapshot()).
+        Only the serve loop writes the log, so no lock."""
+        self.stats.log.append(line)
 
     def _record(self, m: Msg) -> None:
         d = {"event": m.event.name, "start": m.start, "end": m.end}
@@ -397,11 +516,13 @@ class FaultServer:
             # the negative control chooses where the buggy e2b serve loop did: before the
             # worker reaches its first barrier and the settle lock
             early = self._choose_source(page) if self.opt.wrong_source_before_lock else None
-            self._hook(BEFORE_LOCK, page)
+            if self.barriers:
+                self._hook(BEFORE_LOCK, page)
             while True:
                 self.lock.acquire_read()
                 try:
-                    self._hook(BEFORE_RESOLVE, page)
+                    if self.barriers:
+                        self._hook(BEFORE_RESOLVE, page)
                     src, kind = early or self._choose_source(page)
                     # book-keep under the settle lock (a REMOVE applied next must win) and
                     # before the install wakes the faulting thread
@@ -450,15 +571,19 @@ class FaultServer:
         """Inline serve loop, EAGAIN: the pending event can only be read here; read and handle it
         (faults read with it are resolved now, before the retry)."""
         if u.wait(0.001):
-            self._batch(u, u.read_msgs(64))
+            try:
+                raw = os.read(u.fd, MSG_SIZE * _BATCH)
+            except BlockingIOError:
+                return
+            self._batch(u, list(MSG_WORDS.iter_unpack(raw)))
 
     def _install(self, u: Userfaultfd, addr: int, src: int, write: bool = False) -> bool:
         """Install one page; False means EAGAIN (retry after the pending event is read)."""
         if src and self.opt.populate_buffers:
             libc.madvise(src, self.page_size, abi.Madv.POPULATE_READ)
-        mode = abi.CopyMode.WP if self.opt.copy_mode_wp or (self.opt.copy_mode_wp_reads and not write) else 0
+        mode = self._copy_mode[write]
         try:
-            if src == 0 and self.opt.use_zeropage_ioctl and self.page_size == libc.PAGE_SIZE and not mode:
+            if src == 0 and self._use_zeropage and not mode:
                 u.zeropage(addr, self.page_size)
             else:
                 u.copy(addr, src or self._zeros, self.page_size, mode)

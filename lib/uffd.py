@@ -9,6 +9,7 @@ can check it (uffd-unit-tests relies on it, e.g. ``-EAGAIN`` in mmap-changing).
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import functools
 import os
@@ -33,8 +34,13 @@ _PF_WRITE, _PF_WP, _PF_MINOR = (int(abi.PagefaultFlag[n]) for n in ("WRITE", "WP
 _EVENTS = {int(e): e for e in abi.Event}
 _PAGEFAULT, _FORK, _REMAP = abi.Event.PAGEFAULT, abi.Event.FORK, abi.Event.REMAP
 # uffd_msg as event + three 64-bit words of the argument union (the serve loop's fast decode)
-_MSG_WORDS = struct.Struct("<B7xQQQ")
+MSG_WORDS = struct.Struct("<B7xQQQ")
 _U32 = 0xFFFFFFFF
+# the resolving ioctls' arguments, packed (layouts from lib.abi)
+_RANGE, _COPY, _ZEROPAGE = abi.packer(abi.uffdio_range), abi.packer(abi.uffdio_copy), abi.packer(abi.uffdio_zeropage)
+_WRITEPROTECT, _CONTINUE = abi.packer(abi.uffdio_writeprotect), abi.packer(abi.uffdio_continue)
+_UFFDIO_COPY, _UFFDIO_ZEROPAGE = abi.UFFDIO_COPY, abi.UFFDIO_ZEROPAGE
+_WP_MODE_WP, _WP_MODE_DONTWAKE = int(abi.WPMode.WP), int(abi.WPMode.DONTWAKE)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class Msg:
 
     @classmethod
     def decode(cls, raw: bytes) -> Msg:
-        return cls._from_words(*_MSG_WORDS.unpack_from(raw))
+        return cls._from_words(*MSG_WORDS.unpack_from(raw))
 
     @classmethod
     def _from_words(cls, event: int, a: int, b: int, c: int) -> Msg:
@@ -107,7 +113,7 @@ def _flags_repr(flags: int) -> str:
 
 
 MSG_SIZE = ctypes.sizeof(abi.uffd_msg)
-assert _MSG_WORDS.size == MSG_SIZE
+assert MSG_WORDS.size == MSG_SIZE
 DEFAULT_FLAGS = abi.O_CLOEXEC | abi.O_NONBLOCK
 
 
@@ -191,25 +197,47 @@ class Userfaultfd:
     def unregister(self, addr: int, length: int) -> None:
         self._ioctl(abi.UFFDIO_UNREGISTER, abi.uffdio_range(addr, length), "UFFDIO_UNREGISTER")
 
-    def wake(self, addr: int, length: int) -> None:
-        self._ioctl(abi.UFFDIO_WAKE, abi.uffdio_range(addr, length), "UFFDIO_WAKE")
+    def _packed(self, request: int, packer: struct.Struct, name: str, *values: int, result: int = -1) -> int:
+        """The fault path's ioctl: arguments packed into a bytearray (see abi.packer), which
+        fcntl.ioctl copies in and, failed or not, back out; returns the result field (index
+        ``result`` of the packed fields) or 0."""
+        buf = bytearray(packer.pack(*values))
+        try:
+            if self.fd < 0:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            _fcntl_ioctl(self.fd, request, buf, True)
+        except OSError as e:
+            raise UffdError(e.errno, name, packer.unpack(buf)[result] if result >= 0 else None) from None
+        return packer.unpack(buf)[result] if result >= 0 else 0
 
+    def wake(self, addr: int, length: int) -> None:
+        self._packed(abi.UFFDIO_WAKE, _RANGE, "UFFDIO_WAKE", addr, length)
+
+    # copy and zeropage resolve most faults: _packed's steps, written out
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
-        c = abi.uffdio_copy(dst, src, length, int(mode), 0)
-        return self._ioctl(abi.UFFDIO_COPY, c, "UFFDIO_COPY", "copy").copy
+        buf = bytearray(_COPY.pack(dst, src, length, mode, 0))
+        try:
+            _fcntl_ioctl(self.fd, _UFFDIO_COPY, buf, True)
+        except (OSError, ValueError) as e:  # ValueError: a negative (closed) fd
+            raise UffdError(getattr(e, "errno", None) or errno.EBADF, "UFFDIO_COPY", _COPY.unpack(buf)[4]) from None
+        return _COPY.unpack(buf)[4]
 
     def zeropage(self, addr: int, length: int, mode: int = 0) -> int:
-        z = abi.uffdio_zeropage(abi.uffdio_range(addr, length), int(mode), 0)
-        return self._ioctl(abi.UFFDIO_ZEROPAGE, z, "UFFDIO_ZEROPAGE", "zeropage").zeropage
+        buf = bytearray(_ZEROPAGE.pack(addr, length, mode, 0))
+        try:
+            _fcntl_ioctl(self.fd, _UFFDIO_ZEROPAGE, buf, True)
+        except (OSError, ValueError) as e:
+            raise UffdError(getattr(e, "errno", None) or errno.EBADF, "UFFDIO_ZEROPAGE",
+                            _ZEROPAGE.unpack(buf)[3]) from None
+        return _ZEROPAGE.unpack(buf)[3]
 
     def writeprotect(self, addr: int, length: int, protect: bool, dontwake: bool = False) -> None:
-        mode = (abi.WPMode.WP if protect else 0) | (abi.WPMode.DONTWAKE if dontwake else 0)
-        w = abi.uffdio_writeprotect(abi.uffdio_range(addr, length), int(mode))
-        self._ioctl(abi.UFFDIO_WRITEPROTECT, w, "UFFDIO_WRITEPROTECT")
+        mode = (_WP_MODE_WP if protect else 0) | (_WP_MODE_DONTWAKE if dontwake else 0)
+        self._packed(abi.UFFDIO_WRITEPROTECT, _WRITEPROTECT, "UFFDIO_WRITEPROTECT", addr, length, mode)
 
     def cont(self, addr: int, length: int, mode: int = 0) -> int:
-        c = abi.uffdio_continue(abi.uffdio_range(addr, length), int(mode), 0)
-        return self._ioctl(abi.UFFDIO_CONTINUE, c, "UFFDIO_CONTINUE", "mapped").mapped
+        return self._packed(abi.UFFDIO_CONTINUE, _CONTINUE, "UFFDIO_CONTINUE", addr, length, int(mode), 0,
+                            result=3)
 
     def poison(self, addr: int, length: int, mode: int = 0) -> int:
         p = abi.uffdio_poison(abi.uffdio_range(addr, length), int(mode), 0)
@@ -233,7 +261,7 @@ class Userfaultfd:
         except BlockingIOError:
             return []
         words = Msg._from_words
-        return [words(*w) for w in _MSG_WORDS.iter_unpack(raw)]
+        return [words(*w) for w in MSG_WORDS.iter_unpack(raw)]
 
     def read_msg(self, timeout: float) -> Msg:
         """Wait up to ``timeout`` seconds for exactly one message."""

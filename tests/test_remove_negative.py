@@ -20,7 +20,8 @@ from cases.remove.common import (
     returns_within,
 )
 from lib import abi, check, child, libc, system
-from lib.handler import FaultServer, Options
+from lib.handler import DISPATCHED, FaultServer, Options
+from lib.uffd import Msg
 
 ANON = Backing("anon")
 MEMFD = Backing("memfd")
@@ -246,14 +247,13 @@ def test_zero_oracle():
 # gated ordering: a handler that serves the batch's faults before applying its REMOVEs
 
 
-def _faults_first(self, u, msgs):
+def _faults_first(self, u, words):
+    msgs = [Msg._from_words(*w) for w in words]  # FaultServer._batch is given raw message words
     if msgs:
         self._log("read " + ", ".join(str(m) for m in msgs))
-    for m in msgs:
+    for w, m in zip(words, msgs):
         if m.event == abi.Event.PAGEFAULT:
-            with self.state_lock:
-                self.stats.faults.append({"address": m.address, "flags": m.flags, "ptid": m.ptid})
-            self._log(f"dispatched {m}")
+            self._log((DISPATCHED, w))
             self._resolve(u, m)
     for m in msgs:
         if m.event == abi.Event.REMOVE:
