@@ -205,7 +205,7 @@ class FaultServer:
         self._threads: list[threading.Thread] = []
         # the fault path's choices, made once
         opt = self.opt
-        # plain MISSING faults go through _missing_inline (no negative control, no workers)
+        # plain MISSING faults go through _inline_resolver (no negative control, no workers)
         self._inline = not (opt.workers or opt.reject_write_missing or opt.wrong_page or opt.populate_buffers
                             or opt.wrong_source_before_lock)
         self._use_zeropage = opt.use_zeropage_ioctl and page_size == libc.PAGE_SIZE
@@ -306,8 +306,9 @@ class FaultServer:
         # that filled its buffer more messages are likely queued, so the next round reads first.
         poller, npolled = None, -1
         read, nbytes, unpack = os.read, MSG_SIZE * _BATCH, MSG_WORDS.iter_unpack
-        log_append = self.stats.log.append
+        ctl = self._ctl_r
         uffds = self.uffds  # only ever appended to (FORK events), so iterated as it is
+        served: list[tuple[Userfaultfd, int, object]] = []
         eager = False
         while True:
             if self._attention:
@@ -317,42 +318,48 @@ class FaultServer:
                     self._paused.set()
                     self._resume.wait()
                     continue
+            if len(uffds) != npolled:
+                poller, npolled = select.poll(), len(uffds)
+                poller.register(ctl, select.POLLIN)
+                for u in uffds:
+                    poller.register(u.fd, select.POLLIN)
+                served = [(u, u.fd, self._inline_resolver(u)) for u in uffds]
             if not eager:
-                if len(uffds) != npolled:
-                    poller, npolled = select.poll(), len(uffds)
-                    poller.register(self._ctl_r, select.POLLIN)
-                    for u in uffds:
-                        poller.register(u.fd, select.POLLIN)
                 ready = poller.poll(1000)
                 if not ready:
                     continue
                 for fd, _ in ready:
-                    if fd == self._ctl_r:
+                    if fd == ctl:
                         try:
-                            os.read(self._ctl_r, 64)
+                            os.read(ctl, 64)
                         except BlockingIOError:
                             pass
             eager = False
-            for u in uffds:
+            for u, fd, resolve in served:
                 if self._attention:
                     break
                 try:
-                    raw = read(u.fd, nbytes)  # O_NONBLOCK
+                    raw = read(fd, nbytes)  # O_NONBLOCK
                 except BlockingIOError:
                     continue
                 words = list(unpack(raw))
                 if len(words) == _BATCH:
                     eager = True
-                if self._inline and not self.barriers:
-                    for w in words:
-                        if w[0] != _PAGEFAULT_NR or w[1] & (_PF_WP | _PF_MINOR):
-                            break
-                    else:  # only plain MISSING faults
-                        log_append((_READ, words))
-                        for w in words:
-                            self._missing_inline(u, w)
-                        continue
-                self._batch(u, words)
+                self._dispatch(u, words, resolve)
+
+    def _dispatch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]], resolve) -> None:
+        """One read(2)'s messages: a batch of nothing but plain MISSING faults goes to the inline
+        resolver when there is one and no barrier is installed; any other batch to _batch."""
+        if resolve and not self.barriers:
+            for w in words:
+                if w[0] != _PAGEFAULT_NR or w[1] & (_PF_WP | _PF_MINOR):
+                    break
+            else:
+                self.stats.log.append((_READ, words))
+                for w in words:
+                    resolve(w)
+                return
+        self._batch(u, words)
 
     def _batch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]]) -> None:
         """Handle the messages of one read(2), given as raw words (event, a, b, c): REMOVEs and
@@ -378,52 +385,65 @@ class FaultServer:
             else:
                 self._resolve(u, m)
 
-    def _missing_inline(self, u: Userfaultfd, w: tuple[int, int, int, int]) -> None:
-        """A MISSING fault resolved by the serve loop itself: :meth:`_resolve`'s steps for the
-        common case, made cheap.  No settle lock (REMOVEs are applied by this same thread, so
-        none lands between the source choice and the install) and no state lock (this thread
-        is then the only writer of the statistics; the page's state is published before its
-        counter, see snapshot).  Any failure is undone and the fault handed to _resolve, which
-        retries and records (EEXIST wakes; EAGAIN first reads the pending event)."""
-        _ev, flags, address, _ptid = w
+    def _inline_resolver(self, u: Userfaultfd):
+        """The serve loop's resolver of plain MISSING faults on ``u``, or None when the options
+        need the general path (workers, negative controls).  It follows :meth:`_resolve`'s
+        steps for the common case, made cheap: the options are looked at once, here; no settle
+        lock (REMOVEs are applied by this same thread, so none lands between the source choice
+        and the install); no state lock (this thread is then the only writer of the
+        statistics, and a page's state is published before its counter, see snapshot).  A
+        failed install is undone and the fault handed to _resolve, which retries and records it
+        (EEXIST wakes; EAGAIN first reads the pending event)."""
+        if not self._inline:
+            return None
         ps = self.page_size
-        addr = address & -ps
-        page = (addr - self.base) // ps
         stats = self.stats
-        stats.log.append((_DISPATCHED, w))
-        write = flags & _PF_WRITE
-        removed = self.removed
-        was_removed = page in removed
-        if was_removed or self.opt.zero or not self.source:
-            src, state = 0, ZERO
-        else:
-            src, state = self.source + page * ps, (DIRTY if write else CLEAN)
-        states = stats.states
-        prev = states.get(page)
-        states[page] = state
-        stats.missing += 1
-        if was_removed:
-            removed.discard(page)
-        mode = self._copy_mode[bool(write)]
-        try:
-            if src == 0 and self._use_zeropage and not mode:
-                u.zeropage(addr, ps)
+        states, removed, log_append = stats.states, self.removed, stats.log.append
+        zero_all = self.opt.zero or not self.source
+        source, zeros = self.source, self._zeros
+        mode_write, mode_read = self._copy_mode[True], self._copy_mode[False]
+        zeropage = u.zeropage if self._use_zeropage else None
+        copy = u.copy
+
+        def resolve(w: tuple[int, int, int, int]) -> None:
+            log_append((_DISPATCHED, w))
+            flags = w[1]
+            addr = w[2] & -ps
+            page = (addr - self.base) // ps
+            was_removed = page in removed
+            mode = mode_write if flags & _PF_WRITE else mode_read
+            if was_removed or zero_all:
+                src, state = 0, ZERO
             else:
-                u.copy(addr, src or self._zeros, ps, mode)
-            return
-        except Exception as e:
-            stats.missing -= 1
-            if prev is None:
-                del states[page]
-            else:
-                states[page] = prev
+                src, state = source + page * ps, (DIRTY if flags & _PF_WRITE else CLEAN)
+            prev = states.get(page)
+            states[page] = state
+            stats.missing += 1
             if was_removed:
-                removed.add(page)
-            if isinstance(e, UffdError) and e.errno == errno.EAGAIN:
-                with self.state_lock:
-                    stats.eagain += 1
-                self._read_pending(u)
-        self._resolve(u, Msg._from_words(*w))
+                removed.discard(page)
+            try:
+                if src:
+                    copy(addr, src, ps, mode)
+                elif zeropage and not mode:
+                    zeropage(addr, ps)
+                else:
+                    copy(addr, zeros, ps, mode)
+                return
+            except Exception as e:
+                stats.missing -= 1
+                if prev is None:
+                    del states[page]
+                else:
+                    states[page] = prev
+                if was_removed:
+                    removed.add(page)
+                if isinstance(e, UffdError) and e.errno == errno.EAGAIN:
+                    with self.state_lock:
+                        stats.eagain += 1
+                    self._read_pending(u)
+            self._resolve(u, Msg._from_words(*w))
+
+        return resolve
 
     def _log(self, line) -> None:
         """Append a serve-loop line: a str, or a callable returning it (rendered by snapshot()).

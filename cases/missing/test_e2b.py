@@ -87,7 +87,7 @@ def check_matrix(st: handler.Stats, ops: list[tuple[str, int]], present: list[bo
     check.eq(st.errors, [], "handler errors")
     check.eq(sorted(st.states), touched, "pages the handler installed")
     want = {nr: handler.DIRTY if first[nr] == "w" else handler.CLEAN for nr in touched}
-    check.eq(st.states, want, "handler page states")
+    check.eq(st.states, want, f"handler page states (fault messages {st.faults})")
     check.eq(sorted((f["address"] - base) // ps for f in st.faults), touched, "fault messages per page")
     check.eq([i for i, p in enumerate(present) if p], touched, "pagemap present pages")
 
