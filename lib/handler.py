@@ -205,7 +205,7 @@ class FaultServer:
         self._threads: list[threading.Thread] = []
         # the fault path's choices, made once
         opt = self.opt
-        # plain MISSING faults go through _inline_resolver (no negative control, no workers)
+        # MISSING and WP faults go through _inline_resolver (no negative control, no workers)
         self._inline = not (opt.workers or opt.reject_write_missing or opt.wrong_page or opt.populate_buffers
                             or opt.wrong_source_before_lock)
         self._use_zeropage = opt.use_zeropage_ioctl and page_size == libc.PAGE_SIZE
@@ -348,11 +348,11 @@ class FaultServer:
                 self._dispatch(u, words, resolve)
 
     def _dispatch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]], resolve) -> None:
-        """One read(2)'s messages: a batch of nothing but plain MISSING faults goes to the inline
+        """One read(2)'s messages: a batch of nothing but MISSING and WP faults goes to the inline
         resolver when there is one and no barrier is installed; any other batch to _batch."""
         if resolve and not self.barriers:
             for w in words:
-                if w[0] != _PAGEFAULT_NR or w[1] & (_PF_WP | _PF_MINOR):
+                if w[0] != _PAGEFAULT_NR or w[1] & _PF_MINOR:
                     break
             else:
                 self.stats.log.append((_READ, words))
@@ -386,14 +386,15 @@ class FaultServer:
                 self._resolve(u, m)
 
     def _inline_resolver(self, u: Userfaultfd):
-        """The serve loop's resolver of plain MISSING faults on ``u``, or None when the options
+        """The serve loop's resolver of MISSING and WP faults on ``u``, or None when the options
         need the general path (workers, negative controls).  It follows :meth:`_resolve`'s
         steps for the common case, made cheap: the options are looked at once, here; no settle
         lock (REMOVEs are applied by this same thread, so none lands between the source choice
         and the install); no state lock (this thread is then the only writer of the
-        statistics, and a page's state is published before its counter, see snapshot).  A
-        failed install is undone and the fault handed to _resolve, which retries and records it
-        (EEXIST wakes; EAGAIN first reads the pending event)."""
+        statistics, and a page's state is published before its counter, see snapshot).  Failures
+        are handled as there: EEXIST wakes, EAGAIN reads the pending event and retries (by
+        _resolve), anything else is undone and recorded.  tests/test_handler_fast_path.py holds
+        the two paths to the same ioctls, statistics and log."""
         if not self._inline:
             return None
         ps = self.page_size
@@ -405,18 +406,36 @@ class FaultServer:
         zeropage = u.zeropage if self._use_zeropage else None
         copy = u.copy
 
+        unprotect, wake = u.writeprotect, u.wake
+
+        def undo(page: int, prev: str | None, counter: str) -> None:
+            setattr(stats, counter, getattr(stats, counter) - 1)
+            if prev is None:
+                del states[page]
+            else:
+                states[page] = prev
+
         def resolve(w: tuple[int, int, int, int]) -> None:
             log_append((_DISPATCHED, w))
             flags = w[1]
             addr = w[2] & -ps
             page = (addr - self.base) // ps
+            prev = states.get(page)
+            if flags & _PF_WP:  # a write to a write-protected page: lift the protection
+                states[page] = DIRTY
+                stats.wp += 1
+                try:
+                    unprotect(addr, ps, False)
+                except Exception as e:
+                    undo(page, prev, "wp")
+                    self._fault_error(w[2], e)
+                return
             was_removed = page in removed
             mode = mode_write if flags & _PF_WRITE else mode_read
             if was_removed or zero_all:
                 src, state = 0, ZERO
             else:
                 src, state = source + page * ps, (DIRTY if flags & _PF_WRITE else CLEAN)
-            prev = states.get(page)
             states[page] = state
             stats.missing += 1
             if was_removed:
@@ -429,19 +448,30 @@ class FaultServer:
                 else:
                     copy(addr, zeros, ps, mode)
                 return
-            except Exception as e:
-                stats.missing -= 1
-                if prev is None:
-                    del states[page]
-                else:
-                    states[page] = prev
-                if was_removed:
-                    removed.add(page)
-                if isinstance(e, UffdError) and e.errno == errno.EAGAIN:
+            except UffdError as e:
+                if e.errno == errno.EEXIST:  # installed meanwhile: wake the faulting thread
                     with self.state_lock:
-                        stats.eagain += 1
-                    self._read_pending(u)
-            self._resolve(u, Msg._from_words(*w))
+                        stats.eexist += 1
+                    try:
+                        wake(addr, ps)
+                        return
+                    except Exception as e2:
+                        failure: Exception = e2
+                else:
+                    failure = e
+            except Exception as e:
+                failure = e
+            undo(page, prev, "missing")
+            if was_removed:
+                removed.add(page)
+            if isinstance(failure, UffdError) and failure.errno == errno.EAGAIN:
+                # a REMOVE is pending: read it (nobody else will), then the general way
+                with self.state_lock:
+                    stats.eagain += 1
+                self._read_pending(u)
+                self._resolve(u, Msg._from_words(*w))
+            else:
+                self._fault_error(w[2], failure)
 
         return resolve
 
@@ -567,8 +597,11 @@ class FaultServer:
                 if not self.opt.workers:
                     self._read_pending(u)
         except Exception as e:
-            with self.state_lock:
-                self.stats.errors.append(f"fault at {m.address:#x}: {type(e).__name__}: {e}")
+            self._fault_error(m.address, e)
+
+    def _fault_error(self, address: int, e: Exception) -> None:
+        with self.state_lock:
+            self.stats.errors.append(f"fault at {address:#x}: {type(e).__name__}: {e}")
 
     def _book(self, counter: str, page: int, state: str) -> str | None:
         with self.state_lock:

@@ -39,7 +39,7 @@ _U32 = 0xFFFFFFFF
 # the resolving ioctls' arguments, packed (layouts from lib.abi)
 _RANGE, _COPY, _ZEROPAGE = abi.packer(abi.uffdio_range), abi.packer(abi.uffdio_copy), abi.packer(abi.uffdio_zeropage)
 _WRITEPROTECT, _CONTINUE = abi.packer(abi.uffdio_writeprotect), abi.packer(abi.uffdio_continue)
-_UFFDIO_COPY, _UFFDIO_ZEROPAGE = abi.UFFDIO_COPY, abi.UFFDIO_ZEROPAGE
+_UFFDIO_COPY, _UFFDIO_ZEROPAGE, _UFFDIO_WRITEPROTECT = abi.UFFDIO_COPY, abi.UFFDIO_ZEROPAGE, abi.UFFDIO_WRITEPROTECT
 _WP_MODE_WP, _WP_MODE_DONTWAKE = int(abi.WPMode.WP), int(abi.WPMode.DONTWAKE)
 
 
@@ -233,7 +233,10 @@ class Userfaultfd:
 
     def writeprotect(self, addr: int, length: int, protect: bool, dontwake: bool = False) -> None:
         mode = (_WP_MODE_WP if protect else 0) | (_WP_MODE_DONTWAKE if dontwake else 0)
-        self._packed(abi.UFFDIO_WRITEPROTECT, _WRITEPROTECT, "UFFDIO_WRITEPROTECT", addr, length, mode)
+        try:  # resolves every sync WP fault: _packed's steps, written out
+            _fcntl_ioctl(self.fd, _UFFDIO_WRITEPROTECT, _WRITEPROTECT.pack(addr, length, mode))
+        except (OSError, ValueError) as e:  # ValueError: a negative (closed) fd
+            raise UffdError(getattr(e, "errno", None) or errno.EBADF, "UFFDIO_WRITEPROTECT") from None
 
     def cont(self, addr: int, length: int, mode: int = 0) -> int:
         return self._packed(abi.UFFDIO_CONTINUE, _CONTINUE, "UFFDIO_CONTINUE", addr, length, int(mode), 0,

@@ -23,7 +23,8 @@ SRC = 0x7E0000000000
 PAGE = 4096
 HPAGE = 2 << 20
 PF, REMOVE = int(abi.Event.PAGEFAULT), int(abi.Event.REMOVE)
-WRITE = int(abi.PagefaultFlag.WRITE)
+WRITE, WP = int(abi.PagefaultFlag.WRITE), int(abi.PagefaultFlag.WP)
+NPAGES = 10
 
 
 class FakeUffd:
@@ -56,12 +57,20 @@ class FakeUffd:
     def wake(self, addr, length):
         self.effects.append(("wake", addr, length))
 
+    def writeprotect(self, addr, length, protect, dontwake=False):
+        self._maybe_fail(addr, "UFFDIO_WRITEPROTECT")
+        self.effects.append(("writeprotect", addr, length, protect, dontwake))
+
     def wait(self, timeout):  # _read_pending: nothing else is queued in these scripts
         return False
 
 
 def fault(page: int, ps: int, write: bool = False, offset: int = 8) -> tuple[int, int, int, int]:
     return (PF, WRITE if write else 0, BASE + page * ps + offset, 4242)
+
+
+def wp_fault(page: int, ps: int) -> tuple[int, int, int, int]:
+    return (PF, WP | WRITE, BASE + page * ps + 16, 4243)
 
 
 def remove(first: int, last: int, ps: int) -> tuple[int, int, int, int]:
@@ -80,17 +89,20 @@ def script(ps: int) -> list[list[tuple[int, int, int, int]]]:
         [remove(0, 1, ps), fault(0, ps)],  # a REMOVE in the batch: the general path in both
         [fault(4, ps)],  # EEXIST (scripted)
         [fault(5, ps, write=True)],  # EAGAIN once (scripted)
-        [fault(6, ps)],  # ENOENT (scripted): recorded as an error
+        [fault(6, ps)],  # ENOENT once (scripted): recorded as an error, not retried
         [fault(7, ps, write=True, offset=ps - 1)],
+        [wp_fault(0, ps)],  # write-protect faults, alone and mixed with a MISSING one
+        [wp_fault(7, ps), fault(8, ps, write=True)],
+        [wp_fault(9, ps)],  # ENOENT once (scripted)
     ]
 
 
-FAILS = {4: [errno.EEXIST], 5: [errno.EAGAIN], 6: [errno.ENOENT, errno.ENOENT]}
+FAILS = {4: [errno.EEXIST], 5: [errno.EAGAIN], 6: [errno.ENOENT], 9: [errno.ENOENT]}
 
 
 def run(ps: int, opts: dict, inline: bool, source: int = SRC) -> tuple[list[tuple], Stats]:
     u = FakeUffd(ps, FAILS)
-    srv = FaultServer(u, BASE, 8 * ps, ps, source, Options(**opts))
+    srv = FaultServer(u, BASE, NPAGES * ps, ps, source, Options(**opts))
     resolve = srv._inline_resolver(u) if inline else None
     if inline:
         assert resolve is not None, "these options should take the inline path"
@@ -122,7 +134,7 @@ def test_inline_resolver_matches_the_general_path(name, source, ps):
     assert fast_effects == slow_effects
     assert fast == slow
     # and the script did exercise what it is meant to
-    assert slow.eexist == 1 and slow.eagain == 1 and len(slow.errors) == 1
+    assert slow.eexist == 1 and slow.eagain == 1 and len(slow.errors) == 2 and slow.wp == 2
     assert any(e[0] == "wake" for e in slow_effects)
 
 
