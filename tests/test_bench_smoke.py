@@ -71,3 +71,27 @@ def test_suite_time_on_a_synthetic_tree(tmp_path: Path) -> None:
     assert area["wall_s"] > 0 and area["peak_rss_kib"] > 0 and area["cases_per_s"] > 0
     assert rec["total"]["cases"] == 2
     assert suite_time.totals(rec["areas"])["wall_s"] == area["wall_s"]
+
+
+def _row(py: float, c: float, **cell) -> dict:
+    base = dict(fault_service.TARGET_CELL)
+    base.update(cell)
+    return {**base, "python": {"us_per_fault": py}, "c": {"us_per_fault": c}, "ratio": round(py / c, 3)}
+
+
+def test_target_line_says_met_or_not() -> None:
+    assert fault_service.target_line([_row(18.0, 12.0)]).endswith(": met")
+    assert fault_service.target_line([_row(19.0, 12.0)]).endswith("NOT met")
+    assert fault_service.target_line([_row(10.0, 12.0, affinity="free")]) is None  # not the target cell
+
+
+def test_compare_against_an_earlier_record() -> None:
+    old = {"started_utc": "then", "python": "3.11", "rows": [_row(36.0, 12.0)]}
+    out = fault_service.fmt_compare([_row(18.0, 12.0)], old, "old.json")
+    assert "old.json" in out and "-50%" in out and "3.00" in out and "1.50" in out
+
+
+def test_unreadable_compare_record_is_a_usage_error(tmp_path: Path) -> None:
+    argv = [sys.executable, str(ROOT / "bench" / "fault_service.py"), "--compare", str(tmp_path / "nope.json")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--compare" in r.stderr
