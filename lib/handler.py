@@ -305,7 +305,8 @@ class FaultServer:
         # poll(2), then one read(2) per uffd, as uffd-unit-tests' poll thread does; after a read
         # that filled its buffer more messages are likely queued, so the next round reads first.
         poller, npolled = None, -1
-        read, nbytes, unpack = os.read, MSG_SIZE * _BATCH, MSG_WORDS.iter_unpack
+        read, nbytes, unpack, unpack_one = os.read, MSG_SIZE * _BATCH, MSG_WORDS.iter_unpack, MSG_WORDS.unpack
+        log_append = self.stats.log.append
         ctl = self._ctl_r
         uffds = self.uffds  # only ever appended to (FORK events), so iterated as it is
         served: list[tuple[Userfaultfd, int, object]] = []
@@ -342,12 +343,22 @@ class FaultServer:
                     raw = read(fd, nbytes)  # O_NONBLOCK
                 except BlockingIOError:
                     continue
-                words = list(unpack(raw))
-                if len(words) == _BATCH:
-                    eager = True
+                if len(raw) == MSG_SIZE and resolve is not None and not self.barriers:
+                    # one message, the usual read under a single faulting thread: _dispatch's
+                    # steps for it, written out
+                    w = unpack_one(raw)
+                    if w[0] == _PAGEFAULT_NR and not w[1] & _PF_MINOR:
+                        log_append((_READ, (w,)))
+                        resolve(w)
+                        continue
+                    words = [w]
+                else:
+                    words = list(unpack(raw))
+                    if len(words) == _BATCH:
+                        eager = True
                 self._dispatch(u, words, resolve)
 
-    def _dispatch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]], resolve) -> None:
+    def _dispatch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]] | tuple, resolve) -> None:
         """One read(2)'s messages: a batch of nothing but MISSING and WP faults goes to the inline
         resolver when there is one and no barrier is installed; any other batch to _batch."""
         if resolve and not self.barriers:
@@ -415,12 +426,14 @@ class FaultServer:
             else:
                 states[page] = prev
 
+        mask, states_get = -ps, states.get
+
         def resolve(w: tuple[int, int, int, int]) -> None:
             log_append((_DISPATCHED, w))
             flags = w[1]
-            addr = w[2] & -ps
+            addr = w[2] & mask
             page = (addr - self.base) // ps
-            prev = states.get(page)
+            prev = states_get(page)
             if flags & _PF_WP:  # a write to a write-protected page: lift the protection
                 states[page] = DIRTY
                 stats.wp += 1
@@ -430,12 +443,15 @@ class FaultServer:
                     undo(page, prev, "wp")
                     self._fault_error(w[2], e)
                 return
+            if flags & _PF_WRITE:
+                state, mode = DIRTY, mode_write
+            else:
+                state, mode = CLEAN, mode_read
             was_removed = page in removed
-            mode = mode_write if flags & _PF_WRITE else mode_read
             if was_removed or zero_all:
                 src, state = 0, ZERO
             else:
-                src, state = source + page * ps, (DIRTY if flags & _PF_WRITE else CLEAN)
+                src = source + page * ps
             states[page] = state
             stats.missing += 1
             if was_removed:

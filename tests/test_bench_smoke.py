@@ -76,7 +76,16 @@ def test_suite_time_on_a_synthetic_tree(tmp_path: Path) -> None:
 def _row(py: float, c: float, **cell) -> dict:
     base = dict(fault_service.TARGET_CELL)
     base.update(cell)
-    return {**base, "python": {"us_per_fault": py}, "c": {"us_per_fault": c}, "ratio": round(py / c, 3)}
+    runs = ([{"elapsed_ns": py * 1000}], [{"elapsed_ns": c * 1000}])
+    return {**base, "python": {"us_per_fault": py}, "c": {"us_per_fault": c}, "ratio": round(py / c, 3),
+            "paired": fault_service.paired_ratios(*runs)}
+
+
+def test_paired_ratios_skip_failed_runs() -> None:
+    py = [{"elapsed_ns": 150}, {"error": "boom"}, {"elapsed_ns": 130}, {"elapsed_ns": 100, "errors": ["x"]}]
+    c = [{"elapsed_ns": 100}, {"elapsed_ns": 100}, {"elapsed_ns": 100}, {"elapsed_ns": 100}]
+    assert fault_service.paired_ratios(py, c) == {"median": 1.4, "min": 1.3, "max": 1.5, "n": 2}
+    assert fault_service.paired_ratios([{"error": "boom"}], c) is None
 
 
 def test_target_line_says_met_or_not() -> None:
