@@ -9,7 +9,7 @@
 
 All three expose one control interface (pause/resume, stats, barriers, stop).  The serve loop:
 
-1. reads every pending message in one read(2) (reading is what releases a REMOVE waiter, and it
+1. reads every pending message (up to 64) in one read(2) (reading is what releases a REMOVE waiter, and it
    never waits for a lock a worker may hold: e2b's madvise-deadlock rule);
 2. applies the batch's REMOVE events first (under the settle write lock), then dispatches the
    batch's page faults, so a REMOVE is never overtaken by a fault read in the same batch;
@@ -24,6 +24,14 @@ A REMOVE marks its pages removed as soon as it is read (a choice made after the 
 zeros), then again under the settle write lock (a worker that chose before the read may have
 recorded the page as installed meanwhile).  Only pages wholly inside the range count: hugetlbfs
 MADV_REMOVE zeroes a partial head/tail page in place and keeps it mapped.
+
+The fault path is where the suite spends its handler time (bench/fault_service.py measures it
+against a C handler doing the same job).  With no worker threads, no barrier and no negative
+control, MISSING and WP faults go through a resolver closure built once per uffd
+(:meth:`FaultServer._inline_resolver`): the same steps as the general path without its locks,
+which only matter when workers run; tests/test_handler_fast_path.py keeps the two paths equal.
+The serve loop polls, then reads, as uffd-unit-tests' poll thread does, and logs raw message
+words that :meth:`FaultServer.snapshot` renders to text on demand.
 
 Barrier points (``before_lock``, ``before_resolve``) park a worker serving a given page until
 the test releases it: deterministic races without sleeps.  ``wrong_source_before_lock`` makes

@@ -19,6 +19,8 @@ negative.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from cases.remove.common import (
@@ -61,46 +63,43 @@ def _removed(h, page: int):
     return lambda: h.stats().states.get(page) == REMOVED
 
 
-def stale_source_race(b: Backing, topology: str, options: Options | None = None) -> None:
-    """Worker parked before the lock; the REMOVE lands; released, it must serve zeros."""
+def _remove_while_parked(b: Backing, topology: str, options: Options | None, point: str,
+                         check_read: Callable[[bytes, int], None] | None = None) -> None:
+    """Park the worker serving the faulting page at ``point``, remove the page (madvise must
+    return within its budget although the worker is parked), release the worker: the page must
+    end zero.  ``check_read`` judges what the racing read returned."""
     b.require(EV)
     region, src, target = _layout(b)
     addr, ps = region.page(target), region.page_size
     with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
         h = s.handler
-        tok = h.install_barrier(target, BEFORE_LOCK)
+        tok = h.install_barrier(target, point)
         reader = read_async(addr, HEAD)
-        note("waiting for the worker to park before_lock")
+        note(f"waiting for the worker to park {point}")
         h.wait_held(tok, 5.0)
-        note(f"{b.punch_name} of the faulting page while its worker is parked")
+        note(f"{b.punch_name} of the faulting page while its worker is parked {point}")
         returns_within(lambda: libc.madvise(addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
         wait_until(_removed(h, target), 5.0, "the handler to record the REMOVE")
         h.release(tok)
         got = reader.join(10)
-        check.true(got != header(target), "the racing read did not return the stale source page")
+        if check_read:
+            check_read(got, target)
         check_zero(addr, ps, "page read after the race")
         st = s.stats()
     check_no_errors(st)
 
 
+def stale_source_race(b: Backing, topology: str, options: Options | None = None) -> None:
+    """Worker parked before the lock; the REMOVE lands; released, it must serve zeros."""
+    def not_stale(got: bytes, target: int) -> None:
+        check.true(got != header(target), "the racing read did not return the stale source page")
+
+    _remove_while_parked(b, topology, options, BEFORE_LOCK, not_stale)
+
+
 def madvise_while_parked(b: Backing, topology: str, options: Options | None = None) -> None:
     """Worker parked holding the settle read lock: madvise returns in 2 s; the page ends zero."""
-    b.require(EV)
-    region, src, target = _layout(b)
-    addr, ps = region.page(target), region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
-        h = s.handler
-        tok = h.install_barrier(target, BEFORE_RESOLVE)
-        reader = read_async(addr, HEAD)
-        h.wait_held(tok, 5.0)
-        note(f"{b.punch_name} while a worker holds the settle lock")
-        returns_within(lambda: libc.madvise(addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
-        wait_until(_removed(h, target), 5.0, "the handler to record the REMOVE")
-        h.release(tok)
-        reader.join(10)
-        check_zero(addr, ps, "page after the parked worker was released")
-        st = s.stats()
-    check_no_errors(st)
+    _remove_while_parked(b, topology, options, BEFORE_RESOLVE)
 
 
 def faulted_short_circuit(b: Backing, topology: str, options: Options | None = None) -> None:

@@ -110,6 +110,15 @@ class Ctx:
     def wp_addr_range(self, addr: int, size: int) -> None:
         self.data(addr, size, 0, WPF, 0, WRITTEN, 0, 0, WRITTEN, vec=0)
 
+    def protected_anon(self, npages: int) -> tuple[int, int]:
+        """A fresh anonymous area registered for WP, write-protected and with its written bits
+        cleared (upstream's mmap, wp_init, wp_addr_range): (address, size).  It stays mapped
+        until the case's process exits."""
+        r = anon(npages)
+        self.wp_init(r.addr, r.size)
+        self.wp_addr_range(r.addr, r.size)
+        return r.addr, r.size
+
 
 def anon(npages: int, prot: int = abi.PROT_READ | abi.PROT_WRITE) -> memory.Region:
     return memory.anon(npages * PS, prot=prot)
@@ -126,10 +135,7 @@ def write_pages(addr: int, indices) -> None:
 
 def sd_validation(ctx: Ctx) -> Iterator[Step]:
     n, vs = 1000, 500
-    r = anon(n)
-    m, size = r.addr, r.size
-    ctx.wp_init(m, size)
-    ctx.wp_addr_range(m, size)
+    m, size = ctx.protected_anon(n)
     io = ctx.ioctl
     checks = [
         (io(m, 0, vs, 0, 0, BITS_ALL, 0, 0, BITS_ALL), lambda x: x.ret == 0),
@@ -151,10 +157,7 @@ def sd_validation(ctx: Ctx) -> Iterator[Step]:
 def sd_pattern(ctx: Ctx, extra_write: bool = False) -> Iterator[Step]:
     """Blocks 2-6 on 1000 pages; ``extra_write`` (negative control) writes one more page."""
     n, vs = 1000, 500
-    r = anon(n)
-    m, size = r.addr, r.size
-    ctx.wp_init(m, size)
-    ctx.wp_addr_range(m, size)
+    m, size = ctx.protected_anon(n)
     res = ctx.ioctl(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret >= 0, str(res)
     write_pages(m, range(0, n, 2))
@@ -196,10 +199,7 @@ def sd_two_regions(ctx: Ctx) -> Iterator[Step]:
 def sd_smaller_max_pages(ctx: Ctx) -> Iterator[Step]:
     n = 1050
     vs = n // 2
-    r = anon(n)
-    m, size = r.addr, r.size
-    ctx.wp_init(m, size)
-    ctx.wp_addr_range(m, size)
+    m, size = ctx.protected_anon(n)
     ctx.data(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
     write_pages(m, range(0, n, 2))
     total = sum(ctx.data(m, size, vs, WPF, n // 5, WRITTEN, 0, 0, WRITTEN).ret for _ in range(3))
@@ -208,10 +208,7 @@ def sd_smaller_max_pages(ctx: Ctx) -> Iterator[Step]:
 
 def sd_smaller_vec(ctx: Ctx, iterations: int = 100, seed: int = 0x5EC) -> Iterator[Step]:
     n, vs = 10000, 50
-    r = anon(n)
-    m, size = r.addr, r.size
-    ctx.wp_init(m, size)
-    ctx.wp_addr_range(m, size)
+    m, size = ctx.protected_anon(n)
     rng = random.Random(seed)
     count = 0
     detail = ""
@@ -597,10 +594,7 @@ def transact(ctx: Ctx, rounds: int = 200) -> Iterator[Step]:
 
 def sanity_masks(ctx: Ctx) -> Iterator[Step]:
     n = 10
-    r = anon(n)
-    m, size = r.addr, r.size
-    ctx.wp_init(m, size)
-    ctx.wp_addr_range(m, size)
+    m, size = ctx.protected_anon(n)
     for args in ((WPF, 0, BITS_ALL, 0, 0, BITS_ALL), (0, 0, BITS_ALL, 0, 0, BITS_ALL),
                  (0, 0, 0, BITS_ALL, 0, BITS_ALL), (0, 0, 0, 0, BITS_ALL, BITS_ALL),
                  (0, 0, BITS_ALL, BITS_ALL, 0, BITS_ALL)):
@@ -611,10 +605,7 @@ def sanity_masks(ctx: Ctx) -> Iterator[Step]:
 
 def sanity_written_present(ctx: Ctx) -> Iterator[Step]:
     n = 10
-    r = anon(n)
-    m, size = r.addr, r.size
-    ctx.wp_init(m, size)
-    ctx.wp_addr_range(m, size)
+    m, size = ctx.protected_anon(n)
     libc.fill(m, 0, size)
     both = WRITTEN | PRESENT
 
@@ -638,10 +629,7 @@ def sanity_written_present(ctx: Ctx) -> Iterator[Step]:
 
 def sanity_return_mask(ctx: Ctx) -> Iterator[Step]:
     n = 10
-    r = anon(n)
-    m, size = r.addr, r.size
-    ctx.wp_init(m, size)
-    ctx.wp_addr_range(m, size)
+    m, size = ctx.protected_anon(n)
     libc.fill(m, 0, size)
     res = ctx.ioctl(m, size, n, WPF, 0, 0, BITS_ALL, 0, WRITTEN)
     yield res.ret >= 1 and res.start(0) == m and res.len(0) == n and res.cats(0) == WRITTEN, str(res)
