@@ -38,6 +38,7 @@ PROCESS_TOPOLOGIES = ["process", "scm_rights"]
 WCHAN_EVENT = "userfaultfd_event_wait_completion"  # madvise/munmap waiting for the read
 WCHAN_FAULT = "handle_userfault"  # a thread blocked in a userfault
 HEAD = 64  # bytes of the per-page source header
+EV = int(abi.Feature.EVENT_REMOVE)  # the feature every case of the area negotiates
 
 
 @dataclass(frozen=True)

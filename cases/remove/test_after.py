@@ -19,6 +19,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
+    EV,
     HEAD,
     HUGETLBFS,
     PRIVATE,
@@ -39,7 +40,6 @@ from lib.handler import REMOVED, ZERO, Options, Stats
 from lib.pagemap import Pagemap
 from lib.serve import served
 
-EV = int(abi.Feature.EVENT_REMOVE)
 MARK = 0x5A
 
 

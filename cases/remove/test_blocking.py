@@ -19,6 +19,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
+    EV,
     HEAD,
     TOPOLOGIES,
     WCHAN_EVENT,
@@ -40,7 +41,6 @@ from lib.handler import BEFORE_RESOLVE
 from lib.serve import served
 from lib.uffd import UffdError, open_for
 
-EV = int(abi.Feature.EVENT_REMOVE)
 MARK = b"written while the REMOVE was unread"
 
 

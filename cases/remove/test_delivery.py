@@ -26,6 +26,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
+    EV,
     PRIVATE,
     SHARED,
     Async,
@@ -43,7 +44,6 @@ from lib.child import Deadline
 from lib.serve import served
 from lib.uffd import Userfaultfd, open_for
 
-EV = int(abi.Feature.EVENT_REMOVE)
 MISSING, WP = abi.RegisterMode.MISSING, abi.RegisterMode.WP
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
+    EV,
     HEAD,
     TOPOLOGIES,
     WCHAN_EVENT,
@@ -33,11 +34,10 @@ from cases.remove.common import (
     read_async,
     write_async,
 )
-from lib import abi, check, libc
+from lib import check, libc
 from lib.handler import Options
 from lib.serve import served
 
-EV = int(abi.Feature.EVENT_REMOVE)
 MARK = b"gated write"
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
+    EV,
     HEAD,
     TOPOLOGIES,
     Backing,
@@ -27,11 +28,10 @@ from cases.remove.common import (
     ranges_of,
     read_async,
 )
-from lib import abi, check, libc
+from lib import check, libc
 from lib.handler import Options
 from lib.serve import served
 
-EV = int(abi.Feature.EVENT_REMOVE)
 NPAGES, TOUCHED, SPAN = 6, (0, 2), (1, 5)
 MARK = 0x5A
 

@@ -25,6 +25,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
+    EV,
     HEAD,
     TOPOLOGIES,
     Backing,
@@ -36,12 +37,11 @@ from cases.remove.common import (
     read_async,
     returns_within,
 )
-from lib import abi, check, libc
+from lib import check, libc
 from lib.child import note, wait_until
 from lib.handler import BEFORE_LOCK, BEFORE_RESOLVE, REMOVED, Options
 from lib.serve import served
 
-EV = int(abi.Feature.EVENT_REMOVE)
 NPAGES = 2  # the racing page is the last one (the only one of a 1 GiB backing)
 MADVISE_BUDGET = 2.0  # seconds (e2b's madvise budget)
 

@@ -23,6 +23,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
+    EV,
     HEAD,
     PROCESS_TOPOLOGIES,
     WCHAN_EVENT,
@@ -42,7 +43,6 @@ from lib.child import note
 from lib.serve import served
 from lib.uffd import open_for
 
-EV = int(abi.Feature.EVENT_REMOVE)
 UNMAP = int(abi.Feature.EVENT_UNMAP)
 MARK = 0x5A
 
