@@ -51,6 +51,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from lib import abi, libc
@@ -72,6 +73,8 @@ _BATCH = 64  # messages per read(2)
 # The fault path logs raw message words, rendered to text by FaultServer.snapshot():
 # (_READ, [words, ...]) for a read(2), (_DISPATCHED, words) for a fault handed to resolution.
 _READ, _DISPATCHED = "read", "dispatched"
+Words = tuple[int, int, int, int]  # one uffd_msg as (event, three argument words): lib.uffd.MSG_WORDS
+Resolver = Callable[[Words], None]
 DISPATCHED = _DISPATCHED  # for handlers written in tests (negative controls)
 
 
@@ -86,7 +89,7 @@ def _render_log(entry) -> str:
     return entry()
 
 
-def _fault_record(words: tuple[int, int, int, int]) -> dict:
+def _fault_record(words: Words) -> dict:
     """Stats.faults' record of a page-fault message."""
     return {"address": words[2], "flags": words[1], "ptid": words[3] & _U32}
 
@@ -317,7 +320,7 @@ class FaultServer:
         log_append = self.stats.log.append
         ctl = self._ctl_r
         uffds = self.uffds  # only ever appended to (FORK events), so iterated as it is
-        served: list[tuple[Userfaultfd, int, object]] = []
+        served: list[tuple[Userfaultfd, int, Resolver | None]] = []
         eager = False
         while True:
             if self._attention:
@@ -366,7 +369,7 @@ class FaultServer:
                         eager = True
                 self._dispatch(u, words, resolve)
 
-    def _dispatch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]] | tuple, resolve) -> None:
+    def _dispatch(self, u: Userfaultfd, words: Sequence[Words], resolve: Resolver | None) -> None:
         """One read(2)'s messages: a batch of nothing but MISSING and WP faults goes to the inline
         resolver when there is one and no barrier is installed; any other batch to _batch."""
         if resolve and not self.barriers:
@@ -380,7 +383,7 @@ class FaultServer:
                 return
         self._batch(u, words)
 
-    def _batch(self, u: Userfaultfd, words: list[tuple[int, int, int, int]]) -> None:
+    def _batch(self, u: Userfaultfd, words: Sequence[Words]) -> None:
         """Handle the messages of one read(2), given as raw words (event, a, b, c): REMOVEs and
         other events first, in order, then the faults."""
         log_append = self.stats.log.append
@@ -404,7 +407,7 @@ class FaultServer:
             else:
                 self._resolve(u, m)
 
-    def _inline_resolver(self, u: Userfaultfd):
+    def _inline_resolver(self, u: Userfaultfd) -> Resolver | None:
         """The serve loop's resolver of MISSING and WP faults on ``u``, or None when the options
         need the general path (workers, negative controls).  It follows :meth:`_resolve`'s
         steps for the common case, made cheap: the options are looked at once, here; no settle
@@ -436,7 +439,7 @@ class FaultServer:
 
         mask, states_get = -ps, states.get
 
-        def resolve(w: tuple[int, int, int, int]) -> None:
+        def resolve(w: Words) -> None:
             log_append((_DISPATCHED, w))
             flags = w[1]
             addr = w[2] & mask
