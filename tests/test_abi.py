@@ -80,3 +80,33 @@ def test_huge_size_flag():
     assert abi.huge_size_flag(1 << 30) == 30 << 26
     with pytest.raises(ValueError):
         abi.huge_size_flag(3 << 20)
+
+
+@pytest.mark.parametrize("cls", [abi.uffdio_range, abi.uffdio_copy, abi.uffdio_zeropage, abi.uffdio_writeprotect,
+                                 abi.uffdio_continue, abi.uffdio_register], ids=lambda c: c.__name__)
+def test_packer_matches_the_ctypes_layout(cls):
+    """abi.packer: packed bytes read back through the ctypes structure give the same fields."""
+    p = abi.packer(cls)
+    values = [0x1111 * (i + 1) for i in range(len(p.unpack(bytes(p.size))))]
+    s = cls.from_buffer_copy(p.pack(*values))
+    flat = []
+
+    def walk(obj):
+        for name, _typ in obj._fields_:
+            v = getattr(obj, name)
+            if isinstance(v, ctypes.Structure):
+                walk(v)
+            else:
+                flat.append(v)
+
+    walk(s)
+    assert flat == values
+    assert p.size == ctypes.sizeof(cls)
+
+
+def test_packer_refuses_a_padded_structure():
+    class padded(ctypes.Structure):
+        _fields_ = [("a", ctypes.c_uint32), ("b", ctypes.c_uint64)]
+
+    with pytest.raises(TypeError, match="padding"):
+        abi.packer(padded)
