@@ -70,10 +70,13 @@ class Backing:
         """Pages a case may map: one 1 GiB page (a fragmented machine often has no second)."""
         return 1 if self.hpage >= GiB else 8
 
-    def options(self, **kw) -> Options:
-        """Handler options for this backing.  hugetlb: the handler populates its buffers, else
-        every UFFDIO_COPY needs a spare, unreserved huge page for mm/hugetlb.c's bounce folio."""
-        o = Options(**kw)
+    def options(self, base: Options | None = None, **kw) -> Options:
+        """Handler options for this backing: ``base`` (a case's, e.g. a negative control's) or
+        the defaults, with ``kw`` set.  hugetlb: the handler populates its buffers, else every
+        UFFDIO_COPY needs a spare, unreserved huge page for mm/hugetlb.c's bounce folio."""
+        o = base or Options()
+        for k, v in kw.items():
+            setattr(o, k, v)
         o.populate_buffers = self.hugetlb
         return o
 

@@ -56,8 +56,7 @@ def refault_after(b: Backing, topology: str, advice: int, options: Options | Non
     region = b.map(min(2, b.max_pages))
     src = make_source(region)
     addr, ps = region.page(region.npages - 1), region.page_size
-    opts = options or Options()
-    opts.populate_buffers = b.hugetlb
+    opts = b.options(options)
     with served(region, topology, EV | b.missing_feature, source=src, options=opts) as s:
         libc.fill(addr, MARK, ps)
         libc.madvise(addr, ps, advice)
@@ -126,8 +125,7 @@ def unaligned_remove(b: Backing, options: Options | None = None) -> None:
     else:
         start, end = region.addr + hp // 2, region.page(n - 1) + hp // 2
     src = make_source(region)
-    opts = options or Options()
-    opts.populate_buffers = b.hugetlb
+    opts = b.options(options)
     with served(region, "thread", EV | b.missing_feature, source=src, options=opts) as s:
         libc.fill(region.addr, MARK, region.size)
         libc.madvise(start, end - start, abi.Madv.REMOVE)

@@ -41,12 +41,6 @@ from lib.serve import served
 MARK = b"gated write"
 
 
-def _opts(b: Backing, options: Options | None) -> Options:
-    o = options or Options()
-    o.populate_buffers = b.hugetlb
-    return o
-
-
 def check_batch_order(log: list[str], fault_addr: int, remove: tuple[int, int]) -> None:
     """One read(2) returned the fault and the REMOVE, fault first; the REMOVE was applied
     before the fault was dispatched."""
@@ -70,7 +64,7 @@ def remove_then_write(b: Backing, topology: str, options: Options | None = None)
     region = b.map(1)
     src = make_source(region)
     addr, ps = region.addr, region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
+    with served(region, topology, EV | b.missing_feature, source=src, options=b.options(options)) as s:
         h = s.handler
         libc.read(addr, HEAD)
         h.pause()
@@ -93,7 +87,7 @@ def write_then_remove(b: Backing, topology: str, options: Options | None = None)
     region = b.map(2)
     src = make_source(region)
     p0, p1, ps = region.page(0), region.page(1), region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
+    with served(region, topology, EV | b.missing_feature, source=src, options=b.options(options)) as s:
         h = s.handler
         libc.read(p0, HEAD)
         h.pause()
@@ -120,7 +114,7 @@ def remove_then_fault(b: Backing, topology: str, options: Options | None = None)
     region = b.map(1)
     src = make_source(region)
     addr, ps = region.addr, region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
+    with served(region, topology, EV | b.missing_feature, source=src, options=b.options(options)) as s:
         h = s.handler
         h.pause()
         mad = madvise_async(addr, ps, b.punch)

@@ -41,8 +41,7 @@ def multi_page(b: Backing, topology: str, options: Options | None = None) -> Non
     region = b.map(NPAGES)
     src = make_source(region)
     ps = region.page_size
-    opts = options or Options()
-    opts.populate_buffers = b.hugetlb
+    opts = b.options(options)
     with served(region, topology, EV | b.missing_feature, source=src, options=opts) as s:
         for i in TOUCHED:
             libc.fill(region.page(i), MARK, ps)

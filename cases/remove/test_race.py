@@ -47,9 +47,9 @@ MADVISE_BUDGET = 2.0  # seconds (e2b's madvise budget)
 
 
 def _opts(b: Backing, options: Options | None) -> Options:
-    o = options or Options()
+    """Two workers at least: the serve loop keeps reading while one worker is parked."""
+    o = b.options(options)
     o.workers = max(o.workers, 2)
-    o.populate_buffers = b.hugetlb
     return o
 
 
