@@ -68,6 +68,24 @@ def not_ready_error(res: child.ChildResult) -> AssertionError:
     return AssertionError(f"child failed before it was ready: {res.describe()}")
 
 
+def fork_waiting_child(comm: child.CommPipes) -> int:
+    """fork() a child that signals it is ready and waits for the parent (finish_child), so the
+    parent's pages stay shared with it meanwhile; returns once it is ready.  A child that
+    exits first is reaped here and NotReady raised."""
+    def wait_in_child() -> bool:
+        comm.child_ready.signal()
+        comm.parent_ready.wait(TIMEOUT)
+        return True
+
+    pid = child.fork_call(wait_in_child)
+    try:
+        wait_child_ready(comm, pid)
+    except BaseException:
+        finish_child(comm, pid)
+        raise
+    return pid
+
+
 def finish_child(comm: child.CommPipes, pid: int) -> child.ChildResult:
     """Release the child (parent_ready) and reap it."""
     try:
@@ -274,13 +292,7 @@ def iouring(mem: int, size: int, use_fork: bool, after_register: Callable[[], No
         try:
             if use_fork:
                 # the child stays alive until we are done; the pinned page must not be shared
-                def wait_in_child() -> bool:
-                    comm.child_ready.signal()
-                    comm.parent_ready.wait(TIMEOUT)
-                    return True
-
-                pid = child.fork_call(wait_in_child)
-                wait_child_ready(comm, pid)
+                pid = fork_waiting_child(comm)
             else:
                 map_ro_then_rw(mem, size)
             libc.fill(mem, MODIFY, size)
@@ -336,13 +348,7 @@ def ro_pin(mem: int, size: int, test: str, fast: bool, gup: GupTest) -> str:
     pid = None
     try:
         if test in (RO_PIN_SHARED, RO_PIN_PREVIOUSLY_SHARED):
-            def wait_in_child() -> bool:
-                comm.child_ready.signal()
-                comm.parent_ready.wait(TIMEOUT)
-                return True
-
-            pid = child.fork_call(wait_in_child)
-            wait_child_ready(comm, pid)
+            pid = fork_waiting_child(comm)
             if test == RO_PIN_PREVIOUSLY_SHARED:
                 # mapped R/O in our page table, but no longer shared
                 finish_child(comm, pid)
@@ -399,21 +405,16 @@ def observe_cow(mem: int, size: int) -> CowObservation:
     comm = child.CommPipes()
     with Pagemap() as pm:
         before = pm.entries(mem, n)
-
-        def hold_in_child() -> bool:
-            comm.child_ready.signal()
-            comm.parent_ready.wait(TIMEOUT)
-            return True
-
-        pid = child.fork_call(hold_in_child)
+        pid = None
         try:
-            wait_child_ready(comm, pid)
+            pid = fork_waiting_child(comm)
             with Pagemap(pid) as cpm:
                 fw, fo = pm.entries(mem, n), cpm.entries(mem, n)
                 libc.fill(mem, MODIFY, size)
                 cw, co = pm.entries(mem, n), cpm.entries(mem, n)
         finally:
-            res = finish_child(comm, pid)
+            if pid is not None:
+                res = finish_child(comm, pid)
             comm.close()
     if res.exit_code != 0:
         raise AssertionError(f"child failed: {res.describe()}")
