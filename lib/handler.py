@@ -78,15 +78,15 @@ Resolver = Callable[[Words], None]
 DISPATCHED = _DISPATCHED  # for handlers written in tests (negative controls)
 
 
-def _render_log(entry) -> str:
+def _render_log(entry: str | tuple) -> str:
+    """A log entry as text: a str as it is, a (_READ, words) or (_DISPATCHED, words) entry
+    rendered from the message words."""
     if isinstance(entry, str):
         return entry
-    if isinstance(entry, tuple):
-        kind, payload = entry
-        if kind is _READ:
-            return "read " + ", ".join(str(Msg._from_words(*w)) for w in payload)
-        return f"dispatched {Msg._from_words(*payload)}"
-    return entry()
+    kind, payload = entry
+    if kind is _READ:
+        return "read " + ", ".join(str(Msg._from_words(*w)) for w in payload)
+    return f"dispatched {Msg._from_words(*payload)}"
 
 
 def _fault_record(words: Words) -> dict:
@@ -502,9 +502,9 @@ class FaultServer:
 
         return resolve
 
-    def _log(self, line) -> None:
-        """Append a serve-loop line: a str, or a callable returning it (rendered by snapshot()).
-        Only the serve loop writes the log, so no lock."""
+    def _log(self, line: str | tuple) -> None:
+        """Append a serve-loop line: a str, or a raw entry rendered by snapshot().  Only the
+        serve loop writes the log, so no lock."""
         self.stats.log.append(line)
 
     def _record(self, m: Msg) -> None:
