@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import child, kmsg, system
+from lib import child, interrupt, kmsg, system
 from lib import report as rpt
 
 ROOT = Path(__file__).resolve().parent
@@ -188,6 +188,7 @@ class KmmRun:
 
     # -- running --------------------------------------------------------------------------
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
+        interrupt.check()  # a signal whose KeyboardInterrupt was swallowed still ends the run here
         if self.tap and nodeid in self.names:
             self.tap.start(self.names[nodeid])
 

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -164,12 +163,6 @@ def default_results_dir() -> Path:
     return base / results_dir_name(os.uname().release)
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    exc = KeyboardInterrupt()
-    exc.kmm_reason = f"interrupted ({signal.Signals(signum).name})"  # type: ignore[attr-defined]
-    raise exc
-
-
 def run_pytest(argv: list[str], log_path: Path) -> tuple[int, str]:
     """pytest.main in this process; its own output goes to the log, TAP to stdout."""
     import pytest
@@ -260,10 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     sys.stdout.flush()
     tap_fd = os.dup(sys.stdout.fileno())
-    # SIGINT too: a runner started in the background of a non-interactive shell inherits
-    # SIGINT ignored, and Python then leaves it ignored; Ctrl-C must still end the run cleanly
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, _on_signal)
+    from lib import interrupt
+
+    interrupt.install()
     code, usage = run_pytest(pytest_args(args, chosen, patterns, results, tap_fd), results / "run.log")
     os.close(tap_fd)
     if usage:

@@ -215,6 +215,31 @@ def test_settings_repaired_by_journal_after_sigkill(tmp_path):
 
 # -- interrupted runs -------------------------------------------------------------------------
 
+def test_a_swallowed_interrupt_still_ends_the_run(tmp_path):
+    """The signal lands where Python swallows the handler's KeyboardInterrupt (an os.fork()
+    hook, see tests/data/runner/swallowed): lib.interrupt raises it again at the next case."""
+    p = run("swallowed", results=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "# PARTIAL RUN: interrupted (SIGTERM)" in p.stdout
+    s = summary(tmp_path)
+    assert s["partial"] is True and 3 <= len(s["cases"]) < 5, [c["name"] for c in s["cases"]]
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_interrupt_check_raises_a_swallowed_signal_again(monkeypatch):
+    from lib import interrupt
+
+    monkeypatch.setattr(interrupt, "reason", None)
+    interrupt.check()  # no signal yet: nothing to raise
+    try:
+        interrupt.on_signal(signal.SIGTERM, None)
+    except KeyboardInterrupt:
+        pass  # what a finalizer or fork hook does with it
+    with pytest.raises(KeyboardInterrupt) as e:
+        interrupt.check()
+    assert e.value.kmm_reason == "interrupted (SIGTERM)"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_leaves_a_valid_partial_report(tmp_path, sig):
     e = dict(os.environ, KMM_CASES=str(DATA / "slow"), KMM_STATE_DIR=str(PRIVATE_STATE))
