@@ -57,3 +57,12 @@ def served(
         if h is not None:
             h.stop()
         u.close()
+
+
+def flush(h: handler.ThreadHandler | handler.ProcessHandler | handler.SpawnedHandler) -> None:
+    """Wait until the handler has handled every message it has read: pause() returns once the
+    serve loop finished its batch.  A caller released by the *read* of its event (fork with
+    EVENT_FORK, madvise or munmap with EVENT_REMOVE/UNMAP) can return before the handler has
+    recorded that event, so take the statistics after this."""
+    h.pause()
+    h.resume()

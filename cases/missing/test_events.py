@@ -28,7 +28,7 @@ from lib import abi, check, handler, libc
 from lib import missing_uut as uut
 from lib.backing import MemType, mem_types
 from lib.child import CommPipes, note
-from lib.serve import served
+from lib.serve import flush, served
 
 MEMS = mem_types()
 EVENT_FEATURES = abi.Feature.EVENT_FORK | abi.Feature.EVENT_REMAP | abi.Feature.EVENT_REMOVE
@@ -82,6 +82,7 @@ def run_events(mt: MemType, wp: bool, options: handler.Options | None = None) ->
             before = s.stats()
             pipes.parent_ready.signal()
             err = child.finish(60)
+            flush(s.handler)  # the child's last events were read, maybe not yet recorded
             after = s.stats()
         check.eq(err, "", "faulting process")
         check.eq(after.errors, [], "monitor errors")

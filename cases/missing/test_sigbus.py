@@ -18,7 +18,7 @@ import pytest
 from lib import abi, check
 from lib import missing_uut as uut
 from lib.backing import MemType, mem_types
-from lib.serve import served
+from lib.serve import flush, served
 
 MEMS = mem_types()
 SIGBUS_FEATURES = abi.Feature.SIGBUS | abi.Feature.EVENT_FORK
@@ -64,6 +64,7 @@ def run_sigbus(mt: MemType, wp: bool, resolve: bool = True) -> None:
         a.release()
         err = uut.Child(lambda: child_phase(a, half)).finish(30)
         check.eq(err, "", "phase 2 child")
+        flush(s.handler)  # the fork returned once the FORK event was read, maybe not yet recorded
         st = s.stats()
         check.eq(st.faults, [], "page-fault messages seen by the monitor")
         check.eq([e["event"] for e in st.events], ["FORK"], "events seen by the monitor")

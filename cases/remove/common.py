@@ -213,14 +213,6 @@ def check_source(addr: int, i: int, what: str) -> None:
         raise AssertionError(f"{what}: expected source page {i} header, got {got[:16].hex()}")
 
 
-def flush(h) -> None:
-    """Wait until the handler has handled every message it has read: pause() returns once the
-    serve loop finished its batch.  (A caller released by the *read* of its event, madvise or
-    munmap, can return before the handler has recorded that event.)"""
-    h.pause()
-    h.resume()
-
-
 def check_no_errors(st: Stats) -> None:
     check.eq(st.errors, [], "handler errors")
 

@@ -29,7 +29,6 @@ from cases.remove.common import (
     check_no_errors,
     check_ranges_cover,
     check_zero,
-    flush,
     make_source,
     matrix,
     ranges_of,
@@ -38,7 +37,7 @@ from cases.remove.common import (
 from lib import abi, check, libc
 from lib.handler import REMOVED, ZERO, Options, Stats
 from lib.pagemap import Pagemap
-from lib.serve import served
+from lib.serve import flush, served
 
 MARK = 0x5A
 

@@ -27,7 +27,6 @@ from cases.remove.common import (
     check_no_errors,
     check_source,
     drain,
-    flush,
     header,
     madvise_async,
     make_source,
@@ -38,7 +37,7 @@ from cases.remove.common import (
 from lib import abi, check, libc
 from lib.child import note, task_state
 from lib.handler import BEFORE_RESOLVE
-from lib.serve import served
+from lib.serve import flush, served
 from lib.uffd import UffdError, open_for
 
 MARK = b"written while the REMOVE was unread"

@@ -26,7 +26,6 @@ from cases.remove.common import (
     Backing,
     check_no_errors,
     check_zero,
-    flush,
     header,
     madvise_async,
     make_source,
@@ -36,7 +35,7 @@ from cases.remove.common import (
 )
 from lib import check, libc
 from lib.handler import Options
-from lib.serve import served
+from lib.serve import flush, served
 
 MARK = b"gated write"
 

@@ -22,7 +22,6 @@ from cases.remove.common import (
     check_ranges_cover,
     check_source,
     check_zero,
-    flush,
     make_source,
     matrix,
     ranges_of,
@@ -30,7 +29,7 @@ from cases.remove.common import (
 )
 from lib import check, libc
 from lib.handler import Options
-from lib.serve import served
+from lib.serve import flush, served
 
 NPAGES, TOUCHED, SPAN = 6, (0, 2), (1, 5)
 MARK = 0x5A

@@ -31,7 +31,6 @@ from cases.remove.common import (
     Backing,
     check_no_errors,
     check_zero,
-    flush,
     madvise_async,
     matrix,
     ranges_of,
@@ -40,7 +39,7 @@ from cases.remove.common import (
 )
 from lib import abi, check, handler, libc
 from lib.child import note
-from lib.serve import served
+from lib.serve import flush, served
 from lib.uffd import open_for
 
 UNMAP = int(abi.Feature.EVENT_UNMAP)
