@@ -12,6 +12,18 @@ import os
 from collections.abc import Iterator
 
 
+class CannotTest(Exception):
+    """The case could not reach the point where it judges the kernel, for a reason that is no
+    kernel guarantee (a starved kernel thread that made no progress, a harness limit).
+
+    The isolation layer reports it as an ``error`` verdict whose message starts with
+    ``cannot test:``; ``--bisect`` maps such a run to 125 unless a case failed.
+    """
+
+
+CANNOT_TEST_PREFIX = "cannot test: "
+
+
 def eq(actual: object, expected: object, what: str) -> None:
     if actual != expected:
         raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lib import libc
+from lib import check, libc
 
 # ---------------------------------------------------------------------------------------
 # deadlines
@@ -285,6 +285,8 @@ def _classify(exc: BaseException, skip_types: tuple, xfail_types: tuple) -> tupl
         return "xfail", str(getattr(exc, "msg", exc)), "", ""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     where = _where(exc)
+    if isinstance(exc, check.CannotTest):
+        return "error", check.CANNOT_TEST_PREFIX + str(exc), where, tb
     if isinstance(exc, AssertionError):
         return "fail", str(exc).split("\n")[0] or "assertion failed", where, tb
     msg = getattr(exc, "msg", None) if type(exc).__name__ == "Failed" else None
