@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, libc, system
+from lib import abi, hugetlb_pool, libc, system
 from lib.pagemap import Pagemap
 
 PAGE = system.PAGE_SIZE
@@ -230,6 +230,7 @@ class AnonBacking:
 
     def _hugetlb(self, maps: list) -> Mem:
         flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_HUGETLB | abi.huge_size_flag(self.size)
+        hugetlb_pool.require_before_map(self.size, HUGETLB_PAGES)
         try:
             mem = libc.mmap(self.size, RW, flags)
         except OSError as e:
@@ -242,6 +243,7 @@ class AnonBacking:
         except OSError as e:
             pytest.skip(f"need more free huge pages (second page: {e.strerror})")
         libc.munmap(dummy, self.size)
+        hugetlb_pool.require_spare_before_fork(self.size)  # the case's fork()/copy-on-write comes next
         return Mem(mem, self.size, hugetlb=True)
 
 
@@ -375,6 +377,7 @@ class NonAnonBacking:
         return self._file(fd, PAGE, maps)
 
     def _memfd_hugetlb(self, maps: list, fds: list) -> NonAnonMem:
+        hugetlb_pool.require_before_map(self.size, HUGETLB_PAGES)
         try:
             fd = libc.memfd_create("test", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(self.size))
         except OSError as e:
@@ -392,6 +395,7 @@ class NonAnonBacking:
         smem = libc.mmap(self.size, abi.PROT_READ, abi.MAP_SHARED, fd, 0)
         maps.append((smem, self.size))
         _populate((mem, smem))
+        hugetlb_pool.require_spare_before_fork(self.size)  # the case's fork()/copy-on-write comes next
         return NonAnonMem(mem, smem, self.size)
 
 

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from lib import abi, check, child, libc, needs, system
+from lib import abi, check, child, hugetlb_pool, libc, needs, system
 from lib.backing import MemType, mem_types
 from lib.pagemap import Pagemap
 from lib.serve import served
@@ -30,13 +30,16 @@ EV_FORK = int(abi.Feature.EVENT_FORK)
 NPAGES = 4
 
 
-def child_bit57(addr: int, with_event: bool, srv, pre=None) -> bool:
+def child_bit57(addr: int, with_event: bool, srv, pre=None, hpage: int = 0) -> bool:
     """Fork; the child reports its own bit 57 of ``addr`` (exit 10 = set, 11 = clear).
 
     With EVENT_FORK the fork waits until the monitor reads the FORK event: the monitor is a
-    handler *process* (a thread could not run while os.fork() holds the GIL).
+    handler *process* (a thread could not run while os.fork() holds the GIL).  On hugetlb
+    (``hpage``) the pool must still hold its spare page right before the fork.
     """
     before = sum(1 for e in srv.stats().events if e["event"] == "FORK")
+    if hpage:
+        hugetlb_pool.require_spare_before_fork(hpage)
 
     def body() -> int:
         if pre is not None:
@@ -54,13 +57,18 @@ def child_bit57(addr: int, with_event: bool, srv, pre=None) -> bool:
     return res.exit_code == 10
 
 
+def _npages(mt: MemType) -> int:
+    return 1 if mt.hpage >= system.GiB else NPAGES
+
+
 def _setup(mt: MemType, features: int):
+    """Map the case's memory; hugetlb takes its pages plus the spare a copy-on-write copy of the
+    protected page needs (lib.hugetlb_pool: two pages on 1 GiB, as the COW area's cases)."""
     if mt.hugetlb:
         needs.hugetlb_size(mt.hpage)
-        if system.hugetlb_counter(mt.hpage, "free_hugepages") < 1:
-            pytest.skip(f"no free {system.size_label(mt.hpage)} hugetlb page")
+        hugetlb_pool.require_before_map(mt.hpage, _npages(mt) + 1)
     needs.uffd_features(mt.wp_feature | features)
-    return mt.map(1 if mt.hpage >= system.GiB else NPAGES)
+    return mt.map(_npages(mt))
 
 
 ARMS = [(mt, ev) for ev in (False, True) for mt in TYPES]
@@ -80,14 +88,16 @@ def test_wp_fork(mt: MemType, with_event: bool) -> None:
         u.writeprotect(r.addr, ps, True)
         with Pagemap() as pm:
             check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after protecting page 0")
-        check.eq(child_bit57(r.addr, with_event, s.handler), with_event, "child bit 57 after fork (set iff EVENT_FORK)")
+        got = child_bit57(r.addr, with_event, s.handler, hpage=mt.hpage)
+        check.eq(got, with_event, "child bit 57 after fork (set iff EVENT_FORK)")
         try:
             libc.madvise(r.addr, ps, abi.Madv.DONTNEED if mt.shared else abi.Madv.PAGEOUT)
         except OSError:
             pass  # upstream ignores the result (PAGEOUT of hugetlb, no swap)
         with Pagemap() as pm:
             check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after the zap (pte marker / swap entry)")
-        check.eq(child_bit57(r.addr, with_event, s.handler), with_event, "child bit 57 after the zap and a second fork")
+        got = child_bit57(r.addr, with_event, s.handler, hpage=mt.hpage)
+        check.eq(got, with_event, "child bit 57 after the zap and a second fork")
         u.writeprotect(r.addr, ps, False)
         with Pagemap() as pm:
             check.false(pm.entry(r.addr).uffd_wp, "bit 57 after mode 0")
@@ -133,10 +143,11 @@ def test_wp_fork_pin(mt: MemType, with_event: bool) -> None:
         fd = os.open("/sys/kernel/debug/gup_test", os.O_RDWR | os.O_CLOEXEC)
         try:
             _pin(fd, r.addr, ps)  # (1) R/O longterm pin in the parent: fork takes the early-COW path
-            check.eq(child_bit57(r.addr, with_event, s.handler), with_event, "child bit 57 after fork with a R/O pin")
+            got = child_bit57(r.addr, with_event, s.handler, hpage=mt.hpage)
+            check.eq(got, with_event, "child bit 57 after fork with a R/O pin")
             libc.ioctl(fd, abi.PIN_LONGTERM_TEST_STOP, 0, name="PIN_LONGTERM_TEST_STOP")
             # (2) the child pins (unshare / COR path), then reads its bit
-            got = child_bit57(r.addr, with_event, s.handler, pre=lambda: _pin(fd, r.addr, ps))
+            got = child_bit57(r.addr, with_event, s.handler, pre=lambda: _pin(fd, r.addr, ps), hpage=mt.hpage)
             check.eq(got, with_event, "child bit 57 after pinning in the child")
         finally:
             os.close(fd)
