@@ -17,6 +17,7 @@ from cases.cow import oracles
 from lib import abi, child, libc, memory, system
 from lib.cow_backings import FILL, Snapshot
 from lib.cow_iouring import IoUringUnavailable
+from lib.pagemap import Entry
 
 PAGE = libc.PAGE_SIZE
 SIZE = 4 * PAGE
@@ -229,6 +230,106 @@ def test_exclusivity_check_passes_on_a_private_base_page() -> None:
         libc.madvise(r.addr, PAGE, abi.Madv.NOHUGEPAGE)
         libc.fill(r.addr, FILL, PAGE)
         assert oracles.exclusivity_problems(oracles.observe_cow(r.addr, PAGE)) == []
+
+    isolated(body)
+
+
+THP_SIZE = 2 * 1024 * 1024
+
+
+def private_thp_range(size: int = THP_SIZE) -> int:
+    """A private anonymous range of ``size`` aligned to it, MADV_HUGEPAGE, written: a THP
+    where the kernel gives one, base pages otherwise (the oracle holds for both)."""
+    r = memory.anon(2 * size)
+    mem = (r.addr + size) & ~(size - 1)
+    try:
+        libc.madvise(mem, size, abi.Madv.HUGEPAGE)
+    except OSError:
+        pass
+    libc.fill(mem, FILL, size)
+    return mem
+
+
+@pytest.mark.skipif(not system.is_root(), reason="PFNs in pagemap need root")
+def test_exclusivity_check_reports_every_page_of_a_shared_range() -> None:
+    """MAP_SHARED over 2 MiB: no page is copied, the writer keeps every PFN; fork() did not
+    share the pages COW: the other process has not faulted them in, its entries are not
+    present (reported right after fork() and after the write)."""
+
+    def body() -> None:
+        r = shared_anon(THP_SIZE)
+        problems = oracles.exclusivity_problems(oracles.observe_cow(r.addr, THP_SIZE))
+        text = "; ".join(problems)
+        n = THP_SIZE // PAGE
+        assert f"PFN unchanged on {n} of {n} pages" in text, problems
+        assert f"right after fork(), other: expected present, not exclusive; {n} of {n}" in text, problems
+        assert f"after the COW fault, other: expected present with the original PFN; {n} of {n}" in text, problems
+
+    isolated(body)
+
+
+def entry(pfn: int | None, exclusive: bool) -> Entry:
+    raw = (abi.PM_PRESENT | pfn) if pfn is not None else 0
+    return Entry(raw | (abi.PM_MMAP_EXCLUSIVE if exclusive else 0))
+
+
+def test_exclusivity_check_reports_a_writer_sharing_the_other_process_pfn() -> None:
+    """Constructed observation: the writer's PFN changed but is the one the other process
+    now maps (the other was moved instead of the writer): both must not hold one page."""
+    obs = oracles.CowObservation(
+        before=[entry(0x100, True)],
+        forked_writer=[entry(0x100, False)], forked_other=[entry(0x100, False)],
+        cow_writer=[entry(0x200, True)], cow_other=[entry(0x200, True)])
+    problems = oracles.exclusivity_problems(obs)
+    vs = "after the COW fault, writer vs other: expected a PFN other than"
+    assert any(p.startswith(vs) for p in problems), problems
+    assert any(p.startswith("after the COW fault, other: expected present with the original PFN") for p in problems)
+    good = oracles.CowObservation(obs.before, obs.forked_writer, obs.forked_other,
+                                  [entry(0x200, True)], [entry(0x100, True)])
+    assert oracles.exclusivity_problems(good) == []
+
+
+@pytest.mark.skipif(not system.is_root(), reason="PFNs in pagemap need root")
+def test_exclusivity_check_reports_a_cow_that_did_not_happen() -> None:
+    """A private (THP-advised) range the writer does not write after fork(): no page is
+    copied, so the writer keeps the original PFNs, not exclusive, and the other process's
+    pages stay shared (not exclusive) too."""
+
+    def body() -> None:
+        mem = private_thp_range()
+        problems = oracles.exclusivity_problems(oracles.observe_cow(mem, THP_SIZE, write=lambda: None))
+        text = "; ".join(problems)
+        assert "no copy was made" in text, problems
+        assert "after the COW fault, writer: expected present+exclusive" in text, problems
+        assert "after the COW fault, other (the writer no longer maps the page): expected exclusive" in text, problems
+        # without the per-page mapcount check, the unshared other side is not reported
+        relaxed = oracles.exclusivity_problems(oracles.observe_cow(mem, THP_SIZE, write=lambda: None), False)
+        assert not any(p.startswith("after the COW fault, other (") for p in relaxed), relaxed
+
+    isolated(body)
+
+
+@pytest.mark.skipif(not system.is_root(), reason="PFNs in pagemap need root")
+def test_exclusivity_check_looks_at_every_page_not_only_the_first() -> None:
+    """The writer writes only the first base page: the other pages were not copied, and
+    the check must name them (3 of 4)."""
+
+    def body() -> None:
+        r = private_anon(SIZE)
+        libc.madvise(r.addr, SIZE, abi.Madv.NOHUGEPAGE)
+        obs = oracles.observe_cow(r.addr, SIZE, write=lambda: libc.fill(r.addr, oracles.MODIFY, PAGE))
+        problems = oracles.exclusivity_problems(obs)
+        assert any("PFN unchanged on 3 of 4 pages (page 1:" in p for p in problems), problems
+
+    isolated(body)
+
+
+@pytest.mark.skipif(not system.is_root(), reason="PFNs in pagemap need root")
+def test_exclusivity_check_passes_on_a_private_thp_range() -> None:
+    def body() -> None:
+        mem = private_thp_range()
+        exact = oracles.per_page_mapcount()
+        assert oracles.exclusivity_problems(oracles.observe_cow(mem, THP_SIZE), bool(exact)) == []
 
     isolated(body)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, child, libc
+from lib import abi, child, libc, system
 from lib.cow_backings import Snapshot
 from lib.cow_gup import GupTest, Pin
 from lib.cow_iouring import IoUringUnavailable, Ring
@@ -398,9 +398,10 @@ class CowObservation:
     cow_other: list[Entry]
 
 
-def observe_cow(mem: int, size: int) -> CowObservation:
+def observe_cow(mem: int, size: int, write: Callable[[], None] | None = None) -> CowObservation:
     """fork(); read both processes' pagemap right after fork and after this process wrote
-    the range (the child keeps its mapping untouched)."""
+    the range (the child keeps its mapping untouched).  ``write`` replaces the write of the
+    whole range (a hook for the negative controls in tests/test_cow_negative.py)."""
     n = size // libc.PAGE_SIZE
     comm = child.CommPipes()
     with Pagemap() as pm:
@@ -410,7 +411,10 @@ def observe_cow(mem: int, size: int) -> CowObservation:
             pid = fork_waiting_child(comm)
             with Pagemap(pid) as cpm:
                 fw, fo = pm.entries(mem, n), cpm.entries(mem, n)
-                libc.fill(mem, MODIFY, size)
+                if write is None:
+                    libc.fill(mem, MODIFY, size)
+                else:
+                    write()
                 cw, co = pm.entries(mem, n), cpm.entries(mem, n)
         finally:
             if pid is not None:
@@ -421,32 +425,73 @@ def observe_cow(mem: int, size: int) -> CowObservation:
     return CowObservation(before, fw, fo, cw, co)
 
 
-def exclusivity_problems(o: CowObservation) -> list[str]:
-    """What a base page's COW must show (Documentation/admin-guide/mm/pagemap.rst bit 56
-    "page exclusively mapped"): set on a page the process wrote, clear in both processes
-    while fork() left it COW-shared, set in the writer once its write fault copied it; the
-    writer's PFN changes, the other process keeps the original PFN."""
-    out = []
-    b = o.before[0]
-    if not (b.present and b.exclusive and b.pfn):
-        out.append(f"written page before fork(): expected present+exclusive with a PFN, got {b}")
-    for who, e in (("writer", o.forked_writer[0]), ("other", o.forked_other[0])):
-        if not e.present or e.exclusive:
-            out.append(f"right after fork(), {who}: expected present, not exclusive; got {e}")
-        if e.pfn != b.pfn:
-            out.append(f"right after fork(), {who}: expected the original PFN {b.pfn:#x}, got {e}")
-    w, other = o.cow_writer[0], o.cow_other[0]
-    if not (w.present and w.exclusive):
-        out.append(f"after the COW fault, writer: expected present+exclusive, got {w}")
-    if w.pfn == b.pfn:
-        out.append(f"after the COW fault, writer: PFN unchanged ({b.pfn:#x}): no copy was made")
-    if other.pfn != b.pfn:
-        out.append(f"after the COW fault, other: expected the original PFN {b.pfn:#x}, got {other}")
+def per_page_mapcount() -> bool | None:
+    """Whether bit 56 of a page in a large folio reflects that page's own mapcount.
+
+    Documentation/admin-guide/mm/pagemap.rst: with CONFIG_NO_PAGE_MAPCOUNT (6.15+), a page
+    of a large folio may read "not exclusively mapped" while the folio is, or once was,
+    "maybe mapped shared" (fs/proc/task_mmu.c __folio_page_mapped_exclusively falls back
+    to folio_maybe_mapped_shared()).  Before 6.15 the option does not exist and mapcounts
+    are per page.  None: the kernel config cannot be read."""
+    no_page_mapcount = system.config_enabled("CONFIG_NO_PAGE_MAPCOUNT")
+    return None if no_page_mapcount is None else not no_page_mapcount
+
+
+def _bad(step: str, es: list[Entry], ok: Callable[[int, Entry], bool], expected: str) -> list[str]:
+    """One message for the pages of ``es`` that fail ``ok`` (count and the first three)."""
+    bad = [(i, e) for i, e in enumerate(es) if not ok(i, e)]
+    if not bad:
+        return []
+    first = ", ".join(f"page {i}: {e}" for i, e in bad[:3])
+    return [f"{step}: expected {expected}; {len(bad)} of {len(es)} pages are not ({first})"]
+
+
+def exclusivity_problems(o: CowObservation, other_mapcount_exact: bool = True) -> list[str]:
+    """What a COW must show in pagemap for every base page of the range, whatever maps it
+    (a base page, a PMD-mapped THP, a PTE-mapped THP or mTHP).
+
+    Documentation/admin-guide/mm/pagemap.rst, bit 56 "page exclusively mapped", bits 0-54
+    the PFN; for pages of large folios bit 56 is clear whenever the folio is maybe mapped
+    in another process, and set when the folio is certainly mapped only in this one:
+
+    * before fork(): the page the process wrote is present and exclusive;
+    * right after fork(), in both processes: present, not exclusive (the folio is mapped
+      by both), and the original PFN (COW shares, it does not copy);
+    * after the writer's write fault: the writer's page is present and exclusive (a page
+      only it maps) and its PFN differs from the original and from the other process's
+      (the two now hold different data: one physical page cannot hold both); the other
+      process keeps the original PFN;
+    * ``other_mapcount_exact``: also the other process's page is exclusive again, since
+      the writer no longer maps it.  Guaranteed for base pages, and for large folios only
+      where mapcounts are per page (see per_page_mapcount): with CONFIG_NO_PAGE_MAPCOUNT
+      a folio that was once mapped shared may stay "maybe mapped shared".
+    """
+    out: list[str] = []
+    orig = [e.pfn for e in o.before]
+    out += _bad("written range before fork(), writer", o.before,
+                lambda i, e: e.present and e.exclusive and bool(e.pfn), "present+exclusive with a PFN")
+    for who, es in (("writer", o.forked_writer), ("other", o.forked_other)):
+        out += _bad(f"right after fork(), {who}", es, lambda i, e: e.present and not e.exclusive,
+                    "present, not exclusive")
+        out += _bad(f"right after fork(), {who}", es, lambda i, e: e.pfn == orig[i], "the original PFN")
+    out += _bad("after the COW fault, writer", o.cow_writer, lambda i, e: e.present and e.exclusive,
+                "present+exclusive")
+    same = [i for i, e in enumerate(o.cow_writer) if e.pfn is not None and e.pfn == orig[i]]
+    if same:
+        out.append(f"after the COW fault, writer: PFN unchanged on {len(same)} of {len(orig)} pages "
+                   f"(page {same[0]}: {orig[same[0]]:#x}): no copy was made")
+    out += _bad("after the COW fault, writer vs other", o.cow_writer,
+                lambda i, e: e.pfn is None or e.pfn != o.cow_other[i].pfn, "a PFN other than the other process's")
+    out += _bad("after the COW fault, other", o.cow_other, lambda i, e: e.present and e.pfn == orig[i],
+                "present with the original PFN")
+    if other_mapcount_exact:
+        out += _bad("after the COW fault, other (the writer no longer maps the page)", o.cow_other,
+                    lambda i, e: e.exclusive, "exclusive")
     return out
 
 
 def summarize(o: CowObservation) -> list[str]:
-    """Counts per step (for THP backings, where bit 56's meaning differs between kernels)."""
+    """Counts per step (diagnostics kept with the verdict)."""
 
     def line(step: str, es: list[Entry], ref: list[Entry]) -> str:
         excl = sum(e.exclusive for e in es)
