@@ -146,6 +146,35 @@ def test_pmi_pattern_catches_one_extra_written_page() -> None:
     assert out.kind == "fail" and "want 500" in out.message, out.message
 
 
+# -- pagemap_ioctl: a failing setup step is a failure, not a skip ---------------------------------
+def _pmi_case(block_name: str, index: int, fail_call: str | None) -> None:
+    """Run one pagemap_ioctl step as the case does; ``fail_call`` makes UFFDIO_REGISTER or
+    UFFDIO_WRITEPROTECT fail with EINVAL (a kernel that offers the features but refuses them)."""
+    import errno
+
+    from cases.wp_async import test_pagemap_ioctl as tpi
+    from lib.uffd import UffdError, Userfaultfd
+
+    if fail_call is not None:
+        def refuse(self, *a, **kw):
+            raise UffdError(errno.EINVAL, fail_call)
+
+        setattr(Userfaultfd, {"UFFDIO_REGISTER": "register", "UFFDIO_WRITEPROTECT": "writeprotect"}[fail_call], refuse)
+    step = next(s for s in tpi.STEPS if s.block == block_name and s.index == index)
+    tpi.test_pagemap_ioctl(step)
+
+
+@pytest.mark.parametrize("block_name", ["base:Page testing:", "base:File memory testing:", "sd_pattern"])
+@pytest.mark.parametrize("fail_call", ["UFFDIO_REGISTER", "UFFDIO_WRITEPROTECT"])
+def test_pmi_failing_register_or_writeprotect_is_a_failure_not_a_skip(block_name: str, fail_call: str) -> None:
+    """Before, any OSError in a base: block became "backing unavailable" (a skip)."""
+    ok = isolated(lambda: _pmi_case(block_name, 0, None))
+    assert ok.kind == "pass", f"unmutated step: {ok.kind} {ok.message}"
+    out = run_isolated(lambda: _pmi_case(block_name, 0, fail_call), 30, skip_types=SKIPS)
+    assert out.kind == "fail", f"{fail_call} failing gave {out.kind}: {out.message}"
+    assert out.message.startswith(f"setup step failed: block {block_name}") and fail_call in out.message, out.message
+
+
 # -- fork, markers, close -----------------------------------------------------------------------
 def _fork_bit(with_event: bool, expect: bool) -> None:
     from cases.wp_async.test_wp_fork import child_bit57

@@ -27,7 +27,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from lib import abi, libc, memory, system
+import pytest
+
+from lib import abi, hugetlb_pool, libc, memory, system
 from lib.pagemap import Pagemap, pagemap_scan_supported
 from lib.uffd import Userfaultfd, open_for
 from lib.wp_async_backing import require_thp
@@ -349,8 +351,49 @@ def _file_with(content_len: int, private_memfd: bool) -> memory.Region:
     return memory.Region(addr, content_len, PS, "file", fd, False, _maps=[(addr, content_len)])
 
 
+CAP_IPC_LOCK = 14
+
+
+def _may_shm_hugetlb() -> bool:
+    """shmget(SHM_HUGETLB) needs CAP_IPC_LOCK or the group in /proc/sys/vm/hugetlb_shm_group
+    (fs/hugetlbfs/inode.c can_do_hugetlb_shm)."""
+    status = system.read_text("/proc/self/status", "")
+    capeff = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:")), 0)
+    if capeff & (1 << CAP_IPC_LOCK):
+        return True
+    group = system.read_text("/proc/sys/vm/hugetlb_shm_group", "").strip()
+    return group.isdigit() and int(group) in (os.getgid(), *os.getgroups())
+
+
+def require_base_backing(kind: str) -> None:
+    """The probes of one base_tests backing, none of which is the operation under test: skip
+    (with the reason) when THP, the 2 MiB hugetlb size, a free page in its pool, the hugetlb
+    memfd or the SysV SHM_HUGETLB privilege is missing.  Once they pass, setting the backing
+    up (base_backing) and registering/protecting it must work: a failure there is a verdict."""
+    if kind == "Huge page testing:":
+        if not system.pmd_size():
+            pytest.skip("THP not supported (no hpage_pmd_size)")
+    elif kind.startswith("Hugetlb"):
+        size = 2 * system.MiB
+        if size not in system.hugetlb_sizes():
+            pytest.skip("hugetlb size 2048 kB not offered by this kernel")
+        pool = hugetlb_pool.read(size)
+        if pool.free - pool.resv < 1:
+            pytest.skip(f"{pool}: the backing needs 1 free unreserved page")
+        if kind == "Hugetlb shmem testing:" and not _may_shm_hugetlb():
+            pytest.skip("SysV SHM_HUGETLB needs CAP_IPC_LOCK or the group in /proc/sys/vm/hugetlb_shm_group")
+        if kind == "Hugetlb shmem testing: (2)":
+            try:
+                os.close(os.memfd_create("kmm-probe", os.MFD_CLOEXEC | abi.MFD_HUGETLB))
+            except OSError as e:
+                pytest.skip(f"memfd MFD_HUGETLB: {e.strerror}")
+    elif kind not in BASE_BACKINGS:
+        raise ValueError(kind)
+
+
 def base_backing(kind: str) -> tuple[int, int, Callable[[], None]]:
-    """(addr, size, cleanup) of one base_tests backing; raises OSError if unavailable."""
+    """(addr, size, cleanup) of one base_tests backing, once require_base_backing passed (an
+    OSError here is a setup failure, reported as a failure by the caller)."""
     if kind == "Page testing:":
         r = anon(10)
     elif kind == "Large Page testing:":
@@ -696,12 +739,11 @@ def zeropfn(ctx: Ctx) -> Iterator[Step]:
     if system.read_text("/sys/kernel/mm/transparent_hugepage/use_zero_page", "0") != "1":
         yield None, "use_zero_page not supported or set to 1"  # a skip, as upstream
         return
-    h = memory.aligned_anon(hp, hp)
-    try:
-        libc.madvise(h.addr, hp, abi.Madv.HUGEPAGE)
-    except OSError:
-        yield None, "huge page not supported"
+    if not hp:
+        yield None, "huge page not supported"  # THP not built in (no hpage_pmd_size): a probe
         return
+    h = memory.aligned_anon(hp, hp)
+    libc.madvise(h.addr, hp, abi.Madv.HUGEPAGE)
     libc.touch_read(h.addr)
     res = ctx.data(h.addr, hp, 1, 0, 0, int(P.PFNZERO), 0, 0, int(P.PFNZERO))
     yield res.ret == 1 and res.len(0) == hp // PS, str(res)

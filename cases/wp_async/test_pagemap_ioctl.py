@@ -4,8 +4,10 @@ What each result checks is the upstream check (see cases/wp_async/pmi.py and
 kernel-selftests.md section 5): PAGEMAP_SCAN argument validation, region merging and counts,
 max_pages / vec_len / walk_end, PM_SCAN_WP_MATCHING get-and-reset, WP_ASYNC dirty tracking on
 anon, THP, hugetlb (SysV, MAP_HUGETLB, memfd) and file memory, mprotect interplay, concurrent
-writers, file mappings and the (huge) zero page.  A backing that cannot be had SKIPs its
-results with the reason (upstream keeps the count the same way).
+writers, file mappings and the (huge) zero page.  A result SKIPs only from a probe that is
+not the operation under test (uffd features, PAGEMAP_SCAN, THP, hugetlb size and pool,
+SHM_HUGETLB privilege: ``probe``); upstream keeps the count the same way.  Once the probes
+pass, a failing setup step (mmap, UFFDIO_REGISTER, UFFDIO_WRITEPROTECT) is a failure.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from cases.wp_async import pmi
-from lib import needs, system
+from lib import needs, setup_step, system
 
 HUGETLB_2M = 2 * system.MiB
 
@@ -104,34 +106,42 @@ assert len(STEPS) == 117, len(STEPS)
 
 
 def block(ctx: pmi.Ctx, name: str):
-    """The generator of a block, set up on demand (raises OSError when a backing is unavailable)."""
+    """The generator of a block, its memory set up on demand."""
     if name.startswith("base:"):
         kind = name.removeprefix("base:")
         addr, size, _cleanup = pmi.base_backing(kind)
         return pmi.base_tests(ctx, addr, size)
-    if name.startswith("hpage"):
-        needs.thp(system.pmd_size())
     return getattr(pmi, name)(ctx)
 
 
-def run_step(step: Step) -> tuple[bool | None, str]:
-    """Replay the step's block up to the step; (ok, detail); ok None means skip."""
+def probe(step: Step) -> None:
+    """Every skip of a step comes from here: probes that are not the operation under test
+    (uffd features, PAGEMAP_SCAN, THP, the hugetlb size, its pool, privilege)."""
     needs.uffd_features(pmi.FEATURES, user_mode_only=True)
     if not pmi.pagemap_supported():
         pytest.skip("PAGEMAP_SCAN not supported (probe did not give EFAULT)")
     if step.needs == "hugetlb":
         needs.hugetlb_size(HUGETLB_2M)
-    ctx = pmi.Ctx()
+    if step.block.startswith("hpage"):
+        needs.thp(system.pmd_size())
+    if step.block.startswith("base:"):
+        pmi.require_base_backing(step.block.removeprefix("base:"))
+
+
+def run_step(step: Step) -> tuple[bool | None, str]:
+    """Replay the step's block up to the step; (ok, detail); ok None means skip (a probe
+    inside the block: use_zero_page, no THP).  Once probe() passed, an OSError while the
+    block sets up its memory, registers or protects it (UFFDIO_REGISTER and
+    UFFDIO_WRITEPROTECT raise UffdError, an OSError) is a failure naming the block."""
+    probe(step)
+    with setup_step.required(f"block {step.block} (uffd features {pmi.FEATURES:#x} offered)"):
+        ctx = pmi.Ctx()
     try:
-        try:
+        with setup_step.required(f"block {step.block} up to result {step.index}"):
             gen = block(ctx, step.block)
             for i, result in enumerate(gen):
                 if i == step.index:
                     return result
-        except OSError as e:
-            if step.block.startswith("base:"):
-                pytest.skip(f"backing unavailable: {e}")
-            raise
     finally:
         ctx.close()
     raise AssertionError(f"block {step.block} produced no result {step.index}")
