@@ -62,7 +62,10 @@ def size_label(size: int) -> str:
 
 @functools.cache
 def kernel_config() -> dict[str, str]:
-    """CONFIG_* values from /proc/config.gz or /boot/config-<release>; {} when neither exists."""
+    """CONFIG_* values from /proc/config.gz or /boot/config-<release>; {} when neither exists.
+
+    An option the config lists as ``# CONFIG_X is not set`` maps to ``"n"``; an option the
+    kernel's Kconfig does not have at all is absent."""
     text = ""
     try:
         with gzip.open("/proc/config.gz", "rt") as f:

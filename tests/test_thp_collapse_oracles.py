@@ -124,44 +124,6 @@ def test_leak_check_reports_a_leak_on_shared_memory():
     libc.munmap(priv, size)
 
 
-# -- khugepaged wait ----------------------------------------------------------------------------
-def test_wait_for_scan_fails_when_khugepaged_does_not_scan():
-    frozen = {"full_scans": 5, "pages_collapsed": 0}
-    with pytest.raises(AssertionError, match="completed 0 of 2 full scans"):
-        C.wait_for_scan(lambda: False, timeout=0.2, read=frozen.__getitem__)
-    r = C.wait_for_scan(lambda: True, timeout=0.2, read=frozen.__getitem__)
-    assert r.collapsed
-
-
-def test_wait_for_scan_min_scans_accepts_one_scan_only_when_asked():
-    seq = iter(range(100))
-    state = {"n": 0}
-
-    def read(name: str) -> int:
-        if name == "full_scans":
-            state["n"] = min(state["n"] + (1 if next(seq) == 1 else 0), 1)
-            return state["n"]
-        return 0
-
-    with pytest.raises(AssertionError, match="of 2 full scans"):
-        C.wait_for_scan(lambda: False, timeout=0.2, read=read)
-    state["n"], seq = 0, iter(range(100))
-    r = C.wait_for_scan(lambda: False, timeout=0.2, read=read, min_scans=1)
-    assert not r.collapsed and r.scans == 1
-
-
-# -- probes can say yes -------------------------------------------------------------------------
-def test_mthp_probe_says_yes_for_the_pmd_size():
-    """The mTHP probe is not a constant 'no': asked about the PMD size it sees a collapse."""
-    ok, why = C.mthp_madvise_probe(PMD)
-    assert ok, why
-
-
-def test_file_probe_says_yes_for_shmem():
-    ok, why = C.file_probe(C.SHMEM)
-    assert ok, why
-
-
 # -- uffd oracles -----------------------------------------------------------------------------
 def _wp_negative() -> None:
     n = 8

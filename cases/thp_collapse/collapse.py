@@ -11,7 +11,15 @@ three memory types) and the anon-THP collapse cases of cow.c.  The contexts:
 * ``khugepaged`` -- the khugepaged thread with the knobs upstream pushes (scan and alloc
   sleeps 10 ms, pages_to_scan 8*nr, max_ptes_none nr-1, max_ptes_swap nr/8,
   max_ptes_shared nr/2).  A collapse is awaited on the range's state and on the
-  ``khugepaged/full_scans`` counter (two more full scans), with a deadline, never a sleep.
+  ``khugepaged/full_scans`` counter (two more full scans), following khugepaged's progress
+  (cases/thp_collapse/khwait.py): a khugepaged that makes none is "cannot test", never a
+  kernel failure.
+
+Sizes: MADV_COLLAPSE collapses to the PMD size only (cases/thp_collapse/probes.py), so the
+madvise context runs at the PMD size; the khugepaged context also runs at every mTHP size,
+skipped unless the kernel has khugepaged mTHP collapse (a sysfs fact, probes.mthp_khugepaged).
+Regular files run where the kernel config says the kernel collapses them (probes.file_collapse),
+on a filesystem the suite mounts itself (cases/thp_collapse/scratchfs.py).
 
 All knobs are set in ``Variant.prepare`` (the pytest process) and restored after the case.
 
@@ -27,12 +35,13 @@ import select
 import struct
 import tempfile
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 
 import pytest
 
+from cases.thp_collapse import khwait, probes
+from cases.thp_collapse.scratchfs import ScratchFs, Unavailable
 from lib import abi, check, child, libc, system
 from lib.pagemap import Pagemap, folio_order
 
@@ -46,7 +55,7 @@ MADV = abi.Madv
 # memory kinds (khugepaged.c mem_ops): anon, shmem (memfd), and a regular file opened
 # read-only ("file": the CONFIG_READ_ONLY_THP_FOR_FS path) or read-write ("file-rw": needs
 # file collapse of large-folio page caches)
-ANON, SHMEM, FILE, FILE_RW = "anon", "shmem", "file", "file-rw"
+ANON, SHMEM, FILE, FILE_RW = "anon", "shmem", probes.FILE, probes.FILE_RW
 FILES = (FILE, FILE_RW)
 SMAPS_FIELD = {ANON: "AnonHugePages", SHMEM: "ShmemPmdMapped", FILE: "FilePmdMapped", FILE_RW: "FilePmdMapped"}
 
@@ -145,17 +154,23 @@ class Variant:
             settings.thp(rel, value)
 
 
+# a khugepaged-context case may wait twice for khugepaged (khwait.BOUND_S each at worst)
+KH_DEADLINE = 2 * khwait.BOUND_S + 60
+
+
 def variants(case: str, ctxs=("madvise", "khugepaged"), mems=(ANON,), sizes: bool = True, **extra) -> list:
-    """pytest params of ``case`` crossed with contexts, memory kinds and (anon only) THP sizes.
+    """pytest params of ``case`` crossed with contexts, memory kinds and THP sizes (anon memory
+    in the khugepaged context only: MADV_COLLAPSE collapses to the PMD size only).
 
     ``extra`` maps a context to additional knobs, e.g. ``khugepaged=(("khugepaged/max_ptes_none", 256),)``.
     """
     out = []
     for ctx in ctxs:
+        marks = [pytest.mark.deadline(KH_DEADLINE)] if ctx == "khugepaged" else []
         for mem in mems:
-            for size in (thp_sizes() if sizes and mem == ANON else [PMD]) or [0]:
+            for size in (thp_sizes() if sizes and mem == ANON and ctx == "khugepaged" else [PMD]) or [0]:
                 v = Variant(case, ctx, mem, size, tuple(extra.get(ctx, ())))
-                out.append(pytest.param(v, id=v.name))
+                out.append(pytest.param(v, id=v.name, marks=marks))
     return out
 
 
@@ -196,9 +211,41 @@ def reserve(size: int, align: int = 0) -> int:
     return start
 
 
+_file_dir = ""  # the scratch filesystem's mount point, set by the file_fs fixture before the case forks
+
+
 def file_dir() -> str:
-    """Where file-backed areas live: $KMM_FILE_DIR, else /var/tmp (a disk filesystem)."""
-    return os.environ.get("KMM_FILE_DIR") or ("/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir())
+    """Where file-backed areas live: $KMM_FILE_DIR, else the scratch filesystem (file_fs)."""
+    d = os.environ.get("KMM_FILE_DIR") or _file_dir
+    if not d:
+        raise RuntimeError("a file case ran without the file_fs fixture (import it into the test module)")
+    return d
+
+
+@pytest.fixture(scope="module")
+def scratch_fs():
+    """One scratch filesystem per test module, made only when a file case is going to run."""
+    fs = ScratchFs()
+    try:
+        yield fs
+    finally:
+        fs.close()
+
+
+@pytest.fixture(autouse=True)
+def file_fs(request, scratch_fs):
+    """Before a file case the kernel claims to run (probes.file_collapse), in the pytest process:
+    mount the scratch filesystem (skip naming it when it cannot be made)."""
+    global _file_dir
+    cs = getattr(request.node, "callspec", None)
+    mem = getattr(cs.params.get("v") if cs else None, "mem", None)
+    if mem in FILES and not os.environ.get("KMM_FILE_DIR") and system.is_root() and \
+            probes.file_collapse(mem, system.kernel_config())[0]:
+        try:
+            _file_dir = scratch_fs.ensure()
+        except Unavailable as e:
+            pytest.skip(str(e))
+    yield
 
 
 def pattern_bytes(first: int, n: int) -> bytes:
@@ -417,43 +464,18 @@ def kh_counter(name: str) -> int:
     return int(system.read_text(f"{system.THP}/{KH}/{name}"))
 
 
-@dataclass
-class ScanResult:
-    collapsed: bool
-    scans: int  # full scans seen while waiting
-    pages_collapsed: int  # increase of khugepaged/pages_collapsed
-    seconds: float
+ScanResult = khwait.ScanResult
 
 
-def wait_for_scan(is_huge, timeout: float = 10.0, read=kh_counter, scans: int = 2, min_scans: int = 2) -> ScanResult:
-    """Wait until ``is_huge()`` or until khugepaged completed ``scans`` more full scans.
-
-    khugepaged.c wait_for_scan with a deadline instead of a fixed number of sleeps: two full
-    scans after the range was advised mean khugepaged has visited it at least once.  At the
-    deadline, ``min_scans`` full scans are enough (upstream accepts a timeout where no
-    collapse is expected: khugepaged may drop an mm it found nothing to do in, and then goes
-    idle); fewer is an error (khugepaged not scanning), never a verdict.
-    """
-    start_scans, start_pc, t0 = read("full_scans"), read("pages_collapsed"), time.monotonic()
-    state = {"huge": False}
-
-    def done() -> bool:
-        if is_huge():
-            state["huge"] = True
-            return True
-        return read("full_scans") >= start_scans + scans
-
-    try:
-        child.wait_until(done, timeout, f"khugepaged: collapse or {scans} full scans")
-    except TimeoutError:
-        seen = read("full_scans") - start_scans
-        if seen >= min_scans:
-            return ScanResult(False, seen, read("pages_collapsed") - start_pc, time.monotonic() - t0)
-        sleep = kh_counter("scan_sleep_millisecs")
-        raise AssertionError(f"khugepaged completed {seen} of {scans} full scans within {timeout:g}s "
-                             f"(scan_sleep_millisecs {sleep}; {khugepaged_diag()})") from None
-    return ScanResult(state["huge"], read("full_scans") - start_scans, read("pages_collapsed") - start_pc,
-                      time.monotonic() - t0)
+def wait_for_scan(is_huge, region=lambda: None, scans: int = 2, min_scans: int = 2, **kw) -> khwait.ScanResult:
+    """khugepaged.c wait_for_scan: until ``is_huge()`` or ``scans`` more full scans, following
+    khugepaged's progress (khwait.wait: counters, its CPU time, ``region()``); a khugepaged that
+    makes none raises check.CannotTest.  ``min_scans`` full scans suffice where no collapse is
+    expected (khugepaged may idle once it found nothing to do)."""
+    pid = khugepaged_pid()
+    kw.setdefault("read", kh_counter)
+    return khwait.wait(is_huge, cpu=lambda: khwait.thread_cpu_ticks(pid), region=region, scans=scans,
+                       min_scans=min_scans, diag=khugepaged_diag, **kw)
 
 
 def hugepage_vmas() -> list[tuple[int, str, int]]:
@@ -541,16 +563,20 @@ def collapse(v: Variant, area: Area, nwin: int, expect: bool, what: str, sanity:
             # the page cache through a second (read-only) mapping of the first page of each window
             alias = libc.mmap(length, abi.PROT_READ, abi.MAP_SHARED, area.fd, 0)
 
+        seen = {"huge": 0}
+
         def is_huge() -> bool:
             if alias:
                 for w in range(nwin):
                     libc.touch_read(alias + w * v.size)
-                return all(folio_orders(alias + w * v.size, 1) == [order_of(v.size)] for w in range(nwin))
-            return huge_windows(area.addr, nwin, v.size, area.mem) == nwin
+                seen["huge"] = sum(folio_orders(alias + w * v.size, 1) == [order_of(v.size)] for w in range(nwin))
+            else:
+                seen["huge"] = huge_windows(area.addr, nwin, v.size, area.mem)
+            return seen["huge"] == nwin
 
         try:
-            # khugepaged is a nice-19 kernel thread: on a loaded machine its scans are slow
-            r = wait_for_scan(is_huge, timeout=30.0 if expect else 10.0, min_scans=2 if expect else 1)
+            # where no collapse is expected one full scan is enough once khugepaged idles
+            r = wait_for_scan(is_huge, region=lambda: seen["huge"], min_scans=2 if expect else 1)
         finally:
             if alias:
                 libc.munmap(alias, length)
@@ -588,90 +614,29 @@ def alloc_hpage(v: Variant) -> Area:
 
 
 def require(v: Variant) -> None:
-    """Skip unless the variant's context can collapse its memory kind to its size here."""
+    """Skip unless the kernel claims the variant's collapse (config, sysfs: probes.py); never
+    by trying the collapse the case tests."""
     if not PMD:
         pytest.skip("THP not supported (no hpage_pmd_size)")
     if not system.is_root():
         pytest.skip("needs root: PFNs and /proc/kpageflags (folio orders) and THP sysfs")
     if v.size != PMD:
-        require_mthp_collapse(v.ctx, v.size)
+        if not v.khugepaged:
+            raise RuntimeError(f"{v.name}: MADV_COLLAPSE collapses to the PMD size only; no such variant exists")
+        ok, why = probes.mthp_khugepaged(v.size // system.KiB, system.THP)
+        child.note(why)
+        if not ok:
+            pytest.skip(why)
     if v.mem in FILES:
-        require_file_collapse(v.mem)
+        ok, why = probes.file_collapse(v.mem, system.kernel_config())
+        child.note(why)
+        if not ok:
+            pytest.skip(why)
+        child.note(f"file on {fs_type(file_dir())}")
 
 
-def mthp_madvise_probe(size: int) -> tuple[bool, str]:
-    """Does MADV_COLLAPSE collapse to ``size``?  With only ``size`` enabled, a PMD range of base
-    pages is collapsed twice: one ``size`` window, then the whole range; the folio orders say
-    what the kernel built."""
-    area = setup_area(ANON, PMD)
-    try:
-        libc.madvise(area.addr, PMD, MADV.NOHUGEPAGE)
-        libc.madvise(area.addr, PMD, MADV.POPULATE_WRITE)
-        libc.madvise(area.addr, PMD, MADV.HUGEPAGE)
-        e1 = madvise_collapse(area.addr, size)
-        o1 = sorted(set(folio_orders(area.addr, size // PS)), key=lambda o: -1 if o is None else o)
-        if o1 == [order_of(size)]:
-            return True, f"a {label(size)} window collapsed to order {order_of(size)}"
-        e2 = madvise_collapse(area.addr, PMD)
-        o2 = sorted(set(folio_orders(area.addr, PMD // PS)), key=lambda o: -1 if o is None else o)
-        return False, (f"MADV_COLLAPSE does not collapse to {label(size)} on this kernel (PMD size only): with only "
-                       f"{label(size)} enabled, MADV_COLLAPSE of a {label(size)} window of base pages returned "
-                       f"{check.errname(e1 or None)} and left folio order(s) {o1}; of the whole {label(PMD)} range "
-                       f"it returned {check.errname(e2 or None)} with folio order(s) {o2}")
-    finally:
-        area.close()
-
-
-def mthp_khugepaged_probe(size: int) -> tuple[bool, str]:
-    """Does khugepaged collapse to ``size``?  With only ``size`` enabled (PMD 'never') it must at
-    least run; then one fully populated ``size`` window of a PMD range must become one folio
-    within two full scans."""
-    if not khugepaged_running():
-        return False, (f"khugepaged does not collapse to {label(size)} on this kernel (PMD size only): with only "
-                       f"{label(size)} enabled (PMD size 'never') the khugepaged thread is not running")
-    area = setup_area(ANON, PMD)
-    try:
-        libc.madvise(area.addr, PMD, MADV.NOHUGEPAGE)
-        libc.madvise(area.addr, size, MADV.POPULATE_WRITE)
-        libc.madvise(area.addr, PMD, MADV.HUGEPAGE)
-        r = wait_for_scan(lambda: folio_orders(area.addr, 1) == [order_of(size)])
-        if r.collapsed:
-            return True, f"khugepaged collapsed a {label(size)} window"
-        return False, (f"khugepaged did not collapse a fully populated {label(size)} window to {label(size)} "
-                       f"within {r.scans} full scans (orders {sorted(set(folio_orders(area.addr, size // PS)))})")
-    finally:
-        area.close()
-
-
-def require_mthp_collapse(ctx: str, size: int) -> None:
-    ok, why = mthp_madvise_probe(size) if ctx == "madvise" else mthp_khugepaged_probe(size)
-    child.note(why)
-    if not ok:
-        pytest.skip(why)
-
-
-def file_probe(mem: str) -> tuple[bool, str]:
-    """Can a regular-file mapping of this kind be collapsed?  MADV_COLLAPSE on a PMD of it."""
-    area = setup_area(mem, PMD)
-    try:
-        libc.madvise(area.addr, PMD, MADV.POPULATE_READ)
-        orders = sorted(set(folio_orders(area.addr, NR)), key=lambda o: -1 if o is None else o)
-        libc.madvise(area.addr, PMD, MADV.HUGEPAGE)
-        e = madvise_collapse(area.addr, PMD)
-        if e == 0:
-            return True, "file collapse works"
-        fs = _fs_type(file_dir())
-        ro = system.config_enabled("CONFIG_READ_ONLY_THP_FOR_FS")
-        cfg = {True: "set", False: "not set", None: "unknown (no kernel config)"}[ro]
-        how = "opened read-only, mapped private R/X" if mem == FILE else "opened read-write, mapped shared"
-        return False, (f"MADV_COLLAPSE of a regular file on {fs} ({how}) fails with {check.strerror(e)}: "
-                       f"CONFIG_READ_ONLY_THP_FOR_FS is {cfg}, and this kernel's collapse path accepts a regular "
-                       f"file only through it (the page cache already held folio order(s) {orders})")
-    finally:
-        area.close()
-
-
-def _fs_type(path: str) -> str:
+def fs_type(path: str) -> str:
+    """'xfs (/tmp/kmm-collapse-fs-1-x/mnt)': the filesystem type of the mount holding ``path``."""
     best, fstype = "", "?"
     real = os.path.realpath(path)
     for line in system.read_text("/proc/mounts", "").splitlines():
@@ -682,22 +647,17 @@ def _fs_type(path: str) -> str:
     return f"{fstype} ({path})"
 
 
-def require_file_collapse(mem: str) -> None:
-    ok, why = file_probe(mem)
-    child.note(why)
-    if not ok:
-        pytest.skip(why)
-
-
 # ---------------------------------------------------------------------------------------
 # processes
 
 
-def in_child(fn, timeout: float = 30.0) -> None:
+def in_child(fn, timeout: float = KH_DEADLINE - 20) -> None:
     """Run ``fn`` in a forked, isolated child; its failure becomes this process's failure."""
     o = child.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,))
     if o.kind == "skip":
         pytest.skip(o.message)
+    if o.kind == "error" and o.message.startswith(check.CANNOT_TEST_PREFIX):
+        raise check.CannotTest(f"in the child: {o.message.removeprefix(check.CANNOT_TEST_PREFIX)}")
     if o.kind != "pass":
         raise AssertionError(f"in the child: {o.message}")
 

@@ -58,7 +58,7 @@ def do_collapse(v: Variant, area: C.Area) -> str:
     libc.madvise(area.addr, area.size, C.MADV.HUGEPAGE)
     if v.khugepaged:
         C.register_with_khugepaged()
-        r = C.wait_for_scan(lambda: C.huge_windows(area.addr, 1, v.size, area.mem) == 1, timeout=10.0, min_scans=1)
+        r = C.wait_for_scan(lambda: C.huge_windows(area.addr, 1, v.size, area.mem) == 1, min_scans=1)
         what = f"khugepaged: collapsed={r.collapsed} after {r.scans} full scans"
     else:
         e = C.madvise_collapse(area.addr, area.size)

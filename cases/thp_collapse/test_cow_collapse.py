@@ -13,7 +13,8 @@ shared case did on kernels that required one writable PTE).
 
 The range is confirmed PTE-mapped before and PMD-mapped after the collapse (pagemap PFNs +
 /proc/kpageflags folio order, smaps AnonHugePages); the evidence is in the failure message.
-TAP names are the upstream ones for the PMD size; other sizes add `` with THP (N kB)``.
+TAP names are the upstream ones.  PMD size only, as upstream's run_anon_thp_test_cases: MADV_COLLAPSE
+collapses to the PMD size only (cases/thp_collapse/probes.py).
 """
 
 import pytest
@@ -47,7 +48,7 @@ class CowSize:
 
 
 def params() -> list:
-    return [pytest.param(CowSize(t, s), id=CowSize(t, s).name) for t in CASES for s in C.thp_sizes() or [0]]
+    return [pytest.param(CowSize(t, C.PMD), id=CowSize(t, C.PMD).name) for t in CASES]
 
 
 def child_memcmp(addr: int, size: int, pipes: CommPipes) -> int:

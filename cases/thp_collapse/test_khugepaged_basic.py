@@ -4,18 +4,20 @@ Upstream: tools/testing/selftests/mm/khugepaged.c (collapse_full, collapse_empty
 collapse_single_pte_entry, collapse_max_ptes_none, alloc_at_fault); semantics:
 Documentation/admin-guide/mm/transhuge.rst ("khugepaged will be automatically started ...",
 max_ptes_none; MADV_COLLAPSE ignores the max_ptes_* limits).  Names are the upstream function
-names with ``(<context>:<memory>)`` as khugepaged.c's command line spells them; anon cases
-run on every THP size (mTHP sizes skip with the measured reason where the kernel cannot
-collapse to them).
+names with ``(<context>:<memory>)`` as khugepaged.c's command line spells them; anon cases in
+the khugepaged context run on every THP size (mTHP sizes skip unless the kernel has
+khugepaged mTHP collapse: cases/thp_collapse/probes.py).
 """
 
 import pytest
 
 from cases.thp_collapse import collapse as C
-from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant
+from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant, file_fs, scratch_fs
 from lib import libc
 
 ALL_MEMS = (ANON, FILE, FILE_RW, SHMEM)
+
+FIXTURES = (file_fs, scratch_fs)  # the file contexts' scratch filesystem (pytest fixtures)
 
 
 @pytest.mark.parametrize("v", C.variants("collapse_full", mems=ALL_MEMS))

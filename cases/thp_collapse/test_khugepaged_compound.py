@@ -10,8 +10,10 @@ first page); the collapse must rebuild a PMD-mapped THP with the contents kept.
 import pytest
 
 from cases.thp_collapse import collapse as C
-from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant
+from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant, file_fs, scratch_fs
 from lib import abi, libc
+
+FIXTURES = (file_fs, scratch_fs)  # the file contexts' scratch filesystem (pytest fixtures)
 
 
 @pytest.mark.parametrize("v", C.variants("collapse_single_pte_entry_compound", mems=(ANON, FILE, FILE_RW)))
@@ -93,6 +95,7 @@ def test_madvise_collapse_existing_thps(v: Variant) -> None:
     C.validate(area.addr, 0, v.size)
 
 
+@pytest.mark.deadline(C.KH_DEADLINE)  # waits for khugepaged
 @pytest.mark.parametrize("v", [pytest.param(x, id=x.name) for x in (
     Variant("madvise_retracted_page_tables", "madvise", m, settings_ctx="khugepaged") for m in (FILE, FILE_RW, SHMEM))])
 def test_madvise_retracted_page_tables(v: Variant) -> None:

@@ -1,0 +1,136 @@
+"""The filesystem the file contexts use: one the suite makes, mounts and removes itself.
+
+Whether a filesystem's page cache holds large folios and maps them by PMD is the filesystem's
+business, not the collapse's: on a virtme-ng guest's 9p/overlayfs root a collapsed file shows
+folio order 9 but no FilePmdMapped.  Upstream's run_vmtests.sh runs ``khugepaged all:file`` on
+a loop-mounted XFS image it makes on the fly; the suite does the same: an XFS image when
+mkfs.xfs is installed, else an ext4 one, sparse, in a fresh temporary directory, mounted
+through a loop device (``mount -o loop``, which detaches the device on unmount).  It is
+unmounted and deleted when the test module ends; a mount left by a killed run (its pid in the
+directory name is gone) is removed by the next one.  When no image can be made or mounted the
+file cases skip naming the filesystem and the error (a probe of the environment, not of the
+collapse).  ``KMM_FILE_DIR`` overrides all of this with a directory of the user's choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+from lib import system
+
+PREFIX = "kmm-collapse-fs-"
+IMAGE_MIB = 320  # mkfs.xfs refuses filesystems below 300 MiB; the image is sparse
+# (fstype, mkfs program, arguments before the image path)
+MKFS = (("xfs", "mkfs.xfs", ["-q", "-f"]), ("ext4", "mkfs.ext4", ["-q", "-F"]))
+
+
+class Unavailable(Exception):
+    """No scratch filesystem can be made here (the message names what was tried and why)."""
+
+
+def choose(which=shutil.which) -> tuple[str, str, list[str]]:
+    """The filesystem to make: XFS (as upstream) when mkfs.xfs exists, else ext4."""
+    for fstype, prog, args in MKFS:
+        path = which(prog)
+        if path:
+            return fstype, path, args
+    raise Unavailable("no scratch filesystem for the file contexts: neither mkfs.xfs (xfsprogs) nor mkfs.ext4 "
+                      "(e2fsprogs) is installed")
+
+
+def _run(argv: list[str], timeout: float = 120.0) -> str:
+    """Run a command; returns '' on success, else a one-line description of the failure."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{argv[0]}: {e}"
+    if p.returncode:
+        err = (p.stderr or p.stdout).strip().splitlines()
+        return f"{' '.join(argv[:2])}... exited {p.returncode}: {err[-1] if err else ''}"
+    return ""
+
+
+def _mounted(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(line.split()[1] == real for line in system.read_text("/proc/mounts", "").splitlines()
+               if len(line.split()) > 1)
+
+
+def _remove(top: str) -> None:
+    """Unmount and delete one scratch directory (``top/mnt`` mount point, ``top/image``)."""
+    mnt = os.path.join(top, "mnt")
+    if _mounted(mnt) and _run(["umount", mnt]):
+        _run(["umount", "-l", mnt])  # busy: detach now, the kernel frees it when the last user goes
+    with contextlib.suppress(OSError):
+        os.rmdir(mnt)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(top, "image"))
+    with contextlib.suppress(OSError):
+        os.rmdir(top)
+
+
+def remove_stale(parent: str | None = None) -> list[str]:
+    """Remove scratch directories left by runs that died (their pid no longer exists)."""
+    parent = parent or tempfile.gettempdir()
+    out = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            if not name.startswith(PREFIX):
+                continue
+            pid = name[len(PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+                _remove(os.path.join(parent, name))
+                out.append(name)
+    return out
+
+
+class ScratchFs:
+    """A loop-mounted filesystem made on first use (in the pytest process) and removed by close()."""
+
+    def __init__(self) -> None:
+        self.top = ""
+        self.dir = ""
+        self.fstype = ""
+        self.error = ""
+
+    def ensure(self) -> str:
+        """The mounted directory; raises Unavailable (remembered) when it cannot be made."""
+        if self.dir:
+            return self.dir
+        if self.error:
+            raise Unavailable(self.error)
+        try:
+            self._make()
+        except Unavailable as e:
+            self.error = str(e)
+            self.close()
+            raise
+        return self.dir
+
+    def _make(self) -> None:
+        if not system.is_root():
+            raise Unavailable("needs root to mount a scratch filesystem for the file contexts")
+        fstype, mkfs, args = choose()
+        remove_stale()
+        self.fstype = fstype
+        self.top = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
+        image, mnt = os.path.join(self.top, "image"), os.path.join(self.top, "mnt")
+        os.mkdir(mnt)
+        with open(image, "wb") as f:
+            f.truncate(IMAGE_MIB * system.MiB)
+        err = _run([mkfs, *args, image])
+        if not err:
+            err = _run(["mount", "-t", fstype, "-o", "loop,nosuid,nodev", image, mnt])
+        if err:
+            raise Unavailable(f"cannot make a scratch {fstype} filesystem for the file contexts: {err}")
+        self.dir = mnt
+
+    def close(self) -> None:
+        if self.top:
+            _remove(self.top)
+        self.top = self.dir = ""
+

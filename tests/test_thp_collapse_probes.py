@@ -1,0 +1,219 @@
+"""Negative controls for the THP-collapse skip probes (cases/thp_collapse/probes.py), for the
+collapse context's verdicts after a khugepaged wait, and for the scratch filesystem of the
+file contexts (cases/thp_collapse/scratchfs.py).
+
+A skip must come from config or sysfs, never from trying the collapse: each probe is fed a
+config / sysfs tree that must make it skip (with the reason) and one that must not.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+from cases.thp_collapse import collapse as C
+from cases.thp_collapse import probes, scratchfs
+from lib import check, libc, system
+
+THP_Y = {"CONFIG_TRANSPARENT_HUGEPAGE": "y"}
+root = pytest.mark.skipif(not system.is_root(), reason="needs root")
+thp = pytest.mark.skipif(not system.pmd_size(), reason="no THP")
+
+
+# -- file collapse from the kernel config ----------------------------------------------------
+@pytest.mark.parametrize("mem", [probes.FILE, probes.FILE_RW])
+def test_config_without_read_only_thp_skips_with_the_reason(mem):
+    ok, why = probes.file_collapse(mem, {**THP_Y, probes.RO_THP: "n"})
+    assert not ok and "CONFIG_READ_ONLY_THP_FOR_FS is not set" in why, why
+
+
+def test_config_with_read_only_thp_runs_read_only_files_only():
+    cfg = {**THP_Y, probes.RO_THP: "y"}
+    assert probes.file_collapse(probes.FILE, cfg)[0]
+    ok, why = probes.file_collapse(probes.FILE_RW, cfg)
+    assert not ok and "open for writing" in why and "writable files" in why, why
+
+
+@pytest.mark.parametrize("mem", [probes.FILE, probes.FILE_RW])
+def test_config_where_the_option_was_removed_runs_both(mem):
+    ok, why = probes.file_collapse(mem, dict(THP_Y))
+    assert ok and "no CONFIG_READ_ONLY_THP_FOR_FS option" in why, why
+
+
+def test_no_config_or_no_thp_skips_with_the_reason():
+    ok, why = probes.file_collapse(probes.FILE, {})
+    assert not ok and "no kernel config" in why
+    ok, why = probes.file_collapse(probes.FILE, {"CONFIG_TRANSPARENT_HUGEPAGE": "n", probes.RO_THP: "y"})
+    assert not ok and "CONFIG_TRANSPARENT_HUGEPAGE is not set" in why
+
+
+def test_kernel_config_records_options_that_are_not_set():
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            text = f.read()
+    except OSError:
+        pytest.skip("no /proc/config.gz")
+    cfg = system.kernel_config()
+    unset = [ln[2:-len(" is not set")] for ln in text.splitlines() if ln.startswith("# CONFIG_")
+             and ln.endswith(" is not set")]
+    assert unset and all(cfg[k] == "n" for k in unset)
+    assert all(system.config_enabled(k) is False for k in unset[:50])
+
+
+# -- khugepaged mTHP collapse from sysfs -----------------------------------------------------
+def test_mthp_khugepaged_needs_the_series_counter(tmp_path):
+    ok, why = probes.mthp_khugepaged(16, str(tmp_path))
+    assert not ok and "collapse_exceed_none_pte" in why and "PMD size only" in why, why
+    stats = tmp_path / "hugepages-16kB" / "stats"
+    stats.mkdir(parents=True)
+    (stats / "collapse_exceed_none_pte").write_text("0\n")
+    ok, why = probes.mthp_khugepaged(16, str(tmp_path))
+    assert ok, why
+    assert not probes.mthp_khugepaged(32, str(tmp_path))[0]  # per size
+
+
+# -- require(): the case-level skip decision, fed fake facts -------------------------------------
+def _skip_reason(fn) -> str | None:
+    try:
+        fn()
+    except pytest.skip.Exception as e:
+        return str(e.msg)
+    return None
+
+
+@root
+@thp
+def test_require_skips_a_file_variant_from_the_config_alone(monkeypatch, tmp_path):
+    v = C.Variant("x", "madvise", C.FILE)
+    monkeypatch.setattr(C.system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "n"})
+    assert "CONFIG_READ_ONLY_THP_FOR_FS is not set" in (_skip_reason(lambda: C.require(v)) or "")
+    monkeypatch.setattr(C.system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "y"})
+    monkeypatch.setenv("KMM_FILE_DIR", str(tmp_path))
+    assert _skip_reason(lambda: C.require(v)) is None  # claimed: the case runs (and may fail)
+
+
+@root
+@thp
+def test_require_skips_an_mthp_khugepaged_variant_from_sysfs_alone(monkeypatch, tmp_path):
+    v = C.Variant("x", "khugepaged", C.ANON, 16 * system.KiB)
+    monkeypatch.setattr(C.system, "THP", str(tmp_path))
+    assert "collapse_exceed_none_pte" in (_skip_reason(lambda: C.require(v)) or "")
+    stats = tmp_path / "hugepages-16kB" / "stats"
+    stats.mkdir(parents=True)
+    (stats / "collapse_exceed_none_pte").write_text("0\n")
+    assert _skip_reason(lambda: C.require(v)) is None
+
+
+def test_no_madvise_variant_of_an_mthp_size_exists():
+    for case in ("collapse_full", "collapse_empty"):
+        vs = [p.values[0] for p in C.variants(case)]
+        assert all(v.size == C.PMD for v in vs if v.ctx == "madvise")
+        assert all(any(m.name == "deadline" for m in p.marks) for p in C.variants(case) if p.values[0].khugepaged)
+
+
+# -- the collapse context's verdicts after the wait -----------------------------------------------
+def _base_pages() -> C.Area:
+    a = C.setup_area(C.ANON, C.PMD)
+    libc.madvise(a.addr, C.PMD, C.MADV.NOHUGEPAGE)
+    C.fault(a, 0, C.PMD)
+    return a
+
+
+@root
+@thp
+def test_collapse_fails_when_khugepaged_scans_but_never_collapses(monkeypatch):
+    """khugepaged completed its two full scans and the range is still base pages: a failure."""
+    monkeypatch.setattr(C, "wait_for_scan", lambda *a, **k: C.ScanResult(False, 2, 0, 0.5))
+    a = _base_pages()
+    try:
+        with pytest.raises(AssertionError, match="expected 1 of 1 2048 kB windows huge, got 0"):
+            C.collapse(C.Variant("t", "khugepaged"), a, 1, True, "t")
+    finally:
+        a.close()
+
+
+@root
+@thp
+def test_collapse_passes_on_cannot_test_unchanged(monkeypatch):
+    def starved(*a, **k):
+        raise check.CannotTest("khugepaged made no progress for 20s")
+
+    monkeypatch.setattr(C, "wait_for_scan", starved)
+    a = _base_pages()
+    try:
+        with pytest.raises(check.CannotTest):
+            C.collapse(C.Variant("t", "khugepaged"), a, 1, True, "t")
+    finally:
+        a.close()
+
+
+def test_in_child_keeps_cannot_test_and_fails_a_failure():
+    def starved() -> None:
+        raise check.CannotTest("starved")
+
+    with pytest.raises(check.CannotTest, match="in the child: starved"):
+        C.in_child(starved, timeout=10)
+
+    def broken() -> None:
+        raise AssertionError("bad")
+
+    with pytest.raises(AssertionError, match="in the child: bad"):
+        C.in_child(broken, timeout=10)
+
+
+# -- the scratch filesystem -------------------------------------------------------------------------
+def test_choose_prefers_xfs_then_ext4_else_says_what_is_missing():
+    assert scratchfs.choose(lambda p: f"/sbin/{p}")[0] == "xfs"
+    assert scratchfs.choose(lambda p: "/sbin/mkfs.ext4" if p == "mkfs.ext4" else None)[0] == "ext4"
+    with pytest.raises(scratchfs.Unavailable, match=r"neither mkfs.xfs .* nor mkfs.ext4"):
+        scratchfs.choose(lambda p: None)
+
+
+@root
+@thp
+def test_scratch_fs_maps_a_large_folio_by_pmd_and_leaves_nothing_behind():
+    """The filesystem the file contexts get maps a PMD-sized page-cache folio by PMD (where the
+    kernel's page cache makes one for it: readahead of a MADV_HUGEPAGE mapping), and is gone
+    after close()."""
+    fs = scratchfs.ScratchFs()
+    try:
+        d = fs.ensure()
+    except scratchfs.Unavailable as e:
+        pytest.skip(str(e))
+    top = fs.top
+    try:
+        assert fs.ensure() == d  # made once
+        assert C.fs_type(d).startswith(fs.fstype)
+        path = os.path.join(d, "f")
+        with open(path, "wb") as f:
+            f.write(C.pattern_bytes(0, C.NR))
+        fd = os.open(path, os.O_RDONLY)
+        addr = C.reserve(C.PMD)
+        try:
+            libc.mmap(C.PMD, C.abi.PROT_READ, C.abi.MAP_SHARED | C.abi.MAP_FIXED, fd, 0, addr=addr)
+            libc.madvise(addr, C.PMD, C.MADV.HUGEPAGE)
+            libc.madvise(addr, C.PMD, C.MADV.POPULATE_READ)
+            orders = set(C.folio_orders(addr, C.NR))
+            if orders != {C.order_of(C.PMD)}:
+                pytest.skip(f"the {fs.fstype} page cache made folio orders {orders} (no PMD-sized folio to map)")
+            assert C.pmd_mapped_kb(addr, C.PMD, C.FILE) == C.PMD // 1024, C.describe(addr, C.PMD, C.FILE)
+        finally:
+            libc.munmap(addr, C.PMD)
+            os.close(fd)
+    finally:
+        fs.close()
+    assert not os.path.exists(top)
+    assert top not in system.read_text("/proc/mounts", "")
+
+
+@root
+def test_unmountable_image_is_unavailable_and_cleaned_up(monkeypatch):
+    fs = scratchfs.ScratchFs()
+    monkeypatch.setattr(scratchfs, "choose", lambda: ("ext4", "/bin/false", []))
+    with pytest.raises(scratchfs.Unavailable, match="cannot make a scratch ext4 filesystem"):
+        fs.ensure()
+    with pytest.raises(scratchfs.Unavailable):
+        fs.ensure()  # remembered, not retried
+    assert fs.top == ""
