@@ -77,6 +77,8 @@ def kernel_config() -> dict[str, str]:
         if line.startswith("CONFIG_") and "=" in line:
             k, v = line.split("=", 1)
             out[k] = v
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            out[line[2:-len(" is not set")]] = "n"
     return out
 
 
