@@ -9,34 +9,54 @@
 
 All three expose one control interface (pause/resume, stats, barriers, stop).  The serve loop:
 
-1. reads every pending message (up to 64) in one read(2) (reading is what releases a REMOVE waiter, and it
-   never waits for a lock a worker may hold: e2b's madvise-deadlock rule);
-2. applies the batch's REMOVE events first (under the settle write lock), then dispatches the
-   batch's page faults, so a REMOVE is never overtaken by a fault read in the same batch;
-3. resolves each fault inline or on a worker thread: take the settle read lock, choose the
-   source (zeros once the page was removed, else the source page), then UFFDIO_COPY (optionally
-   COPY_MODE_WP), ZEROPAGE, CONTINUE or WRITEPROTECT, and records the page's state before it
-   drops the lock.  EEXIST wakes instead; EAGAIN (a REMOVE is pending) drops the lock and
-   retries from the source choice (an inline serve loop first reads the pending event itself:
-   nobody else would).
+1. reads every pending message (up to 64) in one read(2) (reading is what releases a REMOVE
+   waiter; it never waits for a worker that is *parked*, only for installs in flight);
+2. marks the pages of the read's REMOVE events removed before anything else can choose a source
+   (with worker threads: inside the read's side of the *install gate*, see below), then
+   dispatches the batch's page faults, so a REMOVE is never overtaken by a fault read with it;
+3. resolves each fault inline or on a worker thread: choose the source (zeros once the page was
+   removed, else the source page), then UFFDIO_COPY (optionally COPY_MODE_WP), ZEROPAGE,
+   CONTINUE or WRITEPROTECT, then book the page's state.  EEXIST wakes instead; EAGAIN (an event
+   is pending) retries from the source choice once the serve loop has read it (an inline serve
+   loop reads the pending event itself: nobody else would).
 
-A REMOVE marks its pages removed as soon as it is read (a choice made after the read serves
-zeros), then again under the settle write lock (a worker that chose before the read may have
-recorded the page as installed meanwhile).  Only pages wholly inside the range count: hugetlbfs
-MADV_REMOVE zeroes a partial head/tail page in place and keeps it mapped.
+The REMOVE race (fs/userfaultfd.c userfaultfd_remove(), mm/madvise.c): madvise queues the
+REMOVE and sleeps until it is *read*; from then on it zaps and returns, and a UFFDIO_COPY that
+lands after the zap succeeds.  So a source chosen before the read must never be installed after
+it.  Workers therefore choose and install inside the install gate (:class:`RWLock`, shared by
+installs, taken exclusively by the serve loop around read(2) and the marking of the read's
+REMOVE pages): an install either completes before the read (and madvise's zap, which comes
+after the read, discards it) or chooses after the pages are marked.  An install in flight
+delays the read by one ioctl; from 6.8 the kernel itself makes madvise wait for it
+(ctx->map_changing_lock) before it even queues the REMOVE.  Barrier points and anything slow
+(fetching the source page) stay outside the gate, so a parked worker never holds up madvise.
+A removed mark is never cleared: after the REMOVE the page's content is zeros for good (the
+source no longer describes it), and a mark cleared before an install lands would let a
+concurrent fault for the same page pick the stale source (issue 13).  Only pages wholly inside
+the range count: hugetlbfs MADV_REMOVE zeroes a partial head/tail page in place and keeps it
+mapped.
+
+Book-keeping never claims a state the kernel does not have, and a faulting thread that returns
+already finds its page booked: the serve loop holds the statistics lock across the install
+ioctl and its booking (one step for any observer, snapshot() included); a worker, or a fault
+parked at a barrier, installs with DONTWAKE, books, then wakes the faulting thread (UFFDIO_WAKE).
 
 The fault path is where the suite spends its handler time (bench/fault_service.py measures it
 against a C handler doing the same job).  With no worker threads, no barrier and no negative
 control, MISSING and WP faults go through a resolver closure built once per uffd
-(:meth:`FaultServer._inline_resolver`): the same steps as the general path without its locks,
-which only matter when workers run; tests/test_handler_fast_path.py keeps the two paths equal.
+(:meth:`FaultServer._inline_resolver`): the same steps as the general path without the gate,
+which only matters when workers run; tests/test_handler_fast_path.py keeps the two paths equal.
 The serve loop polls, then reads, as uffd-unit-tests' poll thread does, and logs raw message
 words that :meth:`FaultServer.snapshot` renders to text on demand.
 
-Barrier points (``before_lock``, ``before_resolve``) park a worker serving a given page until
-the test releases it: deterministic races without sleeps.  ``wrong_source_before_lock`` makes
-the server choose the source before taking the lock, the bug the stale-source race test must
-catch (its negative control).
+Test hooks, at the named steps of :data:`STEPS`: a barrier (``install_barrier(page, step)``)
+parks the thread serving a given page (the serve loop's own steps use page :data:`ANY_PAGE`)
+until the test releases it: deterministic races without sleeps.  ``Options.step_delays``
+injects a delay at a step, a perturbation for stress tests (never a synchronisation); the inline
+resolver is built with the hooks only when delays are set, so it costs nothing otherwise.
+Negative controls: ``wrong_source_before_lock`` chooses the source before the first barrier and
+outside the gate (the stale-source race test must catch it); ``old_install_order`` restores the
+ordering before issue 13 (no gate, removed mark cleared and fault booked before the ioctl).
 """
 
 from __future__ import annotations
@@ -51,6 +71,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -58,17 +79,41 @@ from lib import abi, libc
 from lib.child import Deadline
 from lib.uffd import MSG_SIZE, MSG_WORDS, Msg, UffdError, Userfaultfd
 
-BEFORE_LOCK = "before_lock"
-BEFORE_RESOLVE = "before_resolve"
+# Steps of the serve/install path (barrier points and delay points).  The fault path's, in order:
+BEFORE_LOCK = "before_lock"  # the fault is in hand, before the install gate
+BEFORE_RESOLVE = "before_resolve"  # its source page fetched (populate_buffers), before the gate
+AFTER_CHOOSE = "after_choose"  # in the gate: source or zeros chosen, the install not yet issued
+AFTER_INSTALL = "after_install"  # the install ioctl succeeded; not yet booked nor woken
+AFTER_RELEASE = "after_release"  # a worker left the gate (workers only)
+# the serve loop's (page ANY_PAGE); with workers both are inside the gate
+AFTER_READ = "after_read"  # read(2) returned; the read's REMOVE pages not yet marked
+AFTER_MARK = "after_mark"  # the read's REMOVE pages marked
+FAULT_STEPS = (BEFORE_LOCK, BEFORE_RESOLVE, AFTER_CHOOSE, AFTER_INSTALL, AFTER_RELEASE)
+LOOP_STEPS = (AFTER_READ, AFTER_MARK)
+STEPS = FAULT_STEPS + LOOP_STEPS
+ANY_PAGE = -1
+GATED_STEPS = frozenset({AFTER_CHOOSE, AFTER_INSTALL, AFTER_READ, AFTER_MARK})
+
+
+def parked_blocks_reads(step: str, options: Options) -> bool:
+    """Whether a thread parked at ``step`` keeps the serve loop from reading the uffd (so a
+    REMOVE queued meanwhile stays unread and madvise blocked): with workers, the steps inside
+    the install gate; without, every step (the serve loop is the thread parked)."""
+    if not options.workers:
+        return True
+    return step in GATED_STEPS and not options.old_install_order
+
 
 CLEAN, DIRTY, ZERO, REMOVED = "clean", "dirty", "zero", "removed"
 
 # enum members looked up once (an Enum attribute access costs more than the int compare)
 _PAGEFAULT, _REMOVE = abi.Event.PAGEFAULT, abi.Event.REMOVE
-_PAGEFAULT_NR = int(_PAGEFAULT)
+_PAGEFAULT_NR, _REMOVE_NR = int(_PAGEFAULT), int(_REMOVE)
 _PF_WRITE, _PF_WP, _PF_MINOR = int(abi.PagefaultFlag.WRITE), int(abi.PagefaultFlag.WP), int(abi.PagefaultFlag.MINOR)
+_COPY_DONTWAKE, _ZEROPAGE_DONTWAKE = int(abi.CopyMode.DONTWAKE), abi.ZEROPAGE_MODE_DONTWAKE
 _U32 = 0xFFFFFFFF
 _BATCH = 64  # messages per read(2)
+_INSTALLED, _EXISTS, _AGAIN = "installed", "exists", "again"  # _install's outcomes
 
 # The fault path logs raw message words, rendered to text by FaultServer.snapshot():
 # (_READ, [words, ...]) for a read(2), (_DISPATCHED, words) for a fault handed to resolution.
@@ -105,6 +150,7 @@ class Options:
     minor: bool = False  # resolve MINOR faults with UFFDIO_CONTINUE
     workers: int = 0  # 0: resolve in the serve loop; N: N worker threads
     wrong_source_before_lock: bool = False  # negative control for the stale-source race
+    old_install_order: bool = False  # negative control: the install ordering before issue 13
     ignore_remove: bool = False  # negative control: treat REMOVE as a no-op
     wrong_page: bool = False  # negative control: serve the next source page instead of the right one
     reject_write_missing: bool = False  # uffd-unit-tests: a MISSING fault must be a read
@@ -112,6 +158,8 @@ class Options:
     # populate the zero buffer and each source page before UFFDIO_COPY: a hugetlb copy whose
     # source is not mapped in needs a second, unreserved huge page (mm/hugetlb.c bounce folio)
     populate_buffers: bool = False
+    # test hook: seconds to stall at a step of STEPS (a perturbation, never a synchronisation)
+    step_delays: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,7 +177,9 @@ class Stats:
 
 
 class RWLock:
-    """Many readers (workers) or one writer (REMOVE application)."""
+    """The install gate: many readers (installs) or one writer (the serve loop's read(2) and
+    marking).  A waiting writer keeps new readers out, so a stream of installs (or a worker
+    retrying after EAGAIN) cannot starve the read that the kernel waits for."""
 
     # The uncontended paths take only the plain mutex (a C-level context manager); the
     # condition variable is used, and notified, only when somebody waits.
@@ -138,6 +188,7 @@ class RWLock:
         self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
         self._waiting = 0  # threads blocked in _cond.wait()
 
     def _wait_while(self, busy) -> None:
@@ -150,8 +201,8 @@ class RWLock:
 
     def acquire_read(self) -> None:
         with self._mutex:
-            if self._writer:
-                self._wait_while(lambda: self._writer)
+            if self._writer or self._writers_waiting:
+                self._wait_while(lambda: self._writer or self._writers_waiting)
             self._readers += 1
 
     def release_read(self) -> None:
@@ -163,7 +214,11 @@ class RWLock:
     def acquire_write(self) -> None:
         with self._mutex:
             if self._writer or self._readers:
-                self._wait_while(lambda: self._writer or self._readers)
+                self._writers_waiting += 1
+                try:
+                    self._wait_while(lambda: self._writer or self._readers)
+                finally:
+                    self._writers_waiting -= 1
             self._writer = True
 
     def release_write(self) -> None:
@@ -197,7 +252,7 @@ class FaultServer:
         self.source = source
         self.opt = options or Options()
         self.stats = Stats()
-        self.lock = RWLock()
+        self.gate = RWLock()
         self.state_lock = threading.Lock()
         self.removed: set[int] = set()
         self.barriers: dict[int, Barrier] = {}
@@ -216,9 +271,18 @@ class FaultServer:
         self._threads: list[threading.Thread] = []
         # the fault path's choices, made once
         opt = self.opt
+        unknown = set(opt.step_delays) - set(STEPS)
+        if unknown:
+            raise ValueError(f"step_delays: unknown steps {sorted(unknown)} (known: {', '.join(STEPS)})")
+        self._delays = {k: float(v) for k, v in opt.step_delays.items()}
+        self._stepping = bool(self._delays)
+        # with workers, read(2) and the marking of its REMOVE pages take the install gate
+        self._gated = bool(opt.workers) and not opt.old_install_order
+        self._reads = 0  # gated reads done (a worker that met EAGAIN waits for the next one)
+        self._read_cond = threading.Condition()
         # MISSING and WP faults go through _inline_resolver (no negative control, no workers)
         self._inline = not (opt.workers or opt.reject_write_missing or opt.wrong_page or opt.populate_buffers
-                            or opt.wrong_source_before_lock)
+                            or opt.wrong_source_before_lock or opt.old_install_order)
         self._use_zeropage = opt.use_zeropage_ioctl and page_size == libc.PAGE_SIZE
         wp = int(abi.CopyMode.WP)
         self._copy_mode = {True: wp if opt.copy_mode_wp else 0,  # by "is a write fault"
@@ -240,6 +304,8 @@ class FaultServer:
         for b in list(self.barriers.values()):
             b.released.set()
         os.write(self._ctl_w, b"x")
+        with self._read_cond:
+            self._read_cond.notify_all()
         for _ in range(self.opt.workers):
             self._queue.put(None)
         d = Deadline(timeout)
@@ -265,8 +331,9 @@ class FaultServer:
     def snapshot(self) -> Stats:
         """A copy of the statistics.  The serve loop appends raw entries to ``stats.log``
         without a lock (it is the log's only writer); they are rendered to text here, in place
-        and once, and each dispatched fault adds its ``stats.faults`` record.  Counters are read
-        before ``states``: the fault path publishes a page's state before its counter."""
+        and once, and each dispatched fault adds its ``stats.faults`` record.  Counters and
+        states change only under ``state_lock`` (the inline resolver holds it across the install
+        ioctl and its booking), so the copy is consistent with what the kernel was given."""
         with self.state_lock:
             st = self.stats
             log, n = st.log, len(st.log)
@@ -282,15 +349,21 @@ class FaultServer:
                 faults=[dict(f) for f in st.faults], states=st.states.copy(), log=log[:n],
             )
 
-    # -- barriers -------------------------------------------------------------------------
+    # -- barriers and step hooks ----------------------------------------------------------
     def install_barrier(self, page: int, point: str) -> int:
+        """Park the next thread that reaches step ``point`` serving ``page`` (ANY_PAGE for the
+        serve loop's own steps) until :meth:`release`.  One-shot."""
+        if point not in STEPS:
+            raise ValueError(f"unknown step {point!r} (known: {', '.join(STEPS)})")
+        if point in LOOP_STEPS and not (self._gated or self._stepping):
+            raise ValueError(f"a barrier at {point} needs workers or step_delays (the fast loop has no hook)")
         token = next(self._tokens)
         self.barriers[token] = Barrier(page, point)
         return token
 
     def wait_held(self, token: int, timeout: float = 5.0) -> None:
         if not self.barriers[token].arrived.wait(timeout):
-            raise TimeoutError(f"no worker reached barrier {self.barriers[token].point} within {timeout}s")
+            raise TimeoutError(f"no thread reached barrier {self.barriers[token].point} within {timeout}s")
 
     def release(self, token: int) -> None:
         self.barriers.pop(token).released.set()
@@ -304,6 +377,17 @@ class FaultServer:
                 b.released.wait()
                 return
 
+    def _step(self, point: str, page: int) -> None:
+        """A test hook at a named step: the injected delay, then a barrier for it, if any."""
+        delay = self._delays.get(point)
+        if delay:
+            time.sleep(delay)  # a perturbation asked for by a test, never a synchronisation
+        if self.barriers:
+            self._hook(point, page)
+
+    def _hooked(self) -> bool:
+        return self._stepping or bool(self.barriers)
+
     # -- the loop -------------------------------------------------------------------------
     def serve(self) -> None:
         try:
@@ -312,11 +396,36 @@ class FaultServer:
             with self.state_lock:
                 self.stats.errors.append(f"serve loop: {type(e).__name__}: {e}")
 
+    def _read_marking(self, fd: int, nbytes: int) -> bytes:
+        """read(2) with the hooks, and with workers inside the install gate: the pages of the
+        read's REMOVE events are marked before any install can choose a source again."""
+        gated = self._gated
+        if gated:
+            self.gate.acquire_write()
+        try:
+            raw = os.read(fd, nbytes)  # BlockingIOError: nothing pending
+            self._step(AFTER_READ, ANY_PAGE)
+            if gated:
+                if not self.opt.ignore_remove:
+                    for w in MSG_WORDS.iter_unpack(raw):
+                        if w[0] == _REMOVE_NR:
+                            self._mark_removed(self._pages_within(w[1], w[2]))
+                self._step(AFTER_MARK, ANY_PAGE)
+                with self._read_cond:
+                    self._reads += 1
+                    self._read_cond.notify_all()
+            return raw
+        finally:
+            if gated:
+                self.gate.release_write()
+
     def _serve(self) -> None:
         # poll(2), then one read(2) per uffd, as uffd-unit-tests' poll thread does; after a read
         # that filled its buffer more messages are likely queued, so the next round reads first.
         poller, npolled = None, -1
-        read, nbytes, unpack, unpack_one = os.read, MSG_SIZE * _BATCH, MSG_WORDS.iter_unpack, MSG_WORDS.unpack
+        nbytes, unpack, unpack_one = MSG_SIZE * _BATCH, MSG_WORDS.iter_unpack, MSG_WORDS.unpack
+        # with workers (the install gate) or step hooks, reads go through _read_marking
+        read = self._read_marking if (self._gated or self._stepping) else os.read
         log_append = self.stats.log.append
         ctl = self._ctl_r
         uffds = self.uffds  # only ever appended to (FORK events), so iterated as it is
@@ -369,6 +478,7 @@ class FaultServer:
                         eager = True
                 self._dispatch(u, words, resolve)
 
+
     def _dispatch(self, u: Userfaultfd, words: Sequence[Words], resolve: Resolver | None) -> None:
         """One read(2)'s messages: a batch of nothing but MISSING and WP faults goes to the inline
         resolver when there is one and no barrier is installed; any other batch to _batch."""
@@ -410,13 +520,14 @@ class FaultServer:
     def _inline_resolver(self, u: Userfaultfd) -> Resolver | None:
         """The serve loop's resolver of MISSING and WP faults on ``u``, or None when the options
         need the general path (workers, negative controls).  It follows :meth:`_resolve`'s
-        steps for the common case, made cheap: the options are looked at once, here; no settle
-        lock (REMOVEs are applied by this same thread, so none lands between the source choice
-        and the install); no state lock (this thread is then the only writer of the
-        statistics, and a page's state is published before its counter, see snapshot).  Failures
-        are handled as there: EEXIST wakes, EAGAIN reads the pending event and retries (by
-        _resolve), anything else is undone and recorded.  tests/test_handler_fast_path.py holds
-        the two paths to the same ioctls, statistics and log."""
+        steps for the common case, made cheap: the options are looked at once, here; no gate
+        (REMOVEs are marked by this same thread, so none lands between the source choice and
+        the install); the statistics lock is held across the install ioctl and its booking, as
+        on the general path when the serve loop resolves.  Failures are handled as there:
+        EEXIST wakes, EAGAIN reads the pending event and retries (by _settle_missing), anything
+        else is recorded.  With ``step_delays`` the ioctls are wrapped with the step hooks
+        here, once; without, the closure calls the bare ioctls.  tests/test_handler_fast_path.py
+        holds the two paths to the same ioctls, statistics, log and steps."""
         if not self._inline:
             return None
         ps = self.page_size
@@ -426,81 +537,96 @@ class FaultServer:
         source, zeros = self.source, self._zeros
         mode_write, mode_read = self._copy_mode[True], self._copy_mode[False]
         zeropage = u.zeropage if self._use_zeropage else None
-        copy = u.copy
+        copy, unprotect, wake = u.copy, u.writeprotect, u.wake
+        lock = self.state_lock
+        if self._stepping:
+            copy, unprotect = self._stepped(copy), self._stepped(unprotect)
+            zeropage = self._stepped(zeropage) if zeropage else None
 
-        unprotect, wake = u.writeprotect, u.wake
-
-        def undo(page: int, prev: str | None, counter: str) -> None:
-            setattr(stats, counter, getattr(stats, counter) - 1)
-            if prev is None:
-                del states[page]
-            else:
-                states[page] = prev
-
-        mask, states_get = -ps, states.get
+        mask = -ps
 
         def resolve(w: Words) -> None:
             log_append((_DISPATCHED, w))
             flags = w[1]
             addr = w[2] & mask
             page = (addr - self.base) // ps
-            prev = states_get(page)
+            failure: Exception
             if flags & _PF_WP:  # a write to a write-protected page: lift the protection
-                states[page] = DIRTY
-                stats.wp += 1
-                try:
-                    unprotect(addr, ps, False)
-                except Exception as e:
-                    undo(page, prev, "wp")
-                    self._fault_error(w[2], e)
+                with lock:
+                    try:
+                        unprotect(addr, ps, False)
+                        states[page] = DIRTY
+                        stats.wp += 1
+                        return
+                    except Exception as e:
+                        failure = e
+                self._fault_error(w[2], failure)
                 return
             if flags & _PF_WRITE:
                 state, mode = DIRTY, mode_write
             else:
                 state, mode = CLEAN, mode_read
-            was_removed = page in removed
-            if was_removed or zero_all:
+            if zero_all or page in removed:
                 src, state = 0, ZERO
             else:
                 src = source + page * ps
-            states[page] = state
-            stats.missing += 1
-            if was_removed:
-                removed.discard(page)
-            try:
-                if src:
-                    copy(addr, src, ps, mode)
-                elif zeropage and not mode:
-                    zeropage(addr, ps)
-                else:
-                    copy(addr, zeros, ps, mode)
-                return
-            except UffdError as e:
-                if e.errno == errno.EEXIST:  # installed meanwhile: wake the faulting thread
-                    with self.state_lock:
-                        stats.eexist += 1
-                    try:
-                        wake(addr, ps)
-                        return
-                    except Exception as e2:
-                        failure: Exception = e2
-                else:
+            with lock:
+                try:
+                    if src:
+                        copy(addr, src, ps, mode)
+                    elif zeropage and not mode:
+                        zeropage(addr, ps)
+                    else:
+                        copy(addr, zeros, ps, mode)
+                    states[page] = state
+                    stats.missing += 1
+                    return
+                except UffdError as e:
                     failure = e
-            except Exception as e:
-                failure = e
-            undo(page, prev, "missing")
-            if was_removed:
-                removed.add(page)
+                    if e.errno == errno.EEXIST:  # installed meanwhile: wake the faulting thread
+                        try:
+                            wake(addr, ps)
+                            stats.eexist += 1
+                            stats.missing += 1
+                            return
+                        except Exception as e2:
+                            failure = e2
+                    elif e.errno == errno.EAGAIN:
+                        stats.eagain += 1
+                except Exception as e:
+                    failure = e
             if isinstance(failure, UffdError) and failure.errno == errno.EAGAIN:
-                # a REMOVE is pending: read it (nobody else will), then the general way
-                with self.state_lock:
-                    stats.eagain += 1
+                # an event is pending: read it (nobody else will), then the general way
                 self._read_pending(u)
-                self._resolve(u, Msg._from_words(*w))
+                self._settle_missing(u, Msg._from_words(*w), addr, page, None)
             else:
                 self._fault_error(w[2], failure)
 
+        if self._stepping:
+            step = self._step
+
+            def resolve_stepped(w: Words) -> None:
+                if not w[1] & _PF_WP:  # the general path's steps before the choice
+                    page = ((w[2] & mask) - self.base) // ps
+                    step(BEFORE_LOCK, page)
+                    step(BEFORE_RESOLVE, page)
+                resolve(w)
+
+            return resolve_stepped
         return resolve
+
+    def _stepped(self, ioctl: Callable) -> Callable:
+        """An install ioctl wrapped with the steps around it (the inline resolver with hooks)."""
+        step, ps = self._step, self.page_size
+
+        def call(addr: int, *args):
+            page = (addr - self.base) // ps
+            step(AFTER_CHOOSE, page)
+            r = ioctl(addr, *args)
+            step(AFTER_INSTALL, page)
+            return r
+
+        return call
 
     def _log(self, line: str | tuple) -> None:
         """Append a serve-loop line: a str, or a raw entry rendered by snapshot().  Only the
@@ -517,17 +643,12 @@ class FaultServer:
             self.stats.events.append(d)
 
     def _apply_remove(self, m: Msg) -> None:
-        if self.opt.ignore_remove:
-            self._record(m)
-            return
-        pages = self._pages_within(m.start, m.end)
-        self._mark_removed(pages)  # at once: a source chosen after this read must be zeros
+        """Record a REMOVE; mark its pages removed unless the (gated) read did already."""
+        if not self.opt.ignore_remove and not self._gated:
+            self._mark_removed(self._pages_within(m.start, m.end))
+            if self._hooked():
+                self._step(AFTER_MARK, ANY_PAGE)
         self._record(m)
-        self.lock.acquire_write()  # settle: wait out workers that chose before the read
-        try:
-            self._mark_removed(pages)  # again: such a worker may have recorded the page installed
-        finally:
-            self.lock.release_write()
 
     def _pages_within(self, start: int, end: int) -> range:
         """Pages wholly inside [start, end) (no partial page is discarded by the kernel)."""
@@ -557,95 +678,200 @@ class FaultServer:
                 return
             self._resolve(*item)
 
+    def _source_page(self, page: int) -> int:
+        if self.opt.wrong_page:
+            page = (page + 1) % (self.size // self.page_size)
+        return self.source + page * self.page_size
+
     def _choose_source(self, page: int) -> tuple[int, str]:
         if self.opt.zero or page in self.removed or not self.source:
             return 0, ZERO
-        if self.opt.wrong_page:
-            page = (page + 1) % (self.size // self.page_size)
-        return self.source + page * self.page_size, ""
+        return self._source_page(page), ""
 
     def _resolve(self, u: Userfaultfd, m: Msg) -> None:
         addr = m.address & ~(self.page_size - 1)
         page = (addr - self.base) // self.page_size
         flags = m.flags
         try:
-            # Book-keeping happens before the ioctl that wakes the faulting thread, so a
-            # stats() taken right after the access already shows the page (it is undone if the
-            # ioctl fails).
-            if flags & _PF_WP:
-                prev = self._book("wp", page, DIRTY)
-                try:
-                    u.writeprotect(addr, self.page_size, False)
-                except BaseException:
-                    self._unbook("wp", page, prev)
-                    raise
-                return
-            if flags & _PF_MINOR:
-                prev = self._book("minor", page, CLEAN)
-                try:
-                    u.cont(addr, self.page_size, abi.ContinueMode.WP if self.opt.copy_mode_wp else 0)
-                except BaseException:
-                    self._unbook("minor", page, prev)
-                    raise
+            if flags & (_PF_WP | _PF_MINOR):
+                self._resolve_protection(u, addr, page, flags)
                 return
             if self.opt.reject_write_missing and m.is_write:
                 raise AssertionError(f"MISSING fault at {m.address:#x} has the WRITE flag")
+            if self.opt.old_install_order:
+                self._resolve_old_order(u, m, addr, page)
+                return
             # the negative control chooses where the buggy e2b serve loop did: before the
-            # worker reaches its first barrier and the settle lock
+            # worker reaches its first barrier, outside the gate
             early = self._choose_source(page) if self.opt.wrong_source_before_lock else None
-            if self.barriers:
-                self._hook(BEFORE_LOCK, page)
+            hooked = self._hooked()
+            if hooked:
+                self._step(BEFORE_LOCK, page)
+            if self.opt.populate_buffers and self.source and not self.opt.zero and page not in self.removed:
+                # fetch the source page (outside the gate: slow work never holds up a read)
+                libc.madvise(self._source_page(page), self.page_size, abi.Madv.POPULATE_READ)
+            if hooked:
+                self._step(BEFORE_RESOLVE, page)
+        except Exception as e:
+            self._fault_error(m.address, e)
+            return
+        self._settle_missing(u, m, addr, page, early)
+
+    def _settle_missing(self, u: Userfaultfd, m: Msg, addr: int, page: int, early: tuple[int, str] | None) -> None:
+        """Choose, install, book (the gate held with workers); after EAGAIN, again once the
+        pending event has been read."""
+        gate = self.gate if self._gated else None
+        # the serve loop resolving holds the statistics lock across install and booking; a
+        # worker (or a fault parked at a barrier) installs with DONTWAKE, books, then wakes
+        wake_after = gate is not None or bool(self.barriers)
+        try:
             while True:
-                self.lock.acquire_read()
+                if gate:
+                    gate.acquire_read()
                 try:
-                    if self.barriers:
-                        self._hook(BEFORE_RESOLVE, page)
+                    seen = self._reads
                     src, kind = early or self._choose_source(page)
-                    # book-keep under the settle lock (a REMOVE applied next must win) and
-                    # before the install wakes the faulting thread
-                    prev = self._book("missing", page, kind or (DIRTY if m.is_write else CLEAN))
-                    was_removed = page in self.removed
-                    self.removed.discard(page)
-                    try:
-                        done = self._install(u, addr, src, m.is_write)
-                    except BaseException:
-                        done = False
-                        self._unbook("missing", page, prev, was_removed)
-                        raise
-                    if not done:
-                        self._unbook("missing", page, prev, was_removed)
+                    state = kind or (DIRTY if m.is_write else CLEAN)
+                    if self._hooked():
+                        self._step(AFTER_CHOOSE, page)
+                    if wake_after:
+                        outcome = self._install(u, addr, src, m.is_write, dontwake=True)
+                        if outcome is _INSTALLED:
+                            if self._hooked():
+                                self._step(AFTER_INSTALL, page)
+                            self._book(page, state)
+                            u.wake(addr, self.page_size)
+                        else:
+                            self._count(outcome)
+                    else:
+                        with self.state_lock:
+                            outcome = self._install(u, addr, src, m.is_write)
+                            if outcome is _INSTALLED:
+                                if self._hooked():
+                                    self._step(AFTER_INSTALL, page)
+                                self.stats.missing += 1
+                                self.stats.states[page] = state
+                            else:
+                                self._count_locked(outcome)
                 finally:
-                    self.lock.release_read()
-                if done:
-                    break
-                early = None  # EAGAIN: a REMOVE is pending; choose again after it
+                    if gate:
+                        gate.release_read()
+                if gate and self._hooked():
+                    self._step(AFTER_RELEASE, page)
+                if outcome is not _AGAIN:
+                    return
+                early = None  # EAGAIN: an event is pending; choose again once it was read
                 if self._stop:
                     raise RuntimeError("stopped while UFFDIO_COPY kept failing with EAGAIN")
-                if not self.opt.workers:
+                if gate:
+                    self._wait_for_read(seen)
+                else:
                     self._read_pending(u)
         except Exception as e:
             self._fault_error(m.address, e)
+
+    def _wait_for_read(self, seen: int) -> None:
+        """A worker after EAGAIN: wait until the serve loop has read again (it reads the event
+        that raised the kernel's mmap_changing; stop() ends the wait)."""
+        with self._read_cond:
+            while self._reads == seen and not self._stop:
+                self._read_cond.wait(1.0)
+
+    def _resolve_protection(self, u: Userfaultfd, addr: int, page: int, flags: int) -> None:
+        """A WP fault (lift the protection) or a MINOR fault (UFFDIO_CONTINUE); booked as a
+        MISSING install is (see _settle_missing)."""
+        hooked = self._hooked()
+        if hooked:
+            self._step(AFTER_CHOOSE, page)
+        counter, state = ("wp", DIRTY) if flags & _PF_WP else ("minor", CLEAN)
+
+        def ioctl(dontwake: bool) -> None:
+            if flags & _PF_WP:
+                u.writeprotect(addr, self.page_size, False, dontwake=dontwake)
+            else:
+                mode = abi.ContinueMode.WP if self.opt.copy_mode_wp else 0
+                u.cont(addr, self.page_size, mode | (abi.ContinueMode.DONTWAKE if dontwake else 0))
+
+        if self._gated or self.barriers:
+            ioctl(True)
+            if hooked:
+                self._step(AFTER_INSTALL, page)
+            with self.state_lock:
+                setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+                self.stats.states[page] = state
+            u.wake(addr, self.page_size)
+            return
+        with self.state_lock:
+            ioctl(False)
+            if hooked:
+                self._step(AFTER_INSTALL, page)
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            self.stats.states[page] = state
+
+    def _resolve_old_order(self, u: Userfaultfd, m: Msg, addr: int, page: int) -> None:
+        """Negative control: the ordering before issue 13.  No gate: the source is chosen
+        while a REMOVE may be read and zapped before the install lands; the removed mark is
+        cleared and the fault booked *before* the ioctl (undone if it fails)."""
+        hooked = self._hooked()
+        if hooked:
+            self._step(BEFORE_LOCK, page)
+            self._step(BEFORE_RESOLVE, page)
+        while True:
+            src, kind = self._choose_source(page)
+            with self.state_lock:
+                self.stats.missing += 1
+                prev = self.stats.states.get(page)
+                self.stats.states[page] = kind or (DIRTY if m.is_write else CLEAN)
+                was_removed = page in self.removed
+                self.removed.discard(page)
+            if hooked:
+                self._step(AFTER_CHOOSE, page)
+            if src and self.opt.populate_buffers:
+                libc.madvise(src, self.page_size, abi.Madv.POPULATE_READ)
+            outcome = self._install(u, addr, src, m.is_write)
+            if outcome is _INSTALLED and hooked:
+                self._step(AFTER_INSTALL, page)
+            if outcome is not _AGAIN:
+                if outcome is _EXISTS:
+                    with self.state_lock:
+                        self.stats.eexist += 1
+                return
+            with self.state_lock:
+                self.stats.eagain += 1
+                self.stats.missing -= 1
+                if prev is None:
+                    self.stats.states.pop(page, None)
+                else:
+                    self.stats.states[page] = prev
+                if was_removed:
+                    self.removed.add(page)
+            if self._stop:
+                raise RuntimeError("stopped while UFFDIO_COPY kept failing with EAGAIN")
+            if not self.opt.workers:
+                self._read_pending(u)
 
     def _fault_error(self, address: int, e: Exception) -> None:
         with self.state_lock:
             self.stats.errors.append(f"fault at {address:#x}: {type(e).__name__}: {e}")
 
-    def _book(self, counter: str, page: int, state: str) -> str | None:
+    def _book(self, page: int, state: str) -> None:
+        """A MISSING install the kernel has: count it and publish the page's state."""
         with self.state_lock:
-            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-            prev = self.stats.states.get(page)
+            self.stats.missing += 1
             self.stats.states[page] = state
-        return prev
 
-    def _unbook(self, counter: str, page: int, prev: str | None, was_removed: bool = False) -> None:
+    def _count(self, outcome: str) -> None:
         with self.state_lock:
-            setattr(self.stats, counter, getattr(self.stats, counter) - 1)
-            if prev is None:
-                self.stats.states.pop(page, None)
-            else:
-                self.stats.states[page] = prev
-            if was_removed:
-                self.removed.add(page)
+            self._count_locked(outcome)
+
+    def _count_locked(self, outcome: str) -> None:
+        """EEXIST (the page was there: the fault is resolved, its state is whoever installed
+        it) or EAGAIN (not resolved yet)."""
+        if outcome is _EXISTS:
+            self.stats.eexist += 1
+            self.stats.missing += 1
+        else:
+            self.stats.eagain += 1
 
     def _read_pending(self, u: Userfaultfd) -> None:
         """Inline serve loop, EAGAIN: the pending event can only be read here; read and handle it
@@ -655,30 +881,27 @@ class FaultServer:
                 raw = os.read(u.fd, MSG_SIZE * _BATCH)
             except BlockingIOError:
                 return
+            if self._hooked():
+                self._step(AFTER_READ, ANY_PAGE)
             self._batch(u, list(MSG_WORDS.iter_unpack(raw)))
 
-    def _install(self, u: Userfaultfd, addr: int, src: int, write: bool = False) -> bool:
-        """Install one page; False means EAGAIN (retry after the pending event is read)."""
-        if src and self.opt.populate_buffers:
-            libc.madvise(src, self.page_size, abi.Madv.POPULATE_READ)
+    def _install(self, u: Userfaultfd, addr: int, src: int, write: bool = False, dontwake: bool = False) -> str:
+        """Install one page: _INSTALLED, _EXISTS (EEXIST: the page is there; its waiters are
+        woken) or _AGAIN (EAGAIN: retry after the pending event is read).  Nothing is booked."""
         mode = self._copy_mode[write]
         try:
             if src == 0 and self._use_zeropage and not mode:
-                u.zeropage(addr, self.page_size)
+                u.zeropage(addr, self.page_size, _ZEROPAGE_DONTWAKE if dontwake else 0)
             else:
-                u.copy(addr, src or self._zeros, self.page_size, mode)
+                u.copy(addr, src or self._zeros, self.page_size, mode | (_COPY_DONTWAKE if dontwake else 0))
         except UffdError as e:
             if e.errno == errno.EEXIST:
-                with self.state_lock:
-                    self.stats.eexist += 1
                 u.wake(addr, self.page_size)
-                return True
+                return _EXISTS
             if e.errno == errno.EAGAIN:
-                with self.state_lock:
-                    self.stats.eagain += 1
-                return False
+                return _AGAIN
             raise
-        return True
+        return _INSTALLED
 
 
 # ---------------------------------------------------------------------------------------
