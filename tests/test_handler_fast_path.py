@@ -3,7 +3,9 @@ general path (_batch -> _resolve): the same messages must give the same ioctls, 
 log, whatever the options and whatever the kernel answers (EEXIST, EAGAIN, other errors).
 
 The inline resolver exists only for speed (bench/fault_service.py); the general path is the
-specification.  A FakeUffd records the resolving ioctls that took effect and fails the ones a
+specification.  Both must also book a fault only once its install succeeded (what was booked
+at each ioctl's entry is compared, and the pre-issue-13 ordering is told apart), and, with
+``step_delays``, hit the same test-hook steps in the same order (none without).  A FakeUffd records the resolving ioctls that took effect and fails the ones a
 script tells it to.  The last test is the comparison's negative control: a handler that differs
 (the wrong-page control) must be told apart.
 """
@@ -15,7 +17,17 @@ import errno
 import pytest
 
 from lib import abi
-from lib.handler import FaultServer, Options, Stats
+from lib.handler import (
+    AFTER_CHOOSE,
+    AFTER_INSTALL,
+    AFTER_MARK,
+    BEFORE_LOCK,
+    BEFORE_RESOLVE,
+    STEPS,
+    FaultServer,
+    Options,
+    Stats,
+)
 from lib.uffd import UffdError
 
 BASE = 0x7F0000000000
@@ -37,9 +49,15 @@ class FakeUffd:
         self.effects: list[tuple] = []
         self.fd = -1
         self.features = 0
+        self.server: FaultServer | None = None
+        self.booked_at_entry: list[tuple] = []  # (call, page, the page's booked state) per ioctl
 
     def _maybe_fail(self, addr: int, call: str) -> None:
-        pending = self.fail.get((addr - BASE) // self.ps)
+        page = (addr - BASE) // self.ps
+        if self.server is not None:
+            st = self.server.stats
+            self.booked_at_entry.append((call, page, st.states.get(page), st.missing, st.wp))
+        pending = self.fail.get(page)
         if pending:
             err = pending[0] if pending[0] == errno.EEXIST else pending.pop(0)
             raise UffdError(err, call, -err)
@@ -94,21 +112,31 @@ def script(ps: int) -> list[list[tuple[int, int, int, int]]]:
         [wp_fault(0, ps)],  # write-protect faults, alone and mixed with a MISSING one
         [wp_fault(7, ps), fault(8, ps, write=True)],
         [wp_fault(9, ps)],  # ENOENT once (scripted)
+        [fault(1, ps), fault(2, ps, write=True)],  # removed pages stay zeros (the mark is never cleared)
     ]
 
 
 FAILS = {4: [errno.EEXIST], 5: [errno.EAGAIN], 6: [errno.ENOENT], 9: [errno.ENOENT]}
 
 
-def run(ps: int, opts: dict, inline: bool, source: int = SRC) -> tuple[list[tuple], Stats]:
+def run(ps: int, opts: dict, inline: bool, source: int = SRC, trace: list | None = None,
+        entry: list | None = None) -> tuple[list[tuple], Stats]:
+    """The script through one path; ``trace`` collects the step hooks hit (with step_delays
+    set), ``entry`` what was booked when each ioctl was entered."""
     u = FakeUffd(ps, FAILS)
     srv = FaultServer(u, BASE, NPAGES * ps, ps, source, Options(**opts))
+    if entry is not None:
+        u.server = srv
+    if trace is not None:
+        srv._step = lambda point, page: trace.append((point, page))  # before the resolver is built
     resolve = srv._inline_resolver(u) if inline else None
     if inline:
         assert resolve is not None, "these options should take the inline path"
     for words in script(ps):
         srv._dispatch(u, words, resolve)
     st = srv.snapshot()
+    if entry is not None:
+        entry.extend(u.booked_at_entry)
     zeros = srv._zeros
     # the zero buffer's address differs between the two servers: name it
     effects = [tuple("zeros" if (i == 2 and e[0] == "copy" and v == zeros) else v for i, v in enumerate(e))
@@ -136,6 +164,57 @@ def test_inline_resolver_matches_the_general_path(name, source, ps):
     # and the script did exercise what it is meant to
     assert slow.eexist == 1 and slow.eagain == 1 and len(slow.errors) == 2 and slow.wp == 2
     assert any(e[0] == "wake" for e in slow_effects)
+    # the REMOVEd pages 1 and 2 got zeros every time after it, the last batch included
+    after = slow_effects[[i for i, e in enumerate(slow_effects) if e[1] == BASE + 3 * ps][-1] + 1:]
+    assert all(e[0] == "zeropage" or e[2] == "zeros" for e in after if e[1] in (BASE + ps, BASE + 2 * ps))
+
+
+@pytest.mark.parametrize("ps", [PAGE, HPAGE], ids=["4k", "2m"])
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_booking_follows_the_install_on_both_paths(name, ps):
+    """At each ioctl's entry both paths have booked the same, and a page's first install finds
+    it unbooked: a state (and its counter) is published only once the kernel has the page."""
+    fast, slow = [], []
+    run(ps, OPTIONS[name], True, SRC, entry=fast)
+    run(ps, OPTIONS[name], False, SRC, entry=slow)
+    assert fast == slow
+    first = {}
+    for call, page, state, _missing, _wp in slow:
+        first.setdefault(page, (call, state))
+    assert all(state is None for call, state in first.values() if call != "UFFDIO_WRITEPROTECT")
+
+
+def test_booking_comparison_tells_the_old_order_apart():
+    """Negative control: the pre-issue-13 ordering books before the ioctl; the check sees it."""
+    fast, old = [], []
+    run(PAGE, {}, True, SRC, entry=fast)
+    run(PAGE, {"old_install_order": True}, False, SRC, entry=old)
+    assert fast != old
+    assert any(state is not None for call, page, state, *_ in old[:1])
+
+
+ALL_STEPS = {"step_delays": dict.fromkeys(STEPS, 0.0)}
+
+
+@pytest.mark.parametrize("ps", [PAGE, HPAGE], ids=["4k", "2m"])
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_step_hooks_match_on_both_paths(name, ps):
+    """With step_delays the inline resolver is built with the hooks: both paths hit the same
+    steps, for the same pages, in the same order, and still do the same ioctls."""
+    opts = {**OPTIONS[name], **ALL_STEPS}
+    fast_trace, slow_trace = [], []
+    fast_effects, fast = run(ps, opts, True, SRC, trace=fast_trace)
+    slow_effects, slow = run(ps, opts, False, SRC, trace=slow_trace)
+    assert fast_trace == slow_trace and fast_effects == slow_effects and fast == slow
+    hit = {p for p, _ in slow_trace}
+    assert {BEFORE_LOCK, BEFORE_RESOLVE, AFTER_CHOOSE, AFTER_INSTALL, AFTER_MARK} <= hit
+
+
+def test_no_hooks_without_step_delays():
+    """Without step_delays the inline resolver calls the bare ioctls: no step is hit."""
+    trace: list = []
+    run(PAGE, {}, True, SRC, trace=trace)
+    assert trace == []
 
 
 def test_comparison_tells_a_different_handler_apart():

@@ -7,18 +7,21 @@ isolated child with a deadline (a regression would hang, not fail).
 
 from __future__ import annotations
 
+import errno
+import os
+
 from cases.remove.common import PAGE, WCHAN_EVENT, Async, madvise_async, read_async
 from lib import abi, child, memory
-from lib.handler import BEFORE_RESOLVE, REMOVED, FaultServer, Options, Source
+from lib.handler import BEFORE_RESOLVE, CLEAN, REMOVED, ZERO, FaultServer, Options, Source
 from lib.serve import served
-from lib.uffd import Msg
+from lib.uffd import MSG_WORDS, Msg, UffdError
 
 BASE = 0x7F0000000000
 SRC = 0x7E0000000000
 
 
 class FakeUffd:
-    """Records resolving ioctls; never touches memory."""
+    """Records resolving ioctls (with their mode); never touches memory."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -26,11 +29,11 @@ class FakeUffd:
         self.features = 0
 
     def copy(self, dst, src, length, mode=0):
-        self.calls.append(("copy", dst, src, length))
+        self.calls.append(("copy", dst, src, length, mode))
         return length
 
     def zeropage(self, addr, length, mode=0):
-        self.calls.append(("zeropage", addr, length))
+        self.calls.append(("zeropage", addr, length, mode))
         return length
 
     def wake(self, addr, length):
@@ -50,25 +53,60 @@ def server(npages: int = 4, ps: int = PAGE, **opts) -> tuple[FaultServer, FakeUf
     return FaultServer(u, BASE, npages * ps, ps, SRC, Options(**opts)), u
 
 
-def test_remove_after_install_is_not_lost():
-    """A REMOVE applied right after a worker releases the settle lock must stick: the worker's
-    own bookkeeping (state, removed set) is done before it releases the lock."""
+def test_removed_mark_outlives_the_install():
+    """The removed mark is never cleared: after a zero install, a second fault for the page
+    (a message queued while the first install was in flight) is still served zeros."""
     srv, u = server()
-    release = srv.lock.release_read
-    fired = []
-
-    def release_then_remove():
-        release()
-        if not fired:
-            fired.append(1)
-            srv._apply_remove(remove(PAGE, 2 * PAGE))
-
-    srv.lock.release_read = release_then_remove
+    srv._apply_remove(remove(PAGE, 2 * PAGE))
     srv._resolve(u, fault(1))
-    assert fired and srv.stats.states[1] == REMOVED and 1 in srv.removed
-    srv.lock.release_read = release
     srv._resolve(u, fault(1))
-    assert u.calls[-1][0] == "zeropage", "the next fault on the removed page is served with zeros"
+    assert [c[0] for c in u.calls] == ["zeropage", "zeropage"] and 1 in srv.removed
+    assert srv.stats.states[1] == ZERO
+
+
+def test_booking_follows_the_install():
+    """A fault is booked only once its install ioctl succeeded: a failing ioctl books nothing."""
+    srv, u = server()
+
+    def failing_copy(dst, src, length, mode=0):
+        raise UffdError(errno.ENOENT, "UFFDIO_COPY", -errno.ENOENT)
+
+    u.copy = failing_copy
+    srv._resolve(u, fault(1))
+    assert srv.stats.missing == 0 and 1 not in srv.stats.states and len(srv.stats.errors) == 1
+
+
+def test_worker_books_before_it_wakes():
+    """With workers the install is DONTWAKE, then the booking, then UFFDIO_WAKE: the faulting
+    thread, once woken, finds its page booked."""
+    srv, u = server(workers=1)
+    seen = []
+    wake = u.wake
+
+    def wake_and_look(addr, length):
+        seen.append(srv.stats.states.get(1))
+        wake(addr, length)
+
+    u.wake = wake_and_look
+    srv._resolve(u, fault(1))
+    assert u.calls[0][0] == "copy" and u.calls[0][4] & int(abi.CopyMode.DONTWAKE)
+    assert seen == [CLEAN]
+
+
+def test_old_order_control_clears_the_mark_and_books_first():
+    """The negative control restores the pre-fix ordering: booked and unmarked before the ioctl."""
+    srv, u = server(old_install_order=True, workers=1)
+    srv._apply_remove(remove(PAGE, 2 * PAGE))
+    seen = []
+    zeropage = u.zeropage
+
+    def look(addr, length, mode=0):
+        seen.append((srv.stats.missing, 1 in srv.removed))
+        return zeropage(addr, length, mode)
+
+    u.zeropage = look
+    srv._resolve(u, fault(1))
+    assert seen == [(1, False)]
 
 
 def test_partial_pages_of_an_unaligned_remove_are_not_removed():
@@ -111,19 +149,46 @@ def test_correct_source_sees_a_remove_landing_before_the_lock():
     assert u.calls[0][0] == "zeropage"
 
 
-def test_remove_read_while_a_worker_holds_the_lock_is_seen_by_its_choice():
-    """The REMOVE is marked when it is read, before the serve loop waits for the settle lock:
-    a worker parked holding the lock (before choosing) then serves zeros."""
-    srv, u = server()
+def test_remove_read_while_a_worker_is_parked_before_the_gate_is_seen_by_its_choice():
+    """A REMOVE read (and marked) while a worker is parked at before_resolve, outside the gate:
+    the worker then chooses inside the gate and serves zeros."""
+    srv, u = server(workers=1)
     tok = srv.install_barrier(1, "before_resolve")
     t = Async(lambda: srv._resolve(u, fault(1)), "worker")
     srv.wait_held(tok, 5)
-    applier = Async(lambda: srv._apply_remove(remove(PAGE, 2 * PAGE)), "serve loop")
-    child.wait_until(lambda: 1 in srv.removed, 5, "the REMOVE to be marked")
+    gated_read_of_remove(srv, PAGE, 2 * PAGE)  # with workers the read marks the pages
+    assert 1 in srv.removed
     srv.release(tok)
     t.join(5)
-    applier.join(5)
-    assert u.calls[0][0] == "zeropage" and srv.stats.states[1] == REMOVED
+    assert u.calls[0][0] == "zeropage" and srv.stats.states[1] == ZERO
+
+
+def gated_read_of_remove(srv: FaultServer, start: int, end: int) -> None:
+    """The serve loop's read of one REMOVE message (from a pipe standing in for the uffd)."""
+    r, w = os.pipe2(os.O_NONBLOCK)
+    os.write(w, MSG_WORDS.pack(int(abi.Event.REMOVE), BASE + start, BASE + end, 0))
+    srv._read_marking(r, 32)
+    os.close(r)
+    os.close(w)
+
+
+def test_the_serve_loop_cannot_read_while_an_install_is_in_the_gate():
+    """A worker parked at after_choose holds the gate: the serve loop's read (and marking)
+    waits for it, so the choice it made cannot be overtaken by a REMOVE read meanwhile."""
+    srv, u = server(workers=1)
+    r, w = os.pipe2(os.O_NONBLOCK)
+    os.write(w, bytes(32))  # one (empty) uffd_msg
+    tok = srv.install_barrier(1, "after_choose")
+    t = Async(lambda: srv._resolve(u, fault(1)), "worker")
+    srv.wait_held(tok, 5)
+    reader = Async(lambda: srv._read_marking(r, 32), "serve loop")
+    child.wait_until(lambda: srv.gate._writers_waiting == 1, 5, "the serve loop to wait for the gate")
+    assert not reader.done()
+    srv.release(tok)
+    t.join(5)
+    assert reader.join(5) == bytes(32)
+    os.close(r)
+    os.close(w)
 
 
 def _inline_eagain() -> None:
