@@ -13,35 +13,55 @@ import pytest
 from lib import abi, system, uffd
 
 
-def uffd_features(features: int = 0, user_mode_only: bool = False) -> uffd.Availability:
-    """Skip unless a userfaultfd can be opened here and offers every bit of ``features``."""
+def uffd_features(features: int = 0, user_mode_only: bool | None = None) -> uffd.Availability:
+    """Skip unless a userfaultfd can be opened here and offers every bit of ``features``.
+
+    ``user_mode_only`` is how the case opens it (lib.uffd.open_for): None (default) any way
+    this process may, True with UFFD_USER_MODE_ONLY, False without it (prefer
+    :func:`kernel_faults`, which says why).  A bit the kernel offers but refuses this process
+    (EVENT_FORK without CAP_SYS_PTRACE) skips with that reason.
+    """
     a = uffd.probe()
-    if user_mode_only:
+    if user_mode_only is None:
+        usable = a.any
+    elif user_mode_only:
         usable = a.syscall_user_only or a.dev
     else:
-        usable = a.syscall or a.dev
+        usable = a.kernel_faults
     if not usable:
         pytest.skip(f"userfaultfd unavailable (possible lack of privilege): {a.reason}")
     missing = a.missing(features)
     if missing:
         pytest.skip("uffd feature missing: " + ", ".join(missing))
+    refused = a.refusals(features)
+    if refused:
+        pytest.skip("uffd feature refused to this process: " + "; ".join(refused))
     return a
 
 
-def _why(a: uffd.Availability, key: str) -> str:
-    for part in a.reason.split("; "):
-        if part.startswith(key + ":"):
-            return part.split(":", 1)[1].strip()
-    return a.reason or "unknown"
+def kernel_faults(why: str) -> None:
+    """Skip unless this process may open a userfaultfd that handles kernel-mode faults.
+
+    For a case whose behaviour needs a fault taken in kernel mode on registered memory (the
+    kernel's copy_to_user/copy_from_user in read(2)/write(2)/vmsplice, GUP of any kind): on a
+    UFFD_USER_MODE_ONLY uffd, the only kind an unprivileged process gets under
+    vm.unprivileged_userfaultfd=0, such a fault is not reported and the syscall fails with
+    EFAULT.  ``why`` names the kernel-mode access.
+    """
+    a = uffd.probe()
+    if not a.kernel_faults:
+        pytest.skip(f"needs kernel-mode uffd faults ({why}); this process may open only "
+                    f"UFFD_USER_MODE_ONLY userfaultfds: userfaultfd(2): {a.why('syscall')}; "
+                    f"/dev/userfaultfd: {a.why('dev')}")
 
 
 def open_path(via: str, user_mode_only: bool = False) -> None:
     a = uffd.probe()
     if via == "dev" and not a.dev:
-        pytest.skip(f"/dev/userfaultfd not usable: {_why(a, 'dev')}")
+        pytest.skip(f"/dev/userfaultfd not usable: {a.why('dev')}")
     key = "syscall_user_only" if user_mode_only else "syscall"
     if via == "syscall" and not getattr(a, key):
-        pytest.skip(f"userfaultfd(2) not usable: {_why(a, key)}")
+        pytest.skip(f"userfaultfd(2) not usable: {a.why(key)}")
 
 
 def root(why: str) -> None:

@@ -38,7 +38,7 @@ def served(
     mode: int = abi.RegisterMode.MISSING,
     source: handler.Source | None = None,
     options: handler.Options | None = None,
-    user_mode_only: bool = False,
+    user_mode_only: bool | None = None,  # None: as lib.uffd.open_for picks
 ) -> Iterator[Served]:
     u = open_for(features, user_mode_only=user_mode_only)
     h = None

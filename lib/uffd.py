@@ -15,7 +15,7 @@ import functools
 import os
 import select
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from lib import abi, libc
 
@@ -278,6 +278,13 @@ class Userfaultfd:
 
 # ---------------------------------------------------------------------------------------
 # probing (DESIGN rule 4: features are found by probing, not by kernel version)
+#
+# Who may open what (fs/userfaultfd.c): userfaultfd(2) with UFFD_USER_MODE_ONLY is always
+# allowed; without it only with CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.  The
+# /dev/userfaultfd path checks nothing but the device's file permissions, and its uffds take
+# kernel-mode faults.  A user-mode-only uffd refuses a fault taken in kernel mode
+# (handle_userfault: the copy_to_user/copy_from_user of a syscall, GUP) and the syscall fails
+# with EFAULT.  UFFDIO_API refuses UFFD_FEATURE_EVENT_FORK with EPERM without CAP_SYS_PTRACE.
 @dataclass(frozen=True)
 class Availability:
     """What this process may do with userfaultfd, found on throw-away fds."""
@@ -287,13 +294,36 @@ class Availability:
     dev: bool  # /dev/userfaultfd
     features: int  # what UFFDIO_API with features=0 reports as supported
     reason: str  # why something is missing, if anything is
+    refused: dict[int, str] = field(default_factory=dict)  # feature bit -> why its handshake fails here
 
     @property
     def any(self) -> bool:
         return self.syscall or self.syscall_user_only or self.dev
 
+    @property
+    def kernel_faults(self) -> bool:
+        """A uffd that takes kernel-mode faults can be opened (either path)."""
+        return self.syscall or self.dev
+
+    @property
+    def auto_user_mode_only(self) -> bool:
+        """What :func:`open_for` picks by default: UFFD_USER_MODE_ONLY exactly when this process
+        may not open a uffd that takes kernel-mode faults but may open a user-mode-only one."""
+        return not self.kernel_faults and self.syscall_user_only
+
+    def why(self, key: str) -> str:
+        """The probe's error for one way of opening (``syscall``, ``syscall_user_only``, ``dev``)."""
+        for part in self.reason.split("; "):
+            if part.startswith(key + ":"):
+                return part.split(":", 1)[1].strip()
+        return self.reason or "unknown"
+
     def missing(self, features: int) -> list[str]:
         return [f.name for f in abi.Feature if (int(features) & f) and not (self.features & f)]
+
+    def refusals(self, features: int) -> list[str]:
+        """``NAME: why`` for each requested feature the kernel offers but refuses this process."""
+        return [f"{abi.Feature(bit).name}: {why}" for bit, why in self.refused.items() if int(features) & bit]
 
 
 def _try_open(**kw) -> tuple[Userfaultfd | None, str]:
@@ -301,6 +331,34 @@ def _try_open(**kw) -> tuple[Userfaultfd | None, str]:
         return Userfaultfd.open(**kw), ""
     except OSError as e:
         return None, e.strerror or str(e)
+
+
+_PRIVILEGE_HINT = {
+    "syscall": "without UFFD_USER_MODE_ONLY needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1",
+    "dev": "the device's file permissions",
+}
+
+
+def _refused(features: int, user_mode_only: bool) -> dict[int, str]:
+    """Handshake each offered feature bit alone on a throw-away uffd opened as open_for would:
+    the bits whose UFFDIO_API fails with EPERM (a privilege check, e.g. EVENT_FORK without
+    CAP_SYS_PTRACE).  Other errors are left for the case to meet and report."""
+    refused = {}
+    for f in abi.Feature:
+        if not features & int(f):
+            continue
+        try:
+            u = open_for(0, user_mode_only=user_mode_only, handshake=False)
+        except OSError:
+            return refused
+        with u:
+            try:
+                u.api(int(f))
+            except OSError as e:
+                if e.errno == errno.EPERM:
+                    hint = " (needs CAP_SYS_PTRACE)" if f == abi.Feature.EVENT_FORK else ""
+                    refused[int(f)] = f"UFFDIO_API: {os.strerror(e.errno)}{hint}"
+    return refused
 
 
 @functools.cache
@@ -316,7 +374,8 @@ def probe() -> Availability:
         u, why = _try_open(**kw)
         flags[key] = u is not None
         if u is None:
-            reasons.append(f"{key}: {why}")
+            hint = _PRIVILEGE_HINT.get(key)
+            reasons.append(f"{key}: {why}" + (f" ({hint})" if hint else ""))
             continue
         with u:
             if not features:
@@ -324,14 +383,30 @@ def probe() -> Availability:
                     features = u.api(0).features
                 except OSError as e:
                     reasons.append(f"UFFDIO_API: {e}")
-    return Availability(features=features, reason="; ".join(reasons), **flags)
+    a = Availability(features=features, reason="; ".join(reasons), **flags)
+    if not a.any:
+        return a
+    return replace(a, refused=_refused(features, a.auto_user_mode_only))
 
 
-def open_for(features: int = 0, user_mode_only: bool = False, flags: int = DEFAULT_FLAGS) -> Userfaultfd:
-    """Open a uffd the way uffd-common's uffd_open does: syscall first, then /dev/userfaultfd."""
+def open_for(features: int = 0, user_mode_only: bool | None = None, flags: int = DEFAULT_FLAGS,
+             handshake: bool = True) -> Userfaultfd:
+    """Open a uffd the way uffd-common's uffd_open does: syscall first, then /dev/userfaultfd;
+    then UFFDIO_API(``features``) unless ``handshake`` is false.
+
+    ``user_mode_only``: True opens with UFFD_USER_MODE_ONLY, False without it (a case that
+    needs kernel-mode faults; it declares so with lib.needs.kernel_faults), None (default) as
+    :func:`probe` found this process may: without the flag where a uffd taking kernel-mode
+    faults can be opened (as root), with it where only a user-mode-only one can (an
+    unprivileged process under vm.unprivileged_userfaultfd=0).
+    """
+    if user_mode_only is None:
+        user_mode_only = probe().auto_user_mode_only
     last: OSError | None = None
     for via in ("syscall", "dev"):
         try:
+            if not handshake:
+                return Userfaultfd.open(via=via, user_mode_only=user_mode_only, flags=flags)
             return Userfaultfd.create(features, via=via, user_mode_only=user_mode_only, flags=flags)
         except UffdError:
             raise
@@ -339,5 +414,3 @@ def open_for(features: int = 0, user_mode_only: bool = False, flags: int = DEFAU
             last = e
     assert last is not None
     raise last
-
-

@@ -22,7 +22,7 @@ import threading
 
 import pytest
 
-from lib import abi, check, handler, libc, memory
+from lib import abi, check, handler, libc, memory, needs
 from lib import missing_uut as uut
 from lib.backing import MemType, mem_types
 from lib.child import wait_until
@@ -112,6 +112,7 @@ def run_matrix(mt: MemType, npages: int, ops: list[tuple[str, int]], options: ha
 @pytest.mark.parametrize("test,mt,shape,npages,ops", CASES, ids=[f"{c[0]}/{c[2]}" for c in CASES])
 def test_e2b_matrix(test: str, mt: MemType, shape: str, npages: int, ops: list[tuple[str, int]]) -> None:
     uut.need_type(mt, npages=npages)
+    needs.kernel_faults("MADV_POPULATE_READ/WRITE fault the pages in through GUP")
     run_matrix(mt, npages, ops)
 
 

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from lib import abi, check, libc
+from lib import abi, check, libc, needs
 from lib import missing_uut as uut
 from lib.backing import MemType, mem_types
 from lib.serve import served
@@ -78,7 +78,7 @@ def _name(m: MemType, op: str, umo: bool) -> str:
 def test_kernel_mode(mt: MemType, op: str, umo: bool) -> None:
     uut.need_type(mt, npages=1)
     if umo:
-        from lib import needs
-
         needs.uffd_features(mt.missing_feature, user_mode_only=True)
+    else:
+        needs.kernel_faults(f"the kernel's copy in {op}(2) faults on registered memory")
     run_kernel_mode(mt, op, umo)
