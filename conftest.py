@@ -23,6 +23,7 @@ import pytest
 
 from lib import child, interrupt, kmsg, system
 from lib import report as rpt
+from lib.exitcodes import kselftest_code as kselftest_exit
 
 ROOT = Path(__file__).resolve().parent
 # KMM_CASES points the runner at another case tree (the project's own tests use synthetic ones)
@@ -347,15 +348,6 @@ class KmmRun:
                 latest.symlink_to(self.outdir.name)
             except OSError:
                 pass
-
-
-def kselftest_exit(t: rpt.Totals, partial: bool) -> int:
-    """kselftest exit codes: 1 on any failure (or an interrupted run), 4 if all skipped, else 0."""
-    if t.failed or partial:
-        return 1
-    if t.ran == 0 or t["skip"] == t.ran:
-        return 4
-    return 0
 
 
 def _longrepr_line(rep: pytest.TestReport) -> str:

@@ -5,9 +5,9 @@
     ./run_suite.py missing cow          areas
     ./run_suite.py 'Basic COW*'         case-name patterns (substring, or glob with * ? [)
     ./run_suite.py --list               the case names
-    ./run_suite.py --bisect ...         exit 0 good, 1 bad, 125 cannot test (git bisect run)
+    ./run_suite.py --bisect ...         exit 0 good, 1 bad, 125 cannot test, 255 abort (git bisect run)
 
-Exit codes (kselftest): 0 pass, 1 fail, 4 everything skipped, 2 bad command line.
+Exit codes (kselftest): 0 pass, 1 fail, 4 everything skipped, 2 bad command line (lib/exitcodes.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 import shutil
 import sys
 from pathlib import Path
+
+from lib import exitcodes
 
 ROOT = Path(__file__).resolve().parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
@@ -39,9 +41,11 @@ def _ensure_interpreter() -> None:
 
 
 class Parser(argparse.ArgumentParser):
+    bisect = False  # --bisect on the command line: a bad one aborts git bisect run (2 would mean "bad")
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(EXIT_USAGE)
+        sys.exit(exitcodes.usage_code(self.bisect))
 
 
 def cases_dir() -> Path:
@@ -86,7 +90,7 @@ def build_parser() -> Parser:
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                    help="run every case N times; a case whose verdicts differ is reported flaky")
     p.add_argument("--bisect", action="store_true",
-                   help="git bisect run exit codes: 0 good, 1 bad, 125 cannot test")
+                   help="git bisect run exit codes: 0 good, 1 bad, 125 cannot test, 255 abort (harness problem)")
     p.add_argument("--no-swap-setup", action="store_true",
                    help="never set up a temporary swap device (swap variants then skip)")
     vm = p.add_argument_group("other kernels (virtme-ng + QEMU)")
@@ -215,24 +219,37 @@ def list_cases(argv: list[str]) -> int:
 
 
 def bisect_code(summary: dict | None, pytest_code: int) -> int:
-    """Map a run to git bisect run's contract (never above 127)."""
-    if summary is None or pytest_code in (3, 4):
-        return BISECT_SKIP
-    if any(c["verdict"] == "error" and c["message"].startswith("harness error") for c in summary["cases"]):
-        return BISECT_SKIP
-    t = summary["totals"]
-    if t["fail"] or t["error"] or t["xpass"]:
-        return BISECT_BAD
-    if summary.get("partial"):
-        return BISECT_SKIP
-    ran = sum(t.values())
-    if ran == 0 or t["skip"] == ran:
-        return BISECT_SKIP
-    return BISECT_GOOD
+    """git bisect run's code for a host run (lib.exitcodes decides; never 2, which means bad)."""
+    problem = "" if summary is not None else f"the run produced no report (pytest exit {pytest_code})"
+    if pytest_code == 3:  # pytest.ExitCode.INTERNAL_ERROR: our bug, not the kernel's
+        problem = "internal error in the suite (pytest exit 3)"
+    decision = exitcodes.decide(summary, bisect=True, harness_problem=problem)
+    print(f"# bisect: {decision.line()}", flush=True)
+    return decision.code
+
+
+def resolve_paths(args: argparse.Namespace, cwd: str) -> None:
+    """Make every path argument absolute against the caller's directory, before anything (the
+    guest, vng, the case children) runs from another directory."""
+
+    def absolute(path: str) -> str:
+        return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
+
+    if args.kernel:
+        args.kernel = absolute(args.kernel)
+    if args.kernels:
+        args.kernels = [k if k == "running" else absolute(k) for k in args.kernels]
+    if args.results:
+        args.results = absolute(args.results)
+    if args.compare:
+        args.compare = [absolute(c) for c in args.compare]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.bisect = "--bisect" in (sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    resolve_paths(args, os.getcwd())
     _ensure_interpreter()
     sys.path.insert(0, str(ROOT))
     if args.compare or args.kernel or args.kernels:
@@ -240,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             from lib import vmrun
         except ImportError:
             sys.stderr.write("run_suite.py: error: --kernel/--kernels/--compare are not available in this build\n")
-            return EXIT_USAGE
+            return exitcodes.usage_code(args.bisect)
         return vmrun.main(args, ROOT)
     chosen, patterns = split_selection(args.select)
     if args.list:
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         results.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         sys.stderr.write(f"run_suite.py: error: cannot create results folder {results}: {e.strerror}\n")
-        return EXIT_USAGE
+        return exitcodes.usage_code(args.bisect)
     sys.stdout.flush()
     tap_fd = os.dup(sys.stdout.fileno())
     from lib import interrupt
@@ -262,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"run_suite.py: error: {usage}\n")
         if not args.results:
             shutil.rmtree(results, ignore_errors=True)
-        return EXIT_USAGE
+        return exitcodes.usage_code(args.bisect)
     summary = None
     try:
         summary = json.loads((results / "summary.json").read_text())

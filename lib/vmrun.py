@@ -3,12 +3,13 @@
 --kernel boots an image with virtme-ng (lib.vm) and runs the same selection inside it, against
 the host's root filesystem; the guest writes its report straight into the host's results
 folder (a writable shared directory), so nothing travels over the console but live progress.
-The console watchdog (lib.vm_console) turns a panic, an Oops/BUG, a hung boot or a stalled
-guest into a verdict; the case that was running is reported failed with the console tail.
+The console watchdog (lib.vm_console) turns a panic, an Oops/BUG or a stalled guest into a
+failure of the case that was running (with the console tail); the VM deadline ends the run as
+"cannot test" (the case that was running gets an ``error`` "cannot test: ..." and the cases
+never reached stay in summary.json's ``not_run``).  QEMU or vng refusing to start (no kernel
+output at all) is a harness problem, reported with what they printed.
 
-Exit codes (--bisect): 0 every selected case passed or skipped, 1 a case failed or the kernel
-died or splatted during a case, 125 the kernel did not boot, the harness broke, or everything
-skipped.  Without --bisect: the guest run's kselftest code, 1 when the kernel died.
+Exit codes: lib.exitcodes decides them (kselftest's, or git bisect run's with --bisect).
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ import sys
 import time
 from pathlib import Path
 
-from lib import compare, report, vm
+from lib import compare, exitcodes, report, vm
+from lib import results as folders
+from lib.check import CANNOT_TEST_PREFIX
 from lib.vm_console import BootStage, ConsoleLine, Verdict
 
-BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
-DIED = (Verdict.PANIC, Verdict.OOPS, Verdict.BUG, Verdict.STALLED, Verdict.TIMEOUT)
+BISECT_GOOD, BISECT_BAD, BISECT_SKIP = exitcodes.BISECT_GOOD, exitcodes.BISECT_BAD, exitcodes.BISECT_SKIP
+#: The kernel died or hung: the case that was running failed.  (The VM deadline is not here:
+#: a run too long for its deadline judges nothing.)
+DIED = (Verdict.PANIC, Verdict.OOPS, Verdict.BUG, Verdict.STALLED)
 
 
-def _err(msg: str) -> int:
+def _err(msg: str, bisect: bool = False) -> int:
+    """A harness problem or bad input: one line on stderr; exit 2 (abort code under --bisect)."""
     sys.stderr.write(f"run_suite.py: error: {msg}\n")
-    return 2
+    return exitcodes.usage_code(bisect)
 
 
 def guest_argv(args: argparse.Namespace, root: Path, results: Path) -> list[str]:
@@ -69,7 +75,10 @@ def run_here(args: argparse.Namespace, root: Path, results: Path) -> dict:
 
 
 def run_one(args: argparse.Namespace, root: Path, image: str, results: Path, live: bool = True) -> dict:
-    """Boot ``image``, run the selection, and return the completed summary (always written)."""
+    """Boot ``image``, run the selection, and return the completed summary (always written).
+
+    Raises vm.VmSetupError when nothing could be started (vng/QEMU/image/command line).
+    """
     results.mkdir(parents=True, exist_ok=True)
     if image == RUNNING:
         return run_here(args, root, results)
@@ -83,13 +92,45 @@ def run_one(args: argparse.Namespace, root: Path, image: str, results: Path, liv
         elif line.text.startswith(("ok ", "not ok ", "# ", "TAP version", "1..")):
             print(line.text, flush=True)
 
-    outcome = vm.run_in_kernel(
-        image, guest_argv(args, root, results), str(results), memory=args.memory, cpus=args.cpus,
-        cmdline=args.kernel_cmdline, vm_timeout=args.vm_timeout, on_line=on_line,
-        boot_timeout=min(180.0, args.vm_timeout), stall_timeout=min(300.0, args.vm_timeout),
-        console_log=str(results / "console.log"), cwd=str(root),
-    )
+    try:
+        outcome = vm.run_in_kernel(
+            image, guest_argv(args, root, results), str(results), memory=args.memory, cpus=args.cpus,
+            cmdline=args.kernel_cmdline, vm_timeout=args.vm_timeout, on_line=on_line,
+            boot_timeout=min(180.0, args.vm_timeout), stall_timeout=min(300.0, args.vm_timeout),
+            console_log=str(results / "console.log"), cwd=str(root),
+        )
+    except KeyboardInterrupt:  # the guest is gone: its reports say so (lib.report.mark_interrupted)
+        report.mark_interrupted(str(results), "interrupted (SIGINT)", {"vm.image": image})
+        raise
     return complete_summary(outcome, results, image)
+
+
+def _what_qemu_said(tail: list[str]) -> str:
+    """The line(s) of a console that explain why QEMU/vng stopped before the kernel ran."""
+    lines = [ln.strip() for ln in tail if ln.strip()]
+    said = [ln for ln in lines if not ln.lower().startswith("warning")
+            and ("qemu" in ln.lower() or "error" in ln.lower() or "invalid" in ln.lower())]
+    return "; ".join((said or lines)[-2:]) or "nothing on the console"
+
+
+def harness_problem(outcome: vm.VmOutcome, guest_report: bool) -> str:
+    """Why this run says nothing about the kernel because of us, or ''.
+
+    - vng/QEMU ended by themselves with an error before the kernel printed a line (not a
+      kernel QEMU can load, a vng argument it rejects): what they printed is the reason;
+    - the guest command ran and exited 2 without a report: our own guest command line.
+    A kernel that starts and then dies or hangs before the guest command is "no boot" instead
+    (the commit's business, "cannot test").
+    """
+    if (outcome.stage <= BootStage.FIRMWARE and outcome.killed is None
+            and outcome.host_exit_code not in (None, 0)):
+        return (f"QEMU/virtme-ng did not start the kernel (vng exit {outcome.host_exit_code}): "
+                f"{_what_qemu_said(outcome.console_tail)}")
+    if outcome.stage >= BootStage.GUEST and outcome.guest_exit_code == exitcodes.USAGE and not guest_report:
+        guest_said = [ln for ln in outcome.console_tail if "run_suite.py: error:" in ln]
+        return ("the guest's run_suite.py rejected its command line"
+                + (f": {guest_said[-1].strip()}" if guest_said else " (exit 2)"))
+    return ""
 
 
 def complete_summary(outcome: vm.VmOutcome, results: Path, image: str) -> dict:
@@ -104,6 +145,7 @@ def complete_summary(outcome: vm.VmOutcome, results: Path, image: str) -> dict:
         "guest_exit_code": outcome.guest_exit_code, "boot_time": outcome.boot_time,
         "duration": round(outcome.duration, 3), "stage": outcome.stage.name, "kvm": outcome.kvm_used,
         "running_case": outcome.running_case, "console_tail": outcome.console_tail[-60:],
+        "harness_problem": harness_problem(outcome, data is not None),
     }
     booted = outcome.stage >= BootStage.GUEST
     if data is None:
@@ -111,79 +153,84 @@ def complete_summary(outcome: vm.VmOutcome, results: Path, image: str) -> dict:
                               exit_code=1)
     cases = [report.CaseResult(**c) for c in data["cases"]]
     died = outcome.verdict in DIED
-    if died and booted and outcome.running_case:
+    deadline = outcome.verdict is Verdict.TIMEOUT
+    tail = "\n".join(outcome.console_tail[-40:])
+    if (died or deadline) and booted and outcome.running_case:
         name = outcome.running_case
-        tail = "\n".join(outcome.console_tail[-40:])
-        msg = f"kernel {outcome.verdict} during the case: {outcome.reason}"
+        if died:
+            verdict, msg = "fail", f"kernel {outcome.verdict} during the case: {outcome.reason}"
+        else:  # the run was too long for its deadline: nothing is known about this case
+            verdict, msg = "error", f"{CANNOT_TEST_PREFIX}{outcome.reason}"
         existing = [c for c in cases if c.name == name]
         if existing:
-            existing[0].verdict, existing[0].message, existing[0].kmsg = "fail", msg, tail
+            existing[0].verdict, existing[0].message, existing[0].kmsg = verdict, msg, tail
         else:
-            cases.append(report.CaseResult("vm", name, "fail", msg, kmsg=tail))
+            cases.append(report.CaseResult("vm", name, verdict, msg, kmsg=tail))
     elif died and booted:
         cases.append(report.CaseResult("vm", "guest run", "fail", f"kernel {outcome.verdict}: {outcome.reason}",
-                                       kmsg="\n".join(outcome.console_tail[-40:])))
+                                       kmsg=tail))
     data["cases"] = [c.__dict__ for c in cases]
     totals = report.Totals()
     for c in cases:
         totals.add(c)
     data["totals"] = dict(totals)
+    done = {c.name for c in cases}
+    if data.get("planned"):  # planned cases the guest never reached (a deadline, a death)
+        data["not_run"] = [p["name"] for p in data["planned"] if p["name"] not in done]
     data["vm"] = vminfo
-    data["kernel"]["vm.image"] = image
-    if died or not booted:
+    data.setdefault("kernel", {})["vm.image"] = image
+    if died or deadline or not booted:
         data["partial"] = True
         data["partial_reason"] = data.get("partial_reason") or f"kernel {outcome.verdict}: {outcome.reason}"
+    data["exit_code"] = exitcodes.decide(data, bisect=False).code
     report.write_summary(str(summary_path), data)
-    if died and booted:  # the guest could not finish its JUnit: write it from the merged results
-        report.write_atomic(str(results / "junit.xml"), report.junit_xml(cases, data["kernel"]))
+    report.write_atomic(str(results / "junit.xml"), report.junit_from_summary(data))  # the merged results
     return data
 
 
 def bisect_verdict(data: dict) -> int:
-    vmv = data.get("vm", {})
-    if vmv.get("stage") not in ("GUEST", "EXITED"):
-        return BISECT_SKIP  # no boot: cannot test
-    t = data["totals"]
-    if t["fail"] or t["xpass"] or any(c["verdict"] == "error" and not c["message"].startswith("harness error")
-                                      for c in data["cases"]):
-        return BISECT_BAD
-    if any(c["verdict"] == "error" for c in data["cases"]):
-        return BISECT_SKIP
-    if vmv.get("guest_exit_code") is None and vmv.get("verdict") != "ok":
-        return BISECT_SKIP
-    ran = sum(t.values())
-    if ran == 0 or t["skip"] == ran:
-        return BISECT_SKIP
-    return BISECT_GOOD
+    """git bisect run's code for a run (see lib.exitcodes)."""
+    return exitcodes.decide(data, bisect=True).code
 
 
 def plain_verdict(data: dict) -> int:
-    if data.get("vm", {}).get("stage") not in ("GUEST", "EXITED"):
-        return 1
-    t = data["totals"]
-    if t["fail"] or t["error"] or t["xpass"] or data.get("partial"):
-        return 1
-    ran = sum(t.values())
-    return 4 if ran == 0 or t["skip"] == ran else 0
+    """kselftest's code for a run (see lib.exitcodes)."""
+    return exitcodes.decide(data, bisect=False).code
 
 
 def results_for(root: Path, args: argparse.Namespace, image: str, suffix: str = "") -> Path:
     if args.results:
-        base = Path(args.results).resolve()
+        base = Path(args.results)
         return base / image_label(image) if suffix else base
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return root / "results" / f"{stamp}-vm-{image_label(image)}"
+    return folders.new_run_dir(root / "results", f"vm-{image_label(image)}")  # a folder of its own
 
 
 def _preflight(images: list[str]) -> str:
-    if vm.find_vng() is None or vm.find_qemu() is None:
-        return "virtme-ng/QEMU not found: " + vm.install_hint().splitlines()[0]
+    """What stops these images from being booted here at all, or ''.
+
+    The images come first (a typo is the likeliest problem), then virtme-ng and QEMU, then root.
+    """
     for img in images:
-        if img != RUNNING and not os.path.isfile(img):
+        if img == RUNNING:
+            continue
+        if not os.path.exists(img):
             return f"kernel image not found: {img}"
+        if not os.path.isfile(img) or not os.access(img, os.R_OK):
+            return f"kernel image is not a readable file: {img}"
+    if all(img == RUNNING for img in images):
+        return ""
+    missing = [name for name, path in (("virtme-ng (vng)", vm.find_vng()), (vm.QEMU_BINARY, vm.find_qemu()))
+               if path is None]
+    if missing:
+        return (f"booting a kernel image needs virtme-ng and QEMU; not found: {' and '.join(missing)} "
+                "(install them with: sudo scripts/setup-vm.sh .venv)")
     if os.geteuid() != 0:
         return "--kernel needs root (the guest runs the suite as root against this root filesystem)"
     return ""
+
+
+class HarnessProblem(Exception):
+    """A run that judged nothing because of the harness (see lib.exitcodes): stop here."""
 
 
 def main(args: argparse.Namespace, root: Path) -> int:
@@ -198,31 +245,36 @@ def main(args: argparse.Namespace, root: Path) -> int:
     images = [args.kernel] if args.kernel else list(args.kernels)
     problem = _preflight(images)
     if problem:
-        return _err(problem)
+        return _err(problem, args.bisect)
     if args.kernel:
         res = results_for(root, args, args.kernel)
-        data = run_one(args, root, args.kernel, res)
+        try:
+            data = run_one(args, root, args.kernel, res)
+        except vm.VmSetupError as e:
+            return _err(report.one_line(str(e)), args.bisect)
         _finish_run_folder(root, res)
         print(f"# vm: {data['vm']['verdict']} ({data['vm']['reason'] or 'clean'}); results: {res}", flush=True)
-        return bisect_verdict(data) if args.bisect else plain_verdict(data)
-    return run_series(args, root, images)
+        decision = exitcodes.decide(data, bisect=args.bisect)
+        if data["vm"].get("harness_problem"):
+            return _err(data["vm"]["harness_problem"], args.bisect)
+        if args.bisect:
+            print(f"# bisect: {decision.line()}", flush=True)
+        return decision.code
+    try:
+        return run_series(args, root, images)
+    except (HarnessProblem, vm.VmSetupError) as e:
+        return _err(report.one_line(str(e)), args.bisect)
 
 
 def _finish_run_folder(root: Path, res: Path) -> None:
-    latest = root / "results" / "latest"
     if res.parent == root / "results":
-        try:
-            if latest.is_symlink() or latest.exists():
-                latest.unlink()
-            latest.symlink_to(res.name)
-        except OSError:
-            pass
+        folders.point_latest(res)  # atomic (lib.results)
 
 
 def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = Path(args.results).resolve() if args.results else root / "results" / f"{stamp}-kernels"
+    base = Path(args.results) if args.results else root / "results" / f"{stamp}-kernels"
     runs: dict[int, dict] = {}
 
     def run_index(i: int) -> dict:
@@ -232,6 +284,9 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
             if res.exists():
                 shutil.rmtree(res)
             runs[i] = run_one(args, root, images[i], res)
+            problem = (runs[i].get("vm") or {}).get("harness_problem")
+            if problem:
+                raise HarnessProblem(f"{images[i]}: {problem}")
             print(f"# {image_label(images[i])}: {['good', 'bad'][bisect_verdict(runs[i]) == BISECT_BAD]}"
                   if bisect_verdict(runs[i]) != BISECT_SKIP else f"# {image_label(images[i])}: cannot test",
                   flush=True)

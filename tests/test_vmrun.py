@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "runner"
 
 BOOT = """#!/bin/sh
+prev=
+for a; do [ "$prev" = --run ] && image=$a; prev=$a; done
+[ -f "$image" ] || { echo "$image does not exist"; exit 1; }  # as vng says it, from ITS directory
 for last; do :; done
 echo "Probing EDD (edd=off to disable)... ok"
 echo "[    0.000000] Linux version 6.99.0-fake"
@@ -58,10 +61,10 @@ def fake(tmp_path: Path, script: str) -> tuple[str, dict]:
 PRIVATE_STATE = tempfile.mkdtemp(prefix="kmm-test-state-")
 
 
-def run(env: dict, tree: str, *args: str) -> subprocess.CompletedProcess:
+def run(env: dict, tree: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     e = dict(env, KMM_CASES=str(DATA / tree), KMM_STATE_DIR=PRIVATE_STATE)  # never waits for a real run
     return subprocess.run([sys.executable, str(ROOT / "run_suite.py"), *args], capture_output=True, text=True,
-                          env=e, cwd=ROOT, timeout=120)
+                          env=e, cwd=cwd, timeout=120)
 
 
 @root_only
@@ -136,3 +139,125 @@ def test_find_first_bad(verdicts, want):
     got, _ = vmrun.find_first_bad(len(verdicts), test)
     assert got == want
     assert len(set(calls)) <= len(verdicts)
+
+
+# -- paths, exit-code agreement, deadlines and harness problems ---------------------------------
+
+
+@root_only
+def test_path_arguments_are_taken_from_the_callers_directory(tmp_path):
+    """`--kernel arch/x86/boot/bzImage` from a kernel tree: every path is the caller's, though
+    vng and the guest run from the suite's directory (the stand-in vng fails on a path it
+    cannot see from there, as the real one does)."""
+    image, env = fake(tmp_path, RUNS)
+    caller = tmp_path / "caller"
+    (caller / "arch").mkdir(parents=True)
+    os.rename(image, caller / "arch" / "bzImage")
+    p = run(env, "passing", "--kernel", "arch/bzImage", "--bisect", "--results=out", cwd=caller)
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = json.loads((caller / "out" / "summary.json").read_text())
+    assert s["kernel"]["vm.image"] == str(caller / "arch" / "bzImage")
+    p = run(env, "passing", "--kernels", "arch/bzImage", "--results=series", cwd=caller)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (caller / "series" / "table.txt").exists()
+    p = run(env, "passing", "--compare", "out", "./out", cwd=caller)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@root_only
+@pytest.mark.parametrize("tree,plain,bisect", [("brokenfail", 1, 1), ("cannottest", 1, 125)])
+def test_host_and_kernel_paths_give_the_same_codes(tmp_path, tree, plain, bisect):
+    """One function decides: a harness error beside a failure is bad on both paths; a
+    'cannot test' case beside a pass is 125 on both."""
+    image, env = fake(tmp_path, RUNS)
+    host = [run(env, tree, f"--results={tmp_path / 'h1'}"),
+            run(env, tree, "--bisect", f"--results={tmp_path / 'h2'}")]
+    guest = [run(env, tree, "--kernel", image, f"--results={tmp_path / 'v1'}"),
+             run(env, tree, "--kernel", image, "--bisect", f"--results={tmp_path / 'v2'}")]
+    assert [p.returncode for p in host] == [plain, bisect], host[1].stdout + host[1].stderr
+    assert [p.returncode for p in guest] == [plain, bisect], guest[1].stdout + guest[1].stderr
+    assert "# bisect: " in host[1].stdout and "# bisect: " in guest[1].stdout
+
+
+DEADLINE = BOOT + """for a; do [ "$prev" = --rwdir ] && shared=$a; prev=$a; done
+cat > "$shared/summary.json" <<'JSON'
+{"format": "kmm-conformance-summary/2", "kernel": {}, "partial": true, "partial_reason": "running",
+ "totals": {"pass": 1, "fail": 0, "xfail": 0, "xpass": 0, "skip": 0, "error": 0}, "exit_code": null,
+ "planned": [{"area": "demo", "name": "demo one", "nodeid": "a"}, {"area": "demo", "name": "demo two", "nodeid": "b"},
+             {"area": "demo", "name": "demo three", "nodeid": "c"}],
+ "not_run": ["demo two", "demo three"],
+ "cases": [{"area": "demo", "name": "demo one", "verdict": "pass"}]}
+JSON
+echo "KMM-GUEST-START"
+echo "ok 1 demo one"
+echo "# [RUN] demo two"
+exec sleep 600
+"""
+
+
+@root_only
+def test_vm_deadline_is_cannot_test_and_unreached_cases_are_not_run(tmp_path):
+    image, env = fake(tmp_path, DEADLINE)
+    p = run(env, "passing", "--kernel", image, "--bisect", "--vm-timeout=4", f"--results={tmp_path / 'r'}")
+    assert p.returncode == 125, p.stdout + p.stderr
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    verdicts = {c["name"]: (c["verdict"], c["message"]) for c in s["cases"]}
+    assert verdicts["demo one"][0] == "pass"
+    assert verdicts["demo two"][0] == "error" and verdicts["demo two"][1].startswith("cannot test: VM deadline")
+    assert s["not_run"] == ["demo three"] and s["partial"] is True and s["vm"]["verdict"] == "timeout"
+    assert s["exit_code"] == 1
+    p = run(env, "passing", "--kernel", image, "--vm-timeout=4", f"--results={tmp_path / 'plain'}")
+    assert p.returncode == 1, p.stdout + p.stderr
+
+
+QEMU_REFUSES = """#!/bin/sh
+echo "warning: failed to retrieve kernel version from: /etc/passwd (modules may not work)"
+echo "qemu: invalid kernel header"
+exit 1
+"""
+GUEST_ARGV_BROKEN = BOOT + """echo "KMM-GUEST-START"
+echo "run_suite.py: error: unrecognized arguments: --no-such-option"
+echo "KMM-EXIT=2"
+exit 2
+"""
+
+
+@root_only
+@pytest.mark.parametrize("script,needle", [(QEMU_REFUSES, "qemu: invalid kernel header"),
+                                           (GUEST_ARGV_BROKEN, "unrecognized arguments: --no-such-option")],
+                         ids=["qemu refuses the image", "guest command line broken"])
+def test_harness_problem_aborts_bisection_with_one_line(tmp_path, script, needle):
+    image, env = fake(tmp_path, script)
+    p = run(env, "passing", "--kernel", image, "--bisect", f"--results={tmp_path / 'b'}")
+    assert p.returncode == 255, p.stdout + p.stderr
+    assert p.stderr.count("\n") == 1 and needle in p.stderr, p.stderr
+    p = run(env, "passing", "--kernel", image, f"--results={tmp_path / 'p'}")
+    assert p.returncode == 2 and needle in p.stderr
+
+
+def test_image_is_checked_before_virtme_ng(tmp_path):
+    _, env = fake(tmp_path, RUNS)
+    env[VNG_ENV] = str(tmp_path / "no-vng-here")
+    p = run(env, "passing", "--kernel", str(tmp_path / "nope"))
+    assert p.returncode == 2 and p.stderr == f"run_suite.py: error: kernel image not found: {tmp_path / 'nope'}\n"
+    p = run(env, "passing", "--kernel", str(tmp_path))
+    assert p.returncode == 2 and "not a readable file" in p.stderr and p.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("bisect,code", [(False, 2), (True, 255)])
+def test_missing_virtme_ng_is_one_complete_line(tmp_path, bisect, code):
+    image, env = fake(tmp_path, RUNS)
+    env[VNG_ENV] = str(tmp_path / "no-vng-here")
+    p = run(env, "passing", "--kernel", image, *(["--bisect"] if bisect else []))
+    assert p.returncode == code
+    assert p.stderr.count("\n") == 1 and p.stderr.endswith("(install them with: sudo scripts/setup-vm.sh .venv)\n")
+    assert "not found: virtme-ng (vng)" in p.stderr
+
+
+def test_bad_command_line_under_bisect_aborts(tmp_path):
+    """Exit 2 would tell git bisect run "bad": a bad command line aborts instead."""
+    _, env = fake(tmp_path, RUNS)
+    p = run(env, "passing", "--bisect", "--bogus")
+    assert p.returncode == 255 and "unrecognized arguments: --bogus" in p.stderr
+    p = run(env, "passing", "--bisect", "no_such_case_anywhere", f"--results={tmp_path / 'r'}")
+    assert p.returncode == 255 and p.stderr.count("\n") == 1
