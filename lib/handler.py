@@ -17,8 +17,9 @@ All three expose one control interface (pause/resume, stats, barriers, stop).  T
 3. resolves each fault inline or on a worker thread: choose the source (zeros once the page was
    removed, else the source page), then UFFDIO_COPY (optionally COPY_MODE_WP), ZEROPAGE,
    CONTINUE or WRITEPROTECT, then book the page's state.  EEXIST wakes instead; EAGAIN (an event
-   is pending) retries from the source choice once the serve loop has read it (an inline serve
-   loop reads the pending event itself: nobody else would).
+   is pending, or read but its waiter has not yet run again) retries from the source choice
+   after the serve loop's next read or a millisecond (an inline serve loop reads the pending
+   event itself: nobody else would).
 
 The REMOVE race (fs/userfaultfd.c userfaultfd_remove(), mm/madvise.c): madvise queues the
 REMOVE and sleeps until it is *read*; from then on it zaps and returns, and a UFFDIO_COPY that
@@ -771,11 +772,14 @@ class FaultServer:
             self._fault_error(m.address, e)
 
     def _wait_for_read(self, seen: int) -> None:
-        """A worker after EAGAIN: wait until the serve loop has read again (it reads the event
-        that raised the kernel's mmap_changing; stop() ends the wait)."""
+        """A worker after EAGAIN: wait for the serve loop's next read, or a millisecond.  EAGAIN
+        means an event raised the kernel's mmap_changing, and it stays raised after the event
+        was read until the woken madvise (or mremap, fork...) thread runs again and lowers it
+        (fs/userfaultfd.c userfaultfd_event_wait_completion()), so no read may be coming: the
+        worker retries either way (choosing again, inside the gate)."""
         with self._read_cond:
-            while self._reads == seen and not self._stop:
-                self._read_cond.wait(1.0)
+            if self._reads == seen and not self._stop:
+                self._read_cond.wait(0.001)
 
     def _resolve_protection(self, u: Userfaultfd, addr: int, page: int, flags: int) -> None:
         """A WP fault (lift the protection) or a MINOR fault (UFFDIO_CONTINUE); booked as a
