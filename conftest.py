@@ -5,7 +5,11 @@
 * Kernel log watch: a splat logged while a case ran fails it (lib.kmsg).
 * Names (rule 5): a case's TAP name is its ``@pytest.mark.tap("...")`` name, else its
   parametrisation id, else the function name; names are unique.
-* Reports (rule 7): live TAP, then JUnit XML and summary.json in the results folder.
+* Reports (rule 7): live TAP, then JUnit XML and summary.json in the results folder.  Nothing
+  reaches the TAP stream before the machine-wide run lock is held.  summary.json and junit.xml
+  are written at the start and every few seconds marked as running (``exit_code`` null), and
+  finally with the verdicts; an interrupted run's reports name the planned cases it never ran.
+  A results folder that stops taking writes ends the run (the TAP on stdout goes on).
 * Settings (rule 6): the ``settings`` fixture changes knobs for one case and puts them back
   after it; the run-wide journal repairs what a killed run left behind.
 
@@ -16,12 +20,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from lib import child, interrupt, kmsg, system
+from lib import child, interrupt, kmsg, results, system
 from lib import report as rpt
 from lib.exitcodes import kselftest_code as kselftest_exit
 
@@ -63,6 +68,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--kmm-select", action="append", default=[], help="case-name pattern (substring or glob)")
     g.addoption("--kmm-tap-fd", type=int, default=None, help="also write live TAP to this fd")
     g.addoption("--kmm-no-swap-setup", action="store_true", help="never set up a temporary swap device")
+    g.addoption("--kmm-status-fd", type=int, default=None, help="one-line status messages (the lock wait) to this fd")
+    g.addoption("--kmm-command", default=None, help="the command line that started the run (for the reports)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,6 +85,8 @@ class UsageError(pytest.UsageError):
 class KmmRun:
     """The run: selection, isolation, live TAP and the reports."""
 
+    REPORT_EVERY = 5.0  # seconds between the interim reports written while the run goes on
+
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.active = False
@@ -88,11 +97,18 @@ class KmmRun:
         self.names: dict[str, str] = {}
         self.areas: dict[str, str] = {}
         self.pending: dict[str, rpt.CaseResult] = {}
+        self.starts: dict[str, float] = {}
         self.props: dict[str, str] = {}
+        self.run_facts: dict[str, str] = {}
+        self.planned: list[rpt.Planned] = []
         self.watch: kmsg.KmsgWatch | None = None
         self.last_summary = 0.0
         self.outdir: Path | None = None
         self.collect_errors: list[rpt.CaseResult] = []
+        self.session: pytest.Session | None = None
+        self.write_errors: list[str] = []
+        self.final_exit: int | None = None
+        self.final_summary: dict | None = None
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         """A case module that does not import is a harness error, reported as an `error` result."""
@@ -145,51 +161,108 @@ class KmmRun:
                 config.hook.pytest_deselected(items=deselected)
             items[:] = keep
 
+    def _status(self, line: str) -> None:
+        """One line for the person running the suite (stderr), never on the TAP stream."""
+        fd = self.config.getoption("--kmm-status-fd")
+        try:
+            if fd is not None:
+                os.write(fd, (line + "\n").encode())
+            elif sys.__stderr__ is not None:
+                sys.__stderr__.write(line + "\n")
+                sys.__stderr__.flush()
+        except OSError:
+            pass
+
+    def _take_lock(self) -> None:
+        """The machine-wide run lock, before anything reaches the TAP stream or the settings."""
+        if not system.is_root() or system.SETTINGS.acquire():
+            return
+        wait = float(os.environ.get("KMM_LOCK_WAIT", "1800"))
+        self._status(f"run_suite.py: waiting up to {wait:g}s for another run (pid {system.SETTINGS.lock_holder()}) "
+                     f"to end (KMM_LOCK_WAIT)")
+        if not system.SETTINGS.acquire(timeout=wait):
+            self.active = False
+            raise LockTimeout(f"another kmm-conformance run (pid {system.SETTINGS.lock_holder()}) "
+                              f"still holds {system.SETTINGS.lock_path} after {wait:g}s (KMM_LOCK_WAIT)")
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if self.collect_errors and not self.active and not self.config.getoption("--kmm-select"):
             self.active = True
         if not self.active or self.config.getoption("--collect-only"):
             return
+        self.session = session
+        self._take_lock()
+        repaired = system.SETTINGS.repair() if system.is_root() else {}
         facts = system.facts()
         self.props = facts.properties()
-        out = self.config.getoption("--kmm-results") or str(
-            ROOT / "results" / rpt.results_dir_name(facts.release)
-        )
-        self.outdir = Path(out)
-        self.outdir.mkdir(parents=True, exist_ok=True)
-        streams = [open(self.outdir / "results.tap", "w")]  # noqa: SIM115 - closed at session end
+        self.planned = [rpt.Planned(r.area, r.name, r.nodeid) for r in self.collect_errors] + [
+            rpt.Planned(self.areas[i.nodeid], self.names[i.nodeid], i.nodeid)
+            for i in session.items if i.nodeid in self.names]
+        self.run_facts = self._run_facts()
+        given = self.config.getoption("--kmm-results")
+        try:
+            self.outdir = Path(given) if given else results.new_run_dir(results.default_base(ROOT), facts.release)
+            self.outdir.mkdir(parents=True, exist_ok=True)
+            tap_file = open(self.outdir / "results.tap", "w")  # noqa: SIM115 - closed at session end
+        except (OSError, results.ResultsError) as e:
+            self.active = False
+            system.SETTINGS.release()
+            raise UsageError(f"results folder {self.outdir or given} is not writable: "
+                             f"{getattr(e, 'strerror', None) or e}") from None
+        streams: list = [tap_file]
+        names = ["results.tap"]
         fd = self.config.getoption("--kmm-tap-fd")
         if fd is not None:
             streams.append(os.fdopen(os.dup(fd), "w"))
-        self.tap = rpt.TapWriter(streams)
-        self.tap.header(len(session.items) + len(self.collect_errors))
+            names.append("")
+        self.tap = rpt.TapWriter(streams, names)
+        self.tap.header(len(self.planned))
         self.tap.diag(f"kernel {facts.release} {facts.version} ({facts.machine})")
         self.tap.diag(f"uffd features {facts.uffd_features:#x}; THP sizes: "
                       + (", ".join(system.size_label(s) for s in facts.thp_sizes) or "none")
                       + "; hugetlb sizes: " + (", ".join(system.size_label(s) for s in facts.hugetlb_sizes) or "none"))
-        if system.is_root():
-            if not system.SETTINGS.acquire():
-                wait = float(os.environ.get("KMM_LOCK_WAIT", "1800"))
-                self.tap.diag(f"waiting up to {wait:g}s for another run (pid {system.SETTINGS.lock_holder()}) to end")
-                if not system.SETTINGS.acquire(timeout=wait):
-                    self.active = False
-                    raise pytest.UsageError(f"another kmm-conformance run (pid {system.SETTINGS.lock_holder()}) "
-                                            f"still holds {system.SETTINGS.lock_path} after {wait:g}s")
-            repaired = system.SETTINGS.repair()
-            if repaired:
-                self.tap.diag("restored settings left by a killed run: "
-                              + ", ".join(f"{k}={v}" for k, v in repaired.items()))
+        self.tap.diag(f"kmm-conformance {self.run_facts['version']} ({self.run_facts['describe']})")
+        if repaired:
+            self.tap.diag("restored settings left by a killed run: "
+                          + ", ".join(f"{k}={v}" for k, v in repaired.items()))
         self.watch = kmsg.KmsgWatch()
         if self.watch.unavailable:
             self.tap.diag(f"kernel log watch off: {self.watch.unavailable}")
         child.become_subreaper()
+        child.start_watchdog()
+        self._write_reports(final=False)  # from here on a killed run leaves reports marked running
         for r in self.collect_errors:
+            r.started = rpt.iso(time.time())
             self.results.append(r)
             self.tap.result(r)
+
+    def _run_facts(self) -> dict[str, str]:
+        """The suite's own facts, recorded once in every report: command line, options, version."""
+        import shlex
+
+        opt = self.config.getoption
+        command = opt("--kmm-command") or shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+        facts = {
+            "command": command,
+            "args": " ".join(str(a) for a in self.config.args),
+            "option.timeout": f"{opt('--kmm-timeout'):g}",
+            "option.repeat": str(opt("--kmm-repeat")),
+            "option.select": " | ".join(opt("--kmm-select")),
+            "option.keyword": opt("keyword") or "",
+            "option.no_swap_setup": "yes" if opt("--kmm-no-swap-setup") else "no",
+            "planned": str(len(self.planned)),
+            "started": rpt.iso(self.started),
+            "hostname": os.uname().nodename,
+            "python": sys.version.split()[0],
+            "pytest": pytest.__version__,
+        }
+        facts.update(rpt.suite_version(str(ROOT)))
+        return facts
 
     # -- running --------------------------------------------------------------------------
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         interrupt.check()  # a signal whose KeyboardInterrupt was swallowed still ends the run here
+        self.starts[nodeid] = time.time()
         if self.tap and nodeid in self.names:
             self.tap.start(self.names[nodeid])
 
@@ -263,7 +336,8 @@ class KmmRun:
         r = self.pending.get(rep.nodeid)
         if r is None:
             r = rpt.CaseResult(area=self.areas[rep.nodeid],
-                                  name=self.names[rep.nodeid], verdict="pass", nodeid=rep.nodeid)
+                               name=self.names[rep.nodeid], verdict="pass", nodeid=rep.nodeid,
+                               started=rpt.iso(self.starts.get(rep.nodeid, time.time())))
             self.pending[rep.nodeid] = r
         r.duration += rep.duration
         info = getattr(rep, "kmm_info", None) or {}
@@ -301,11 +375,26 @@ class KmmRun:
             return
         self.results.append(r)
         self.tap.result(r)
-        if time.time() - self.last_summary > 5:
+        if time.time() - self.last_summary > self.REPORT_EVERY:
             self._write_reports(final=False)
+        self._check_writes()
+
+    def write_failure(self) -> str:
+        """The first write to the results folder that failed ('' when none did)."""
+        errors = (self.tap.errors if self.tap else []) + self.write_errors
+        return errors[0] if errors else ""
+
+    def _check_writes(self) -> None:
+        """A results folder that stopped taking writes ends the run at the next case boundary."""
+        err = self.write_failure()
+        if err and not self.partial:
+            self.partial = f"stopped: the results folder {self.outdir} cannot be written ({err})"
+        if err and self.session is not None and not self.session.shouldstop:
+            self.session.shouldstop = self.partial
 
     def pytest_keyboard_interrupt(self, excinfo) -> None:
-        self.partial = str(getattr(excinfo.value, "kmm_reason", "")) or "interrupted (SIGINT)"
+        if not self.partial:
+            self.partial = str(getattr(excinfo.value, "kmm_reason", "")) or "interrupted (SIGINT)"
 
     # -- the end --------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -313,14 +402,20 @@ class KmmRun:
             return
         if exitstatus == pytest.ExitCode.INTERRUPTED and not self.partial:
             self.partial = "interrupted"
+        child.stop_watchdog()
         failed = system.SETTINGS.restore()
         if failed:
             self.tap.diag("could not restore: " + ", ".join(failed))
         system.SETTINGS.release()
+        self._check_writes()
         self.tap.finish(self.partial)
         self._write_reports(final=True)
-        for s in self.tap.streams:
-            s.close()
+        self.tap.close()
+        err = self.write_failure()
+        if err:
+            self.final_exit = self.final_exit or 1
+            self._status(f"run_suite.py: error: results folder {self.outdir} could not be written ({err}): "
+                         "its reports are incomplete and the run counts as failed")
         if self.watch:
             self.watch.close()
 
@@ -328,26 +423,34 @@ class KmmRun:
         t = rpt.Totals()
         for r in self.results:
             t.add(r)
-        return kselftest_exit(t, bool(self.partial))
+        return kselftest_exit(t, bool(self.partial or self.write_failure()))
 
     def _write_reports(self, final: bool) -> None:
+        """summary.json and junit.xml, each through a temporary file; both or neither are
+        replaced, so a folder that fills up keeps the earlier reports, marked as running."""
         assert self.outdir is not None
         self.last_summary = time.time()
         props = dict(self.props)
-        if self.partial:
-            props["run.partial"] = self.partial
-        data = rpt.summary(self.results, props, partial=self.partial or ("" if final else "running"),
-                              started=self.started, exit_code=self.exit_code())
-        rpt.write_summary(str(self.outdir / "summary.json"), data)
+        partial = self.partial or ("" if final else "running")
+        if partial:
+            props["run.partial"] = partial
+        code = self.exit_code() if final else None
+        data = rpt.summary(self.results, props, partial=partial, started=self.started, exit_code=code,
+                           planned=self.planned, run=self.run_facts)
         if final:
-            rpt.write_atomic(str(self.outdir / "junit.xml"), rpt.junit_xml(self.results, props))
-            latest = self.outdir.parent / "latest"
-            try:
-                if latest.is_symlink() or latest.exists():
-                    latest.unlink()
-                latest.symlink_to(self.outdir.name)
-            except OSError:
-                pass
+            self.final_exit = code
+            self.final_summary = data
+        try:
+            rpt.write_reports(str(self.outdir), data)
+        except OSError as e:
+            self.write_errors.append(f"{os.path.basename(e.filename or '') or 'report'}: {e.strerror}")
+            if final and self.tap is not None:
+                self.tap.diag(f"results folder {self.outdir} could not be written ({self.write_errors[-1]}): "
+                              "its reports are incomplete")
+
+
+class LockTimeout(UsageError):
+    """Another run kept the machine-wide run lock past KMM_LOCK_WAIT."""
 
 
 def _longrepr_line(rep: pytest.TestReport) -> str:

@@ -13,8 +13,9 @@ Exit codes (kselftest): 0 pass, 1 fail, 4 everything skipped, 2 bad command line
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -31,12 +32,12 @@ BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
 def _ensure_interpreter() -> None:
     """Re-run under the project's virtual environment when this interpreter lacks pytest."""
     try:
-        import junit_xml  # noqa: F401
         import pytest  # noqa: F401
+        import pytest_timeout  # noqa: F401
     except ImportError:
         if VENV_PY.exists() and Path(sys.prefix).resolve() != VENV_PY.parent.parent.resolve():
             os.execv(str(VENV_PY), [str(VENV_PY), str(Path(__file__).resolve()), *sys.argv[1:]])
-        sys.stderr.write("run_suite.py: error: pytest/junit-xml missing; run scripts/bootstrap.sh first\n")
+        sys.stderr.write("run_suite.py: error: pytest/pytest-timeout missing; run scripts/bootstrap.sh first\n")
         sys.exit(EXIT_USAGE)
 
 
@@ -152,39 +153,84 @@ def pytest_args(args: argparse.Namespace, chosen: list[str], patterns: list[str]
     return out
 
 
-def default_results_dir() -> Path:
-    sys.path.insert(0, str(ROOT))
-    from lib.report import results_dir_name
+class RunLog(io.TextIOBase):
+    """pytest's own output, to run.log: a write that fails (a full disk) never stops the run,
+    and the ``ERROR:`` lines (usage errors) are kept in memory for the one-line message."""
 
-    base = ROOT / "results"
-    try:
-        base.mkdir(exist_ok=True)
-        if not os.access(base, os.W_OK):
-            raise PermissionError
-    except OSError:
-        base = Path(os.environ.get("TMPDIR", "/tmp")) / "kmm-results"
-        base.mkdir(exist_ok=True)
-    return base / results_dir_name(os.uname().release)
+    def __init__(self, path: Path) -> None:
+        self.error_lines: list[str] = []
+        self._tail = ""
+        try:
+            self._f: io.TextIOBase | None = open(path, "a")  # noqa: SIM115 - closed by close()
+        except OSError:
+            self._f = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._tail + text).split("\n")
+        self._tail = lines.pop()
+        self.error_lines += [ln.removeprefix("ERROR: ") for ln in lines if ln.startswith("ERROR: ")]
+        if self._f is not None:
+            try:
+                self._f.write(text)
+                self._f.flush()
+            except OSError:
+                self._f = None
+        return len(text)
+
+    def close(self) -> None:
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+            self._f = None
 
 
-def run_pytest(argv: list[str], log_path: Path) -> tuple[int, str]:
+class RunOutcome:
+    """A pytest plugin that hands the runner plugin's final state back to run_suite.py (its
+    exit code never depends on reading the results folder back)."""
+
+    run = None
+
+    def pytest_unconfigure(self, config) -> None:
+        self.run = config.pluginmanager.get_plugin("kmm-run")
+
+
+def run_pytest(argv: list[str], log_path: Path) -> tuple[int, str, object]:
     """pytest.main in this process; its own output goes to the log, TAP to stdout."""
     import pytest
 
-    with open(log_path, "a") as log:
-        old = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = log
-        try:
-            code = int(pytest.main(argv))
-        finally:
-            sys.stdout, sys.stderr = old
+    log = RunLog(log_path)
+    outcome = RunOutcome()
+    old = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = log
+    try:
+        code = int(pytest.main(argv, plugins=[outcome]))
+    finally:
+        sys.stdout, sys.stderr = old
+        log.close()
     usage = ""
-    if code == pytest.ExitCode.USAGE_ERROR:
-        for line in log_path.read_text().splitlines():
-            if line.startswith("ERROR: "):
-                usage = line.removeprefix("ERROR: ")
-                usage = usage.split("UsageError: ")[-1]
-    return code, usage
+    if code == pytest.ExitCode.USAGE_ERROR and log.error_lines:
+        usage = log.error_lines[-1].split("UsageError: ")[-1]
+    return code, usage, outcome.run
+
+
+def say(line: str) -> None:
+    """A line on stdout that a closed stdout (``| head``) never turns into a traceback."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        stdout_gone()
+
+
+def stdout_gone() -> None:
+    """stdout was closed by its reader: point it at /dev/null so nothing fails at exit."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, sys.stdout.fileno())
+    os.close(fd)
 
 
 def list_cases(argv: list[str]) -> int:
@@ -213,8 +259,12 @@ def list_cases(argv: list[str]) -> int:
         msg = next((line[7:] for line in buf.getvalue().splitlines() if line.startswith("ERROR: ")), "")
         sys.stderr.write(f"run_suite.py: error: {msg or 'collection failed (see pytest --collect-only cases)'}\n")
         return EXIT_USAGE
-    for n in lister.names:
-        print(n)
+    try:
+        for n in lister.names:
+            sys.stdout.write(n + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `--list | head`: the reader has what it wanted
+        stdout_gone()
     return 0
 
 
@@ -262,37 +312,51 @@ def main(argv: list[str] | None = None) -> int:
     chosen, patterns = split_selection(args.select)
     if args.list:
         return list_cases(pytest_args(args, chosen, patterns, None, None))
-    results = Path(args.results).resolve() if args.results else default_results_dir()
+    from lib import results as folders
+
+    existed = bool(args.results) and Path(args.results).exists()
     try:
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        sys.stderr.write(f"run_suite.py: error: cannot create results folder {results}: {e.strerror}\n")
+        if args.results:
+            results = Path(args.results).resolve()
+            results.mkdir(parents=True, exist_ok=True)
+        else:
+            results = folders.new_run_dir(folders.default_base(ROOT), os.uname().release)
+        folders.probe_writable(results)
+    except (OSError, folders.ResultsError) as e:
+        why = e if isinstance(e, folders.ResultsError) else f"cannot create results folder {args.results}: {e.strerror}"
+        sys.stderr.write(f"run_suite.py: error: {why}\n")
         return exitcodes.usage_code(args.bisect)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_gone()
     tap_fd = os.dup(sys.stdout.fileno())
+    status_fd = os.dup(sys.stderr.fileno())
     from lib import interrupt
 
     interrupt.install()
-    code, usage = run_pytest(pytest_args(args, chosen, patterns, results, tap_fd), results / "run.log")
+    command = shlex.join(["run_suite.py", *(sys.argv[1:] if argv is None else argv)])
+    extra = [f"--kmm-status-fd={status_fd}", f"--kmm-command={command}"]
+    code, usage, run = run_pytest([*pytest_args(args, chosen, patterns, results, tap_fd), *extra], results / "run.log")
     os.close(tap_fd)
+    os.close(status_fd)
     if usage:
         sys.stderr.write(f"run_suite.py: error: {usage}\n")
-        if not args.results:
+        if not existed:  # the folder is this run's own, and nothing ran: remove it
             shutil.rmtree(results, ignore_errors=True)
         return exitcodes.usage_code(args.bisect)
-    summary = None
-    try:
-        summary = json.loads((results / "summary.json").read_text())
-    except (OSError, ValueError):
-        pass
-    print(f"# results: {results}", flush=True)
+    summary = getattr(run, "final_summary", None)
+    final = getattr(run, "final_exit", None)
+    if summary is not None and not args.results and not run.write_failure():
+        folders.point_latest(results)  # a run's own folder under results/: `latest` moves to it
+    say(f"# results: {results}")
     if args.bisect:
         return bisect_code(summary, code)
-    if summary is None:
+    if final is None:
         sys.stderr.write(f"run_suite.py: error: the run produced no report (pytest exit {code}); "
                          f"see {results}/run.log\n")
         return 1
-    return int(summary["exit_code"])
+    return int(final)
 
 
 if __name__ == "__main__":
@@ -300,3 +364,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # stdout closed early: no traceback
+        stdout_gone()
+        sys.exit(1)

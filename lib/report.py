@@ -8,8 +8,11 @@ Each case is announced with ``# [RUN] name`` (cow.c's log_test_start), so a cons
 can name the case that was running when a kernel died.  A timed-out case is
 ``not ok N name # TIMEOUT reason``; it counts as a failure.
 
-JUnit is written with junit-xml: one testsuite per area, classname = area, name = the TAP
-name, elapsed time always set, failure and skip messages always set, diagnostics as body.
+JUnit is built with xml.etree within the Jenkins xunit plugin's junit-10.xsd: a first suite
+``kmm.run`` holding the run's facts once, then one testsuite per area, classname = area, name =
+the TAP name, elapsed time always set, failure and skip messages always set, diagnostics as
+body; XFAIL is ``skipped`` of type ``xfail``, a planned case an interrupted run never reached
+is ``skipped`` of type ``notrun``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class CaseResult:
     kmsg: str = ""
     repeats: list[str] = field(default_factory=list)
     traceback: str = ""  # full Python traceback: JUnit body and summary.json only, never TAP
+    started: str = ""  # UTC start (iso()), '' where unknown
 
     @property
     def failed(self) -> bool:
@@ -99,18 +103,45 @@ class Totals(dict):
 
 
 class TapWriter:
-    """Writes TAP to several streams at once, flushing every line (DESIGN rule 7)."""
+    """Writes TAP to several streams at once, flushing every line (DESIGN rule 7).
 
-    def __init__(self, streams: Iterable[IO[str]]) -> None:
+    A stream that fails is dropped and the others go on: the live TAP on stdout never depends
+    on the results folder, and a closed stdout (``| head``) never stops the files.  The failure
+    of a named stream (a file) is kept in ``errors`` for the runner to act on.
+    """
+
+    def __init__(self, streams: Iterable[IO[str]], names: Iterable[str] = ()) -> None:
         self.streams = list(streams)
+        self.names = dict(zip(map(id, self.streams), names))
+        self.errors: list[str] = []
         self.number = 0
         self.totals = Totals()
         self.plan = 0
 
     def _emit(self, line: str) -> None:
+        for s in list(self.streams):
+            try:
+                s.write(line + "\n")
+                s.flush()
+            except (OSError, ValueError) as e:
+                self.streams.remove(s)
+                name = self.names.get(id(s))
+                if name:
+                    self.errors.append(f"{name}: {getattr(e, 'strerror', None) or e}")
+                try:
+                    s.close()
+                except (OSError, ValueError):
+                    pass
+
+    def close(self) -> None:
         for s in self.streams:
-            s.write(line + "\n")
-            s.flush()
+            try:
+                s.close()
+            except (OSError, ValueError) as e:
+                name = self.names.get(id(s))
+                if name:
+                    self.errors.append(f"{name}: {getattr(e, 'strerror', None) or e}")
+        self.streams = []
 
     def header(self, plan: int) -> None:
         self.plan = plan
@@ -148,76 +179,300 @@ class TapWriter:
 # ---------------------------------------------------------------------------------------
 # JUnit
 
+# The Jenkins xunit plugin's junit-10.xsd is the strictest schema dashboards apply; what it
+# allows decides the layout (tests/junit_schema.py checks every file against its rules):
+# <testsuites> carries only name/tests/failures/errors/time, so the run's facts go once into
+# the properties of a first suite, ``kmm.run``; <testcase> has no timestamp, so a case's start
+# is a line of its system-out; times are plain decimals (no exponent).
 
-def junit_xml(results: list[CaseResult], properties: dict[str, str], suite_prefix: str = "kmm") -> str:
-    from junit_xml import TestCase, TestSuite, to_xml_report_string
+RUN_SUITE = "run"  # the area name of the suite holding the run's facts
+NOT_RUN = "notrun"
 
-    areas: dict[str, list[CaseResult]] = {}
+
+def iso(t: float) -> str:
+    """UTC time with milliseconds, as summary.json writes every time."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def _stamp(iso_time: str) -> str:
+    """A JUnit timestamp (seconds, no zone: the form Ant and surefire write) from :func:`iso`."""
+    return iso_time[:19]
+
+
+def seconds(value: float) -> str:
+    """A time as junit-10.xsd's SUREFIRE_TIME accepts it: a plain decimal, never an exponent."""
+    return f"{max(0.0, value):.3f}"
+
+
+_XML_BAD = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """Text XML 1.0 can carry (kernel logs may hold control bytes): the rest becomes U+FFFD."""
+    return _XML_BAD.sub("\ufffd", text)
+
+
+def _kind(r: CaseResult) -> tuple[str, str, str] | None:
+    """(element, type, message) of a result's JUnit child, None for a pass."""
+    msg = one_line(r.message) or r.verdict
+    if r.verdict == "fail":
+        return ("failure", "timeout" if r.timeout else "failure", msg)
+    if r.verdict == "error":
+        return ("error", "cannot-test" if r.message.startswith("cannot test") else "error", msg)
+    if r.verdict == "xpass":
+        return ("failure", "xpass", "XPASS: " + msg)
+    if r.verdict == "skip":
+        return ("skipped", "skip", msg)
+    if r.verdict == "xfail":
+        return ("skipped", "xfail", "XFAIL: " + msg)
+    return None
+
+
+def _sub(parent, tag: str, attrs: dict[str, str] | None = None, text: str | None = None):
+    from xml.etree import ElementTree as ET
+
+    e = ET.SubElement(parent, tag, {k: xml_text(v) for k, v in (attrs or {}).items()})
+    if text:
+        e.text = xml_text(text)
+    return e
+
+
+def _testcase(parent, r: CaseResult) -> dict[str, int]:
+    tc = _sub(parent, "testcase", {"classname": r.area, "name": r.name, "time": seconds(r.duration)})
+    kind = _kind(r)
+    body = "\n".join(x for x in (r.details, r.traceback, r.kmsg and "kernel log:\n" + r.kmsg) if x)
+    if kind:
+        el, typ, msg = kind
+        _sub(tc, el, {"type": typ, "message": msg}, body or None)
+    out = [f"verdict: {r.verdict}"]
+    if r.started:
+        out.append(f"started: {r.started}")
+    if r.repeats:
+        out.append("verdicts of the repeats: " + ", ".join(r.repeats))
+    if r.nodeid:
+        out.append(f"nodeid: {r.nodeid}")
+    _sub(tc, "system-out", text="\n".join(out))
+    return {"tests": 1, "failures": int(el == "failure") if kind else 0,
+            "errors": int(el == "error") if kind else 0, "skipped": int(el == "skipped") if kind else 0}
+
+
+def _not_run(parent, area: str, name: str, reason: str) -> dict[str, int]:
+    tc = _sub(parent, "testcase", {"classname": area, "name": name, "time": seconds(0)})
+    _sub(tc, "skipped", {"type": NOT_RUN, "message": f"not run: {reason}"})
+    _sub(tc, "system-out", text=f"verdict: {NOT_RUN}")
+    return {"tests": 1, "failures": 0, "errors": 0, "skipped": 1}
+
+
+@dataclass
+class Planned:
+    area: str
+    name: str
+    nodeid: str = ""
+
+
+def junit_xml(results: list[CaseResult], properties: dict[str, str], *, planned: list[Planned] | None = None,
+              partial: str = "", run: dict | None = None, started: float | None = None,
+              suite_prefix: str = "kmm") -> str:
+    """The run as JUnit XML within junit-10.xsd.
+
+    ``properties`` (kernel facts) and ``run`` (the suite's own facts: command, options,
+    version) are written once, in the first suite ``kmm.run``.  A ``partial`` run adds an
+    ``error`` case there naming why it stopped, and every ``planned`` case without a result
+    appears as skipped with type ``notrun``, so the file never reads as a complete green run.
+    """
+    from xml.etree import ElementTree as ET
+
+    host = os.uname().nodename
+    run = dict(run or {})
+    t0 = started if started is not None else time.time()
+    root = ET.Element("testsuites", {"name": f"{suite_prefix}-conformance"})
+    grand = {"tests": 0, "failures": 0, "errors": 0}
+    total_time = 0.0
+
+    def suite(area: str, stamp: str) -> ET.Element:
+        return _sub(root, "testsuite", {"name": f"{suite_prefix}.{area}", "timestamp": stamp, "hostname": host})
+
+    def close(s: ET.Element, counts: dict[str, int], secs: float) -> None:
+        s.set("tests", str(counts["tests"]))
+        s.set("failures", str(counts["failures"]))
+        s.set("errors", str(counts["errors"]))
+        s.set("skipped", str(counts["skipped"]))
+        s.set("time", seconds(secs))
+        for k in grand:
+            grand[k] += counts[k]
+
+    # the run's facts, once
+    head = suite(RUN_SUITE, _stamp(iso(t0)))
+    props = _sub(head, "properties")
+    for k, v in {**properties, **{f"suite.{k}": str(v) for k, v in run.items()}}.items():
+        _sub(props, "property", {"name": k, "value": str(v)})
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    done = {r.name for r in results}
+    missing = [p for p in (planned or []) if p.name not in done]
+    if partial:
+        msg = f"run {partial}: {len(missing)} of {len(planned or results)} planned cases not run"
+        tc = _sub(head, "testcase", {"classname": RUN_SUITE, "name": "run completed", "time": seconds(0)})
+        _sub(tc, "error", {"type": "interrupted", "message": msg})
+        counts["tests"] += 1
+        counts["errors"] += 1
+    close(head, counts, 0.0)
+
+    areas: dict[str, list] = {}
     for r in results:
         areas.setdefault(r.area, []).append(r)
-    suites = []
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    for area, rs in areas.items():
-        cases = []
-        for r in rs:
-            body = "\n".join(x for x in (r.details, r.traceback, r.kmsg and "kernel log:\n" + r.kmsg) if x)
-            tc = TestCase(
-                r.name,
-                classname=area,
-                elapsed_sec=max(r.duration, 1e-6),
-                stdout=body or None,
-                file=r.nodeid.split("::")[0] or None,
-            )
-            msg = one_line(r.message) or r.verdict
-            if r.verdict == "fail":
-                kind = "timeout" if r.timeout else "failure"
-                tc.add_failure_info(message=msg, output=body or msg, failure_type=kind)
-            elif r.verdict == "error":
-                tc.add_error_info(message=msg, output=body or msg, error_type="error")
-            elif r.verdict == "xpass":
-                tc.add_failure_info(message="XPASS: " + msg, output=body or msg, failure_type="xpass")
-            elif r.verdict == "skip":
-                tc.add_skipped_info(message=msg)
-            elif r.verdict == "xfail":
-                tc.add_skipped_info(message="XFAIL: " + msg)
-            cases.append(tc)
-        suites.append(TestSuite(f"{suite_prefix}.{area}", cases, properties=dict(properties), timestamp=stamp,
-                                hostname=os.uname().nodename))
-    return to_xml_report_string(suites, prettyprint=True, encoding="utf-8")
+    for p in missing:
+        areas.setdefault(p.area, []).append(p)
+    for area, items in areas.items():
+        starts = [r.started for r in items if isinstance(r, CaseResult) and r.started]
+        s = suite(area, _stamp(min(starts)) if starts else _stamp(iso(t0)))
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        secs = 0.0
+        for r in items:
+            if isinstance(r, CaseResult):
+                c = _testcase(s, r)
+                secs += r.duration
+            else:
+                c = _not_run(s, area, r.name, partial or "the run ended early")
+            for k in counts:
+                counts[k] += c[k]
+        close(s, counts, secs)
+        total_time += secs
+    for k, v in grand.items():
+        root.set(k, str(v))
+    root.set("time", seconds(total_time))
+    ET.indent(root, space=" ")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def junit_from_summary(data: dict) -> str:
+    """JUnit rebuilt from a summary.json (the VM runner merges the guest's report with its own)."""
+    cases = [CaseResult(**c) for c in data.get("cases", [])]
+    planned = [Planned(**p) for p in data.get("planned", [])]
+    started = data.get("started_epoch")
+    return junit_xml(cases, data.get("kernel", {}), planned=planned,
+                     partial=data.get("partial_reason", "") if data.get("partial") else "",
+                     run=data.get("run", {}), started=started)
 
 
 def summary(results: list[CaseResult], properties: dict[str, str], *, partial: str, started: float,
-            exit_code: int) -> dict:
+            exit_code: int | None, planned: list[Planned] | None = None, run: dict | None = None) -> dict:
+    """summary.json.  ``exit_code`` is None (null) while the run is going on: a report left
+    by a killed run never claims a result it did not reach."""
     totals = Totals()
     for r in results:
         totals.add(r)
+    done = {r.name for r in results}
+    plan = list(planned) if planned is not None else [Planned(r.area, r.name, r.nodeid) for r in results]
     return {
-        "format": "kmm-conformance-summary/1",
+        "format": "kmm-conformance-summary/2",
         "kernel": properties,
+        "run": dict(run or {}),
         "partial": bool(partial),
         "partial_reason": partial,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "started": iso(started),
+        "started_epoch": started,
         "duration": round(time.time() - started, 3),
         "totals": dict(totals),
         "exit_code": exit_code,
+        "planned": [asdict(p) for p in plan],
+        "not_run": [p.name for p in plan if p.name not in done],
         "cases": [asdict(r) for r in results],
     }
 
 
+def suite_version(root: str) -> dict[str, str]:
+    """The suite's own version: pyproject's version, the git commit and ``git describe
+    --always --dirty`` when ``root`` is a git work tree, else "unknown"."""
+    import subprocess
+
+    version = "unknown"
+    try:
+        with open(os.path.join(root, "pyproject.toml")) as f:
+            m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
+        version = m.group(1) if m else version
+    except OSError:
+        pass
+
+    def git(*args: str) -> str:
+        try:
+            p = subprocess.run(["git", "-c", f"safe.directory={root}", "-C", root, *args], capture_output=True,
+                               text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else "unknown"
+
+    return {"version": version, "commit": git("rev-parse", "HEAD"), "describe": git("describe", "--always", "--dirty")}
+
+
 def write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``path`` through a temporary file and rename, so a reader sees the old or the new
+    file, never half of one.  On failure (a full disk) the temporary file is removed and the
+    OSError raised."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_reports(folder: str, data: dict) -> None:
+    """junit.xml and summary.json of ``data`` (a :func:`summary`): both temporary files are
+    written first and only then renamed, so a folder that fills up keeps the previous pair."""
+    texts = {"junit.xml": junit_from_summary(data), "summary.json": json.dumps(data, indent=1) + "\n"}
+    tmps: list[str] = []
+    try:
+        for name, text in texts.items():
+            tmp = os.path.join(folder, f"{name}.tmp{os.getpid()}")
+            tmps.append(tmp)
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        for name, tmp in zip(texts, tmps):
+            os.replace(tmp, os.path.join(folder, name))
+    except OSError:
+        for tmp in tmps:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+
+
+def mark_interrupted(folder: str, reason: str, properties: dict[str, str] | None = None) -> dict:
+    """Rewrite a folder's reports for a run stopped from outside its runner (a ``--kernel``
+    run's SIGINT kills the guest mid-run): its last summary.json (or an empty one) marked
+    partial with ``reason``, every planned case it has no result for listed as not run, and a
+    junit.xml to match."""
+    from lib import exitcodes
+
+    path = os.path.join(folder, "summary.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        data = summary([], {}, partial=reason, started=time.time(), exit_code=None)
+    data["partial"] = True
+    data["partial_reason"] = reason
+    data.setdefault("kernel", {}).update(properties or {})
+    data["kernel"]["run.partial"] = reason
+    done = {c["name"] for c in data.get("cases", [])}
+    data["not_run"] = [p["name"] for p in data.get("planned", []) if p["name"] not in done]
+    data["exit_code"] = exitcodes.kselftest_code(data.get("totals", {}), True)
+    write_reports(folder, data)
+    return data
 
 
 def write_summary(path: str, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=1) + "\n")
-
-
-def results_dir_name(release: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{stamp}-{re.sub(r'[^A-Za-z0-9._+-]', '_', release)}"
 
 
 # ---------------------------------------------------------------------------------------

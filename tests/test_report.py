@@ -1,7 +1,10 @@
 """TAP and JUnit output: format, and parsed back (junitparser), the two agree case by case."""
 
 import io
+import json
+from xml.etree import ElementTree as ET
 
+import pytest
 from junitparser import Error, Failure, JUnitXml, Skipped
 
 from lib import report
@@ -66,13 +69,12 @@ def test_junit_parses_and_agrees_with_tap(tmp_path):
     path.write_text(report.junit_xml(RESULTS, {"kernel.release": "6.18-test"}))
     xml = JUnitXml.fromfile(str(path))
     suites = {s.name: s for s in xml}
-    assert set(suites) == {"kmm.missing", "kmm.cow", "kmm.remove"}
+    assert set(suites) == {"kmm.run", "kmm.missing", "kmm.cow", "kmm.remove"}
     got = {}
     for s in suites.values():
-        assert {p.name: p.value for p in s.properties()}["kernel.release"] == "6.18-test"
         for c in s:
             assert c.classname == s.name.removeprefix("kmm.")
-            assert c.time > 0, "elapsed time always set"
+            assert c._elem.get("time") is not None, "elapsed time always set"
             kinds = {type(x) for x in c.result}
             for x in c.result:
                 assert x.message, f"{c.name}: every failure/skip carries a message"
@@ -86,6 +88,102 @@ def test_junit_parses_and_agrees_with_tap(tmp_path):
                 got[c.name] = "pass"
     want = {r.name: {"xfail": "skip", "xpass": "fail"}.get(r.verdict, r.verdict) for r in RESULTS}
     assert got == want
+
+
+def _tree(**kw) -> ET.Element:
+    return ET.fromstring(report.junit_xml(RESULTS, {"kernel.release": "6.18-test"}, **kw))
+
+
+def test_run_facts_appear_once():
+    root = _tree(run={"commit": "0123abc", "command": "run_suite.py remove"})
+    props = root.findall(".//properties")
+    assert len(props) == 1, "one properties block for the whole run"
+    assert root.find("testsuite").get("name") == "kmm.run"
+    values = {p.get("name"): p.get("value") for p in props[0]}
+    assert values["kernel.release"] == "6.18-test"
+    assert values["suite.commit"] == "0123abc" and values["suite.command"] == "run_suite.py remove"
+
+
+def test_xfail_is_told_apart_from_skip():
+    root = _tree()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    xf = cases["vmsplice() + unmap in child with hugetlb (2048 kB)"].find("skipped")
+    sk = cases["zeropage on hugetlb"].find("skipped")
+    assert (xf.get("type"), sk.get("type")) == ("xfail", "skip")
+    assert xf.get("message") == "XFAIL: upstream: hugetlb"
+    assert "verdict: xfail" in cases["vmsplice() + unmap in child with hugetlb (2048 kB)"].find("system-out").text
+    assert cases["lucky"].find("failure").get("type") == "xpass"
+
+
+def test_suite_timestamp_is_its_first_case_start():
+    rs = [report.CaseResult("a", "late", "pass", started="2026-01-02T03:04:09.000Z"),
+          report.CaseResult("a", "early", "pass", started="2026-01-02T03:04:05.500Z")]
+    root = ET.fromstring(report.junit_xml(rs, {}, started=0.0))
+    suite = root.findall("testsuite")[1]
+    assert suite.get("timestamp") == "2026-01-02T03:04:05"
+    assert "started: 2026-01-02T03:04:09.000Z" in suite.find("testcase").find("system-out").text
+
+
+def test_interrupted_run_accounts_for_every_planned_case():
+    planned = [report.Planned(r.area, r.name) for r in RESULTS[:3]] + [report.Planned("remove", "not reached")]
+    root = ET.fromstring(report.junit_xml(RESULTS[:3], {}, planned=planned, partial="interrupted (SIGINT)"))
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert set(cases) == {r.name for r in RESULTS[:3]} | {"not reached", "run completed"}
+    nr = cases["not reached"].find("skipped")
+    assert (nr.get("type"), nr.get("message")) == ("notrun", "not run: interrupted (SIGINT)")
+    err = cases["run completed"].find("error")
+    assert err.get("message") == "run interrupted (SIGINT): 1 of 4 planned cases not run"
+    assert root.get("errors") == "1" and root.get("tests") == "5"
+    # a complete run has no such case
+    root = ET.fromstring(report.junit_xml(RESULTS[:3], {}, planned=planned[:3]))
+    assert root.get("errors") == "0" and "run completed" not in {c.get("name") for c in root.iter("testcase")}
+
+
+def test_summary_lists_planned_and_not_run():
+    planned = [report.Planned(r.area, r.name) for r in RESULTS] + [report.Planned("remove", "not reached")]
+    d = report.summary(RESULTS, {}, partial="running", started=0.0, exit_code=None, planned=planned,
+                       run={"commit": "abc"})
+    assert d["exit_code"] is None and d["partial"] is True
+    assert [p["name"] for p in d["planned"]] == [p.name for p in planned]
+    assert d["not_run"] == ["not reached"]
+    assert d["run"] == {"commit": "abc"}
+    again = ET.fromstring(report.junit_from_summary(json.loads(json.dumps(d))))
+    assert "not reached" in {c.get("name") for c in again.iter("testcase")}
+
+
+def test_write_reports_replaces_both_or_neither(tmp_path, monkeypatch):
+    d = report.summary(RESULTS, {}, partial="running", started=0.0, exit_code=None)
+    report.write_reports(str(tmp_path), d)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert set(before) == {"junit.xml", "summary.json"}
+    real_open = open
+    calls = []
+
+    def failing_open(path, *a, **k):  # the second file hits a full disk
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", path)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", failing_open)
+    done = report.summary(RESULTS, {}, partial="", started=0.0, exit_code=0)
+    with pytest.raises(OSError):
+        report.write_reports(str(tmp_path), done)
+    monkeypatch.undo()
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before, "no file replaced, no temporary left"
+
+
+def test_tap_writer_goes_on_when_a_stream_fails():
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(28, "No space left on device")
+
+    good, bad = io.StringIO(), Full()
+    w = report.TapWriter([bad, good], ["results.tap", ""])
+    w.header(1)
+    w.result(RESULTS[0])
+    assert good.getvalue().startswith("TAP version 13\n1..1\nok 1 ")
+    assert w.errors == ["results.tap: No space left on device"]
 
 
 def test_one_line_and_names():

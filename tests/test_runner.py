@@ -7,6 +7,7 @@ journal after SIGKILL, and an interrupted run's partial but valid report.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,11 +16,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 from junitparser import JUnitXml
 
 from lib import report, system
+from tests import junit_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "runner"
@@ -76,10 +79,13 @@ def test_mixed_run_reports_every_verdict(tmp_path):
 
 def test_tap_junit_summary_agree(tmp_path):
     run("mixed", results=tmp_path)
+    assert junit_schema.check_file(str(tmp_path / "junit.xml")) == []
     tap = {n: v for n, v, _ in report.parse_tap((tmp_path / "results.tap").read_text())}
     junit = {}
-    for suite in JUnitXml.fromfile(str(tmp_path / "junit.xml")):
-        assert suite.name == "kmm.demo"
+    suites = list(JUnitXml.fromfile(str(tmp_path / "junit.xml")))
+    assert [s.name for s in suites] == ["kmm.run", "kmm.demo"]
+    assert list(suites[0]) == [], "a complete run: the run suite holds only the run's facts"
+    for suite in suites[1:]:
         for c in suite:
             junit[c.name] = "fail" if not (c.is_passed or c.is_skipped) else ("skip" if c.is_skipped else "pass")
     s = verdicts(tmp_path)
@@ -88,6 +94,13 @@ def test_tap_junit_summary_agree(tmp_path):
     props = summary(tmp_path)["kernel"]
     assert props["kernel.release"] == os.uname().release
     assert "uffd.features" in props
+    facts = summary(tmp_path)["run"]
+    assert facts["command"] == f"run_suite.py --results={tmp_path}"
+    assert facts["option.timeout"] == "60" and facts["planned"] == "6"
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert facts["commit"] == (git.stdout.strip() if git.returncode == 0 else "unknown")
+    assert facts["describe"] != "" and facts["version"] != ""
+    assert all(c["started"] for c in summary(tmp_path)["cases"]), "every case's start time"
 
 
 @pytest.mark.parametrize("tree,plain,bisect", [("passing", 0, 0), ("mixed", 1, 1), ("allskip", 4, 125)])
@@ -240,8 +253,8 @@ def test_interrupt_check_raises_a_swallowed_signal_again(monkeypatch):
     assert e.value.kmm_reason == "interrupted (SIGTERM)"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_run_leaves_a_valid_partial_report(tmp_path, sig):
+def _slow_run(tmp_path: Path, sig: int, after: str) -> tuple[subprocess.Popen, str]:
+    """The slow tree, sent ``sig`` once a stdout line starts with ``after``."""
     e = dict(os.environ, KMM_CASES=str(DATA / "slow"), KMM_STATE_DIR=str(PRIVATE_STATE))
     proc = subprocess.Popen([*RUN, f"--results={tmp_path}"], env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -249,16 +262,264 @@ def test_interrupted_run_leaves_a_valid_partial_report(tmp_path, sig):
     assert proc.stdout is not None
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("ok 2 "):
+        if line.startswith(after):
             proc.send_signal(sig)
             break
+    if sig == signal.SIGKILL:
+        proc.wait(30)
+        return proc, "".join(seen)
     out, _ = proc.communicate(timeout=60)
-    text = "".join(seen) + out
+    return proc, "".join(seen) + out
+
+
+def _junit_cases(path: Path) -> dict[str, ET.Element]:
+    return {c.get("name"): c for c in ET.parse(path).getroot().iter("testcase")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_run_leaves_a_valid_partial_report(tmp_path, sig):
+    proc, text = _slow_run(tmp_path, sig, "ok 2 ")
     assert proc.returncode == 1
     assert "# PARTIAL RUN: interrupted (SIG" in text
     s = summary(tmp_path)
     assert s["partial"] is True and 2 <= len(s["cases"]) < 20
     assert s["kernel"]["run.partial"].startswith("interrupted")
-    xml = JUnitXml.fromfile(str(tmp_path / "junit.xml"))
-    assert sum(1 for suite in xml for _ in suite) == len(s["cases"])
+    assert s["exit_code"] == 1
+    assert len(s["planned"]) == 20 and len(s["not_run"]) == 20 - len(s["cases"])
+    assert junit_schema.check_file(str(tmp_path / "junit.xml")) == []
+    cases = _junit_cases(tmp_path / "junit.xml")
+    assert len(cases) == 20 + 1, "every planned case, and the run's own error"
+    not_run = [n for n, c in cases.items() if c.find("skipped") is not None]
+    assert sorted(not_run) == sorted(s["not_run"])
+    assert all(cases[n].find("skipped").get("message").startswith("not run: interrupted (SIG") for n in not_run)
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    assert root.get("errors") == "1" and "run interrupted (SIG" in cases["run completed"].find("error").get("message")
     assert "Traceback" not in text
+
+
+def test_interrupted_before_the_first_result(tmp_path):
+    proc, text = _slow_run(tmp_path, signal.SIGINT, "# [RUN] slow case 0")
+    assert proc.returncode == 1
+    assert "# PARTIAL RUN: interrupted (SIGINT)" in text
+    s = summary(tmp_path)
+    assert s["partial"] is True and s["cases"] == [] and len(s["not_run"]) == 20
+    assert junit_schema.check_file(str(tmp_path / "junit.xml")) == []
+    cases = _junit_cases(tmp_path / "junit.xml")
+    assert len(cases) == 21 and cases["run completed"].find("error") is not None
+    assert (tmp_path / "results.tap").read_text().count("# PARTIAL RUN") == 1
+
+
+def test_a_killed_run_never_claims_success(tmp_path):
+    """SIGKILL: nothing can be written at the end, so what was written while running says so."""
+    _slow_run(tmp_path, signal.SIGKILL, "ok 2 ")
+    s = summary(tmp_path)
+    assert s["exit_code"] is None and s["partial"] is True and s["partial_reason"] == "running"
+    assert junit_schema.check_file(str(tmp_path / "junit.xml")) == []
+    assert _junit_cases(tmp_path / "junit.xml")["run completed"].find("error") is not None
+
+
+# -- results folders --------------------------------------------------------------------------
+
+def test_run_folders_are_unique_within_a_second(tmp_path):
+    from lib import results
+
+    made = [results.new_run_dir(tmp_path, "6.18 test", now=1e9) for _ in range(3)]
+    assert len(set(made)) == 3 and all(p.is_dir() for p in made)
+    assert [p.name for p in made] == ["20010909T014640Z-6.18_test", "20010909T014640Z-6.18_test.1",
+                                      "20010909T014640Z-6.18_test.2"]
+    results.point_latest(made[1])
+    assert os.readlink(tmp_path / "latest") == made[1].name
+    results.point_latest(made[2])
+    assert os.readlink(tmp_path / "latest") == made[2].name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@root_only
+def test_two_runs_at_once_get_their_own_folders(tmp_path):
+    """Two runs started together: one waits for the run lock; each has its own complete report."""
+    env = dict(os.environ, KMM_CASES=str(DATA / "slow"), KMM_STATE_DIR=str(tmp_path / "state"),
+               KMM_RESULTS_BASE=str(tmp_path / "results"))
+    procs = [subprocess.Popen([*RUN, "slow case [12]"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folders = sorted(p for p in (tmp_path / "results").iterdir() if p.name != "latest")
+    assert len(folders) == 2, folders
+    for f in folders:
+        tap = (f / "results.tap").read_text()
+        assert tap.count("TAP version 13") == 1 and tap.count("ok 1 ") == 1
+        assert summary(f)["exit_code"] == 0 and len(summary(f)["cases"]) == 2
+    assert any("waiting up to" in err for _, err in outs), "one of them waited for the lock"
+    assert os.readlink(tmp_path / "results" / "latest") in {f.name for f in folders}
+
+
+@root_only
+def test_giving_up_on_the_lock(tmp_path):
+    """Nothing on the TAP stream before the lock: the run that gives up prints no TAP header,
+    says why in one line on stderr, and removes only its own folder."""
+    import fcntl
+
+    state = tmp_path / "state"
+    state.mkdir()
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        base = tmp_path / "results"
+        p = run("passing", env={"KMM_STATE_DIR": str(state), "KMM_LOCK_WAIT": "0.5", "KMM_RESULTS_BASE": str(base)})
+        mine = tmp_path / "given"
+        mine.mkdir()
+        (mine / "keep").write_text("x")
+        q = run("passing", results=mine, env={"KMM_STATE_DIR": str(state), "KMM_LOCK_WAIT": "0.2"})
+    finally:
+        os.close(fd)
+    for r in (p, q):
+        assert r.returncode == 2
+        assert r.stdout == "", "no TAP before the lock is held"
+        assert "still holds" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+    assert list(base.iterdir()) == [], "its own folder is removed"
+    assert (mine / "keep").exists() and not (mine / "results.tap").exists(), "a given folder is kept"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 kB tmpfs of our own (unmounted afterwards)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["read-only mount", "immutable", "full"])
+def test_unwritable_results_folder_is_found_before_the_first_case(small_tmpfs, how):
+    target = small_tmpfs / "res"
+    target.mkdir()
+    if how == "read-only mount":
+        subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    elif how == "immutable":
+        subprocess.run(["chattr", "+i", str(target)], check=True)
+    else:
+        _fill(small_tmpfs)
+    p = run("passing", results=target)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+@root_only
+def test_a_disk_that_fills_mid_run(small_tmpfs):
+    """The second case fills the results folder's filesystem: the TAP on stdout is complete, the
+    run ends non-zero with a clear line, and no report there claims success."""
+    res = small_tmpfs / "res"
+    p = run("fill", results=res, env={"KMM_FILL_DIR": str(small_tmpfs)})
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "could not be written" in p.stderr and "Traceback" not in p.stdout + p.stderr
+    assert "could not be written" in p.stdout
+    assert [v for _, v, _ in report.parse_tap(p.stdout)][:2] == ["pass", "pass"]
+    s = summary(res)
+    assert s["exit_code"] != 0 and s["partial"] is True, s["exit_code"]
+    assert not [f for f in os.listdir(res) if ".tmp" in f], "no half-written temporary file is left"
+
+
+# -- the run's output and processes ---------------------------------------------------------
+
+def test_stdout_closed_early_gives_no_traceback(tmp_path):
+    e = dict(os.environ, KMM_CASES=str(DATA / "mixed"), KMM_STATE_DIR=str(PRIVATE_STATE))
+    for args in (["--list"], [f"--results={tmp_path}"]):
+        p = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" | head -1', "sh", *RUN, *args], env=e,
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert p.stdout.count("\n") == 1
+        assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+    assert summary(tmp_path)["exit_code"] == 1, "the run went on to its end with stdout gone"
+
+
+@root_only
+def test_timeout_names_the_function_and_line(tmp_path):
+    p = run("nostep", results=tmp_path)
+    cases = {c["name"]: c for c in summary(tmp_path)["cases"]}
+    src = (DATA / "nostep" / "demo" / "test_nostep.py").read_text().splitlines()
+    waits = src.index(next(ln for ln in src if "# WAITS HERE" in ln)) + 1
+    faults = src.index(next(ln for ln in src if "# FAULTS HERE" in ln)) + 1
+    msg = cases["waits without naming a step"]["message"]
+    assert msg == f"timeout after 1s: in wait_forever (tests/data/runner/nostep/demo/test_nostep.py:{waits})"
+    msg = cases["faults without naming a step"]["message"]
+    assert f"called from test_faults (tests/data/runner/nostep/demo/test_nostep.py:{faults})" in msg
+    assert "blocked in handle_userfault" in msg
+    assert "Python stacks at the deadline" in cases["faults without naming a step"]["details"]
+    assert p.returncode == 1
+
+
+def test_where_in_stack_reads_faulthandler_output():
+    from lib import child
+
+    dump = (
+        "main 0x00007f0000000001\n"
+        "Thread 0x00007f0000000002 (most recent call first):\n"
+        '  File "/usr/lib/python3.11/threading.py", line 320 in wait\n'
+        "\n"
+        "Current thread 0x00007f0000000001 (most recent call first):\n"
+        f'  File "{ROOT}/lib/libc.py", line 168 in read\n'
+        f'  File "{ROOT}/cases/x/test_y.py", line 42 in test_z\n'
+        f'  File "{ROOT}/lib/child.py", line 482 in run_isolated\n'
+        f'  File "{ROOT}/.venv/lib/python3.11/site-packages/_pytest/runner.py", line 1 in f\n'
+    )
+    assert child.where_in_stack(dump) == "read (lib/libc.py:168), called from test_z (cases/x/test_y.py:42)"
+    trimmed = child.trim_stack(dump)
+    assert "_pytest" not in trimmed and "main 0x" not in trimmed and 'File "cases/x/test_y.py"' in trimmed
+    assert child.where_in_stack("") == ""
+
+
+@root_only
+def test_case_process_group_dies_with_a_killed_runner(tmp_path):
+    """SIGKILL the runner while a case's grandchild waits: the whole case process group goes."""
+    pidfile = tmp_path / "grandchild.pid"
+    e = dict(os.environ, KMM_CASES=str(DATA / "pgroup"), KMM_STATE_DIR=str(PRIVATE_STATE),
+             KMM_PGROUP_PIDFILE=str(pidfile))
+    proc = subprocess.Popen([*RUN, f"--results={tmp_path / 'r'}"], env=e, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the grandchild never started"
+            time.sleep(0.02)
+        pid = int(pidfile.read_text())
+        t0 = time.monotonic()
+        proc.kill()
+        proc.wait(30)
+        while Path(f"/proc/{pid}").exists() and child_state(pid) != "Z":
+            assert time.monotonic() - t0 < 5, "the case's grandchild outlived the killed runner by 5 s"
+            time.sleep(0.01)
+        print(f"grandchild gone {time.monotonic() - t0:.3f}s after the runner's SIGKILL")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def child_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
