@@ -4,7 +4,7 @@
 # environment also serves an unprivileged run of the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need() { .venv/bin/python -c 'import pytest, pytest_timeout, pexpect, junit_xml, junitparser' 2>/dev/null; }
+need() { .venv/bin/python -c 'import pytest, pytest_timeout, pexpect, junitparser' 2>/dev/null; }
 if [ ! -x .venv/bin/python ] || ! need; then
   py=""
   for cand in /usr/bin/python3 python3; do

@@ -76,7 +76,7 @@ def interpreter() -> str:
     py = os.environ.get("KMM_UNPRIV_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to become nobody")
-    probe = subprocess.run([*NOBODY, py, "-c", "import pytest, junit_xml"], capture_output=True, text=True,
+    probe = subprocess.run([*NOBODY, py, "-c", "import pytest, pytest_timeout"], capture_output=True, text=True,
                            cwd="/")
     if probe.returncode != 0:
         pytest.skip(f"{py} is not usable by nobody ({probe.stderr.strip().splitlines()[-1:]}); "
