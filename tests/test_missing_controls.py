@@ -293,6 +293,73 @@ def test_e2b_load_wrong_page_is_caught() -> None:
     fails(lambda: e2b.run_load("r", True, 10_000, False, handler.Options(zero=True)))
 
 
+from lib import write_load  # noqa: E402
+
+
+class DropsOp(write_load.Writer):
+    """A writer one of whose writes is lost (op ``DROP``; -1: its last op)."""
+
+    DROP = 1000
+
+    def store(self, slot: int, tag: int, n: int) -> None:
+        k = self.DROP if self.DROP >= 0 else self.n - 1
+        if tag != self._tags.buffer_info()[0] + 8 * k:
+            libc._memcpy(slot, tag, n)
+
+
+class DropsLast(DropsOp):
+    DROP = -1
+
+
+class StrayWrite(write_load.Writer):
+    """A writer that also writes once into the bytes after its slice (never written)."""
+
+    def store(self, slot: int, tag: int, n: int) -> None:
+        libc._memcpy(slot, tag, n)
+        if tag == self._tags.buffer_info()[0]:  # op 0 writes slot 0: the slice starts here
+            libc._memcpy(slot + write_load.SLICE, tag, n)
+
+
+def load_outcome(fn) -> tuple[str, str]:
+    o = run_isolated(fn, 60)
+    return o.kind, o.message
+
+
+@pytest.mark.parametrize("parallel,prefault", [(False, False), (True, False), (True, True)],
+                         ids=["serial", "parallel", "parallel-prefault"])
+def test_e2b_write_load_catches_lost_and_stray_writes(parallel: bool, prefault: bool) -> None:
+    """A write lost mid-load (a round that did not hold), the last write lost (the page after
+    the load), a write outside the writer's slice (the source bytes elsewhere)."""
+    n = 40_004  # no writer's last op ends a round: the page after the load must show it
+    assert load_outcome(lambda: e2b.run_load("w", parallel, n, prefault)) == ("pass", "")
+    kind, msg = load_outcome(lambda: e2b.run_load("w", parallel, n, prefault, writer=DropsOp))
+    assert kind == "fail" and "round of writes did not hold" in msg and "31" in msg, msg
+    kind, msg = load_outcome(lambda: e2b.run_load("w", parallel, n, prefault, writer=DropsLast))
+    assert kind == "fail" and "page 0 after the load" in msg and "expected its tag" in msg, msg
+    kind, msg = load_outcome(lambda: e2b.run_load("w", parallel, n, prefault, writer=StrayWrite))
+    assert kind == "fail" and "page 0 after the load" in msg and "(not written)" in msg, msg
+
+
+def test_e2b_write_load_catches_wrong_source_content() -> None:
+    """A handler that serves zeros: the bytes no writer wrote are not the source bytes."""
+    kind, msg = load_outcome(lambda: e2b.run_load("w", True, 40_000, True, handler.Options(zero=True)))
+    assert kind == "fail" and "expected the handler's source bytes" in msg, msg
+
+
+def test_write_load_expected_page_and_differences() -> None:
+    w = write_load.Writer(1, write_load.SLOTS + 3)
+    src = bytes(range(256)) * 16
+    want = write_load.expected_page(src, [w])
+    o = w.offset
+    assert want[:o] == src[:o] and want[o + write_load.SLICE:] == src[o + write_load.SLICE:]
+    assert int.from_bytes(want[o:o + 8], "little") == write_load.tag(1, write_load.SLOTS)
+    assert int.from_bytes(want[o + 24:o + 32], "little") == write_load.tag(1, 3)
+    assert write_load.differences(want, src, [w]) == []
+    assert write_load.differences(src, src, [w])[0].startswith("writer 1 slot 0")
+    short = write_load.Writer(0, 2)
+    assert write_load.expected_page(src, [short])[16:] == src[16:]
+
+
 # -- bounce -----------------------------------------------------------------------------------
 from cases.missing import test_bounce as bo  # noqa: E402
 

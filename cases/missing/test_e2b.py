@@ -10,10 +10,13 @@ reads.  Checked: the handler installed exactly the touched pages (served faults 
 pages, state clean for read-only pages and dirty for written ones), every page read equals the
 source, and pagemap shows exactly the touched pages present.
 
-Loads (TestSerialMissing..., 4 KiB anon, 2 pages, page 0): 1,000,000 serial or parallel reads
-(or writes), and 10,000 parallel ones after one prefaulting op.  Each read compares the whole
-page with the source, each write copies it in.  Afterwards: no operation saw wrong data, the
-handler has no errors and only page 0 installed, every fault message was for page 0.
+Loads (TestSerialMissing..., 4 KiB anon, 2 pages, page 0), e2b's counts: 1,000,000 serial or
+parallel reads or writes; after one prefaulting op, 10,000 parallel reads or 1,000,000 parallel
+writes.  Each read compares the whole page with the source.  Each writer stores its own tags
+in its slice of the page (lib.write_load): every round of its writes must hold, and after the
+load the page must hold exactly the writers' last tags and the handler's source bytes
+elsewhere (a write lost, or a page re-installed over written data, shows).  Afterwards also:
+the handler has no errors and only page 0 installed, every fault message was for page 0.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import threading
 
 import pytest
 
-from lib import abi, check, handler, libc, memory, needs
+from lib import abi, check, handler, libc, memory, needs, write_load
 from lib import missing_uut as uut
 from lib.backing import MemType, mem_types
 from lib.child import wait_until
@@ -126,51 +129,80 @@ LOADS = [
     ("TestParallelMissingWithPrefault", "r", True, 10_000, True),
     ("TestSerialMissingWrite", "w", False, 1_000_000, False),
     ("TestParallelMissingWrite", "w", True, 1_000_000, False),
-    ("TestParallelMissingWriteWithPrefault", "w", True, 10_000, True),
+    ("TestParallelMissingWriteWithPrefault", "w", True, 1_000_000, True),
 ]
 
 
-def load_ops(op: str, addr: int, src: int, ps: int, n: int) -> int:
-    """``n`` ops on one page in a tight loop; returns how many saw wrong data."""
-    if op == "r":
-        cmp = libc._memcmp
-        return sum(1 for _ in range(n) if cmp(addr, src, ps) != 0)
-    cpy = libc._memcpy
-    for _ in range(n):
-        cpy(addr, src, ps)
-    return 0
+def read_ops(addr: int, src: int, ps: int, n: int) -> int:
+    """``n`` reads of one page in a tight loop; returns how many saw data other than the source."""
+    cmp = libc._memcmp
+    return sum(1 for _ in range(n) if cmp(addr, src, ps) != 0)
 
 
-def run_load(op: str, parallel: bool, n: int, prefault: bool, options: handler.Options | None = None) -> None:
+def run_parallel(fns: list) -> None:
+    """Run ``fns`` in threads released together; every thread must finish."""
+    go = threading.Barrier(len(fns))
+
+    def worker(fn) -> None:
+        go.wait(10)
+        fn()
+
+    ts = [threading.Thread(target=worker, args=(fn,), daemon=True) for fn in fns]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    check.false(any(t.is_alive() for t in ts), "load threads finished")
+
+
+def run_load(op: str, parallel: bool, n: int, prefault: bool, options: handler.Options | None = None,
+             writer: type[write_load.Writer] = write_load.Writer) -> None:
+    """The load on page 0 of a 2-page area served from another process.
+
+    Reads: each compares the whole page with the source.  Writes (lib.write_load): each writer
+    stores its own tags in its slice of the page and checks every round of them held; after
+    the load the page must hold exactly the writers' last tags in their slices and the
+    handler's source bytes elsewhere.  ``writer`` is a hook for the negative controls."""
     ps = memory.PAGE_SIZE
+    per = n // THREADS if parallel else n
+    pre, writers = write_load.load_writers(THREADS if parallel else 1, per, prefault, writer)
     with memory.anon(2 * ps) as r:
         src = handler.Source(r.size, pattern=0x10AD)
+        source = libc.read(src.addr, ps)
         with served(r, "scm_rights", 0, source=src, options=options) as s:
             bad = 0
-            if prefault:
-                bad += load_ops(op, r.addr, src.addr, ps, 1)
-            if parallel:
-                results = [0] * THREADS
-                go = threading.Barrier(THREADS)
+            if op == "r":
+                if prefault:
+                    bad += read_ops(r.addr, src.addr, ps, 1)
+                if parallel:
+                    results = [0] * THREADS
 
-                def worker(i: int) -> None:
-                    go.wait(10)
-                    results[i] = load_ops(op, r.addr, src.addr, ps, n // THREADS)
+                    def reader(i: int):
+                        return lambda: results.__setitem__(i, read_ops(r.addr, src.addr, ps, per))
 
-                ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join(120)
-                check.false(any(t.is_alive() for t in ts), "load threads finished")
-                bad += sum(results)
+                    run_parallel([reader(i) for i in range(THREADS)])
+                    bad += sum(results)
+                else:
+                    bad += read_ops(r.addr, src.addr, ps, n)
             else:
-                bad += load_ops(op, r.addr, src.addr, ps, n)
-            same = libc._memcmp(r.addr, src.addr, ps) == 0
+                if pre is not None:
+                    pre.run(r.addr)
+                if parallel:
+                    run_parallel([(lambda w=w: w.run(r.addr)) for w in writers])
+                else:
+                    writers[0].run(r.addr)
+            page = libc.read(r.addr, ps)
             st = settled(s)
         src.close()
-    check.eq(bad, 0, "operations that saw data other than the source page")
-    check.true(same, "page 0 equals the source after the load")
+    if op == "r":
+        check.eq(bad, 0, "reads that saw data other than the source page")
+        check.true(page == source, "page 0 equals the source after the load")
+    else:
+        everyone = [*writers, *([pre] if pre else [])]
+        lost = {w.ident: w.bad_rounds[:3] for w in everyone if w.bad_rounds}
+        check.eq(lost, {}, "writers whose round of writes did not hold (writer: first rounds)")
+        diff = write_load.differences(page, source, everyone)
+        check.eq(diff, [], "page 0 after the load vs the writers' last writes and the source elsewhere")
     check.eq(st.errors, [], "handler errors")
     check.eq(st.states, {0: handler.DIRTY if op == "w" else handler.CLEAN}, "handler page states")
     check.true(st.faults, "at least one fault was served")
