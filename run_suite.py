@@ -347,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.usage_code(args.bisect)
     summary = getattr(run, "final_summary", None)
     final = getattr(run, "final_exit", None)
+    if final is None and getattr(run, "tap", None) is None and code == 2:  # pytest.ExitCode.INTERRUPTED
+        sys.stderr.write("run_suite.py: interrupted before the run started (no case ran, no report)\n")
+        if not existed:
+            shutil.rmtree(results, ignore_errors=True)
+        return exitcodes.BISECT_SKIP if args.bisect else exitcodes.KSFT_FAIL
     if summary is not None and not args.results and not run.write_failure():
         folders.point_latest(results)  # a run's own folder under results/: `latest` moves to it
     say(f"# results: {results}")

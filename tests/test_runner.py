@@ -380,6 +380,31 @@ def test_giving_up_on_the_lock(tmp_path):
     assert (mine / "keep").exists() and not (mine / "results.tap").exists(), "a given folder is kept"
 
 
+@root_only
+def test_interrupted_while_waiting_for_the_lock(tmp_path):
+    import fcntl
+
+    state = tmp_path / "state"
+    state.mkdir()
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    base = tmp_path / "results"
+    e = dict(os.environ, KMM_CASES=str(DATA / "passing"), KMM_STATE_DIR=str(state), KMM_LOCK_WAIT="60",
+             KMM_RESULTS_BASE=str(base))
+    try:
+        proc = subprocess.Popen(RUN, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "waiting up to 60s for another run" in line
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1 and out == ""
+    assert err.strip().splitlines() == ["run_suite.py: interrupted before the run started (no case ran, no report)"]
+    assert list(base.iterdir()) == []
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 64 kB tmpfs of our own (unmounted afterwards)."""
