@@ -136,7 +136,7 @@ def test_collapse_fails_when_khugepaged_scans_but_never_collapses(monkeypatch):
 
 @root
 @thp
-def test_collapse_passes_on_cannot_test_unchanged(monkeypatch):
+def test_collapse_hands_cannot_test_on_unchanged(monkeypatch):
     def starved(*a, **k):
         raise check.CannotTest("khugepaged made no progress for 20s")
 
@@ -186,6 +186,8 @@ def test_scratch_fs_maps_a_large_folio_by_pmd_and_leaves_nothing_behind():
     try:
         assert fs.ensure() == d  # made once
         assert C.fs_type(d).startswith(fs.fstype)
+        dev = next(ln.split()[0] for ln in system.read_text("/proc/mounts").splitlines() if ln.split()[1] == d)
+        assert system.read_text(f"/sys/block/{os.path.basename(dev)}/queue/read_ahead_kb").strip() == "0"
         path = os.path.join(d, "f")
         with open(path, "wb") as f:
             f.write(C.pattern_bytes(0, C.NR))

@@ -272,6 +272,10 @@ def setup_area(mem: str, size: int) -> Area:
     try:
         os.write(fd, pattern_bytes(0, size // PS))
         os.fsync(fd)
+        # drop the (clean) page cache the write made, as upstream drops caches: a filesystem with
+        # large folios may have cached the data in PMD-sized folios already, and the case must
+        # find base pages (the scratch filesystem's device has readahead off, as upstream's)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         if mem == FILE:
             os.close(fd)
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -373,10 +377,11 @@ _BLOCK = 1024  # folios up to order 9 lie inside one 1024-aligned PFN block (nat
 
 
 def _folio_order(fd: int, pfn: int) -> int:
-    """lib.pagemap.folio_order with one pread per folio (same COMPOUND_HEAD/TAIL walk);
-    falls back to it for folios larger than the block."""
+    """lib.pagemap.folio_order with one pread per folio (same COMPOUND_HEAD/TAIL walk) over the
+    folio's 1024-aligned PFN block and the page after it (where a folio ending at the block's
+    end shows its end); falls back to it for folios larger than the block."""
     base = pfn & ~(_BLOCK - 1)
-    raw = os.pread(fd, 8 * _BLOCK, base * 8)
+    raw = os.pread(fd, 8 * (_BLOCK + 1), base * 8)
     flags = struct.unpack(f"<{len(raw) // 8}Q", raw)
     head_bit, tail_bit = int(abi.KPF.COMPOUND_HEAD), int(abi.KPF.COMPOUND_TAIL)
     i = pfn - base

@@ -128,9 +128,22 @@ class ScratchFs:
         if err:
             raise Unavailable(f"cannot make a scratch {fstype} filesystem for the file contexts: {err}")
         self.dir = mnt
+        no_readahead(mnt)
 
     def close(self) -> None:
         if self.top:
             _remove(self.top)
         self.top = self.dir = ""
 
+
+def no_readahead(mnt: str) -> None:
+    """read_ahead_kb = 0 on the loop device behind ``mnt`` (khugepaged.c does this for the block
+    device of its file directory): faults then read base pages into the page cache.  The loop
+    device goes away with the mount, so nothing is restored."""
+    real = os.path.realpath(mnt)
+    for line in system.read_text("/proc/mounts", "").splitlines():
+        parts = line.split()
+        if len(parts) > 1 and parts[1] == real and parts[0].startswith("/dev/loop"):
+            with contextlib.suppress(OSError), open(f"/sys/block/{os.path.basename(parts[0])}/queue/read_ahead_kb",
+                                                   "w") as f:
+                f.write("0")

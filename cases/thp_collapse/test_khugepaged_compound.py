@@ -66,7 +66,7 @@ def build_compound_extreme(size: int) -> tuple[int, int]:
     return base - size, resv
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.deadline(C.KH_DEADLINE)  # nr THPs built one by one: about 2 minutes under TCG
 @pytest.mark.parametrize("v", C.variants("collapse_compound_extreme", madvise=(("enabled", "madvise"),)))
 def test_collapse_compound_extreme(v: Variant) -> None:
     """A PTE table full of pages from nr different THPs collapses into one THP.  The THPs are
