@@ -85,7 +85,7 @@ class UsageError(pytest.UsageError):
 class KmmRun:
     """The run: selection, isolation, live TAP and the reports."""
 
-    REPORT_EVERY = 5.0  # seconds between the interim reports written while the run goes on
+    REPORT_EVERY = 10.0  # seconds between the interim reports (about 0.2 s each for 1924 cases)
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -441,7 +441,7 @@ class KmmRun:
             self.final_exit = code
             self.final_summary = data
         try:
-            rpt.write_reports(str(self.outdir), data)
+            rpt.write_reports(str(self.outdir), data, sync=final)
         except OSError as e:
             self.write_errors.append(f"{os.path.basename(e.filename or '') or 'report'}: {e.strerror}")
             if final and self.tap is not None:

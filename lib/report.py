@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import IO
 
 VERDICTS = ("pass", "fail", "xfail", "xpass", "skip", "error")
@@ -374,9 +374,9 @@ def summary(results: list[CaseResult], properties: dict[str, str], *, partial: s
         "duration": round(time.time() - started, 3),
         "totals": dict(totals),
         "exit_code": exit_code,
-        "planned": [asdict(p) for p in plan],
+        "planned": [dict(vars(p)) for p in plan],
         "not_run": [p.name for p in plan if p.name not in done],
-        "cases": [asdict(r) for r in results],
+        "cases": [{**vars(r), "repeats": list(r.repeats)} for r in results],  # asdict() is 10x slower
     }
 
 
@@ -423,9 +423,10 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
-def write_reports(folder: str, data: dict) -> None:
+def write_reports(folder: str, data: dict, sync: bool = True) -> None:
     """junit.xml and summary.json of ``data`` (a :func:`summary`): both temporary files are
-    written first and only then renamed, so a folder that fills up keeps the previous pair."""
+    written first and only then renamed, so a folder that fills up keeps the previous pair.
+    ``sync`` (the final reports) also makes them durable before the rename."""
     texts = {"junit.xml": junit_from_summary(data), "summary.json": json.dumps(data, indent=1) + "\n"}
     tmps: list[str] = []
     try:
@@ -435,7 +436,8 @@ def write_reports(folder: str, data: dict) -> None:
             with open(tmp, "w") as f:
                 f.write(text)
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
         for name, tmp in zip(texts, tmps):
             os.replace(tmp, os.path.join(folder, name))
     except OSError:
