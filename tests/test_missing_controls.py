@@ -275,6 +275,21 @@ def test_e2b_wrong_page_is_caught() -> None:
     passes(lambda: e2b.run_matrix(ANON, 32, [("r", 15), ("w", 3)]))
 
 
+def test_e2b_matrix_write_that_did_not_land_is_caught() -> None:
+    """A write op that faults the page in but whose store is lost: the read after it, and the
+    content check after the ops, must see the source where the tag should be."""
+    def lost_write(op, addr, src, nr, ps, written) -> bool:
+        if op == "w":
+            libc.madvise(addr, ps, abi.Madv.POPULATE_WRITE)
+            written.add(nr)
+            return True
+        return e2b.do_op(op, addr, src, nr, ps, written)
+
+    o = run_isolated(lambda: e2b.run_matrix(ANON, 32, [("w", 0), ("r", 0)], do=lost_write), 20)
+    assert o.kind == "fail" and "content differs" in o.message and "got [0, 0, 0]" in o.message, o.message
+    passes(lambda: e2b.run_matrix(ANON, 32, [("w", 0), ("r", 0)]))
+
+
 def test_e2b_check_matrix_catches_extra_and_missing_pages() -> None:
     ops = [("r", 0)]
     ok = handler.Stats(states={0: handler.CLEAN}, faults=[{"address": 0x1000, "flags": 0, "ptid": 0}])
