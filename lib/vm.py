@@ -288,12 +288,13 @@ def build_vng_command(
 
 
 def _check_setup(image: str, shared_dir: str) -> str:
+    # The image first: a mistyped path is the likelier problem, and the one to name.
+    if not os.path.isfile(image) or not os.access(image, os.R_OK):
+        raise VmSetupError(f"kernel image {image!r} is not a readable file")
     vng = find_vng()
     if vng is None or find_qemu() is None:
         missing = "virtme-ng (vng)" if vng is None else QEMU_BINARY
         raise VmSetupError(f"{missing} not found\n{install_hint()}")
-    if not os.path.isfile(image) or not os.access(image, os.R_OK):
-        raise VmSetupError(f"kernel image {image!r} is not a readable file")
     if not os.path.isabs(shared_dir) or not os.path.isdir(shared_dir):
         raise VmSetupError(f"shared_dir {shared_dir!r} must be an existing absolute directory")
     if any(c in shared_dir for c in "=, "):

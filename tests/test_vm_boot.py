@@ -321,8 +321,27 @@ def test_build_vng_command() -> None:
 
 def test_setup_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(vm.VNG_ENV, "/nonexistent/vng")
-    with pytest.raises(vm.VmSetupError, match="install"):
+    with pytest.raises(vm.VmSetupError, match="not a readable file"):  # the image is named first
         vm.run_in_kernel("/nonexistent", ["true"], str(tmp_path))
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"x")
+    with pytest.raises(vm.VmSetupError, match="install"):
+        vm.run_in_kernel(str(image), ["true"], str(tmp_path))
+
+
+@pytest.mark.vm
+def test_not_a_kernel_is_a_harness_problem_with_qemus_words(tmp_path: Path) -> None:
+    """`--kernel /etc/passwd`: QEMU refuses it before any kernel output; the terminal gets
+    QEMU's own words and --bisect the abort code (the commit is not at fault)."""
+    _require(IMAGE_612)
+    if os.geteuid() != 0:
+        pytest.skip("--kernel needs root")
+    env = dict(os.environ, KMM_STATE_DIR=str(tmp_path / "state"), KMM_VM_KVM="0")
+    p = subprocess.run([sys.executable, str(REPO / "run_suite.py"), "--kernel", "/etc/passwd", "--bisect",
+                        f"--results={tmp_path / 'r'}", "missing"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 255, p.stdout + p.stderr
+    assert "invalid kernel header" in p.stderr and p.stderr.count("\n") == 1, p.stderr
 
 
 def test_too_long_cmdline_is_refused(fake_vng: str, shared_dir: Path) -> None:
