@@ -273,8 +273,7 @@ def _finish_run_folder(root: Path, res: Path) -> None:
 
 def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = Path(args.results) if args.results else root / "results" / f"{stamp}-kernels"
+    base = Path(args.results) if args.results else folders.new_run_dir(root / "results", "kernels")
     runs: dict[int, dict] = {}
 
     def run_index(i: int) -> dict:
