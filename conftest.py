@@ -443,7 +443,8 @@ class KmmRun:
         try:
             rpt.write_reports(str(self.outdir), data, sync=final)
         except OSError as e:
-            self.write_errors.append(f"{os.path.basename(e.filename or '') or 'report'}: {e.strerror}")
+            name = os.path.basename(str(e.filename or "")).split(".tmp")[0] or "reports"
+            self.write_errors.append(f"{name}: {e.strerror}")
             if final and self.tap is not None:
                 self.tap.diag(f"results folder {self.outdir} could not be written ({self.write_errors[-1]}): "
                               "its reports are incomplete")

@@ -440,13 +440,13 @@ def write_reports(folder: str, data: dict, sync: bool = True) -> None:
                     os.fsync(f.fileno())
         for name, tmp in zip(texts, tmps):
             os.replace(tmp, os.path.join(folder, name))
-    except OSError:
+    except OSError as e:
         for tmp in tmps:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-        raise
+        raise OSError(e.errno, e.strerror, e.filename or (tmps[-1] if tmps else folder)) from None
 
 
 def mark_interrupted(folder: str, reason: str, properties: dict[str, str] | None = None) -> dict:
