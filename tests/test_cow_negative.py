@@ -9,6 +9,7 @@ report a page that was not copied.  Every control runs isolated with a deadline.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -168,6 +169,48 @@ def test_iouring_passes_on_private_memory(use_fork: bool) -> None:
             pytest.skip(str(e))
 
     isolated(body)
+
+
+def _refused_register(err: int, no_cap: bool) -> None:
+    """oracles.iouring_or_skip with io_uring_register_buffers() refused with ``err``."""
+    import resource
+
+    from lib import caps, cow_iouring
+
+    def refuse(self, addr: int, size: int) -> None:
+        raise OSError(err, os.strerror(err))
+
+    cow_iouring.Ring.register_buffer = refuse
+    if no_cap:
+        caps.has = lambda cap: False
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]))
+    r = private_anon()
+    oracles.iouring_or_skip(r.addr, r.size, use_fork=False)
+
+
+@pytest.mark.parametrize("err,no_cap,kind", [
+    (errno.EFAULT, False, "fail"), (errno.ENOMEM, False, "fail"), (errno.EFAULT, True, "fail"),
+    (errno.ENOMEM, True, "skip"), (errno.EPERM, True, "skip")],
+    ids=["EFAULT", "ENOMEM with CAP_IPC_LOCK", "EFAULT without CAP_IPC_LOCK", "ENOMEM under RLIMIT_MEMLOCK",
+         "EPERM under RLIMIT_MEMLOCK"])
+def test_iouring_register_refusal_is_a_failure_unless_memlock(err: int, no_cap: bool, kind: str) -> None:
+    """The registration is the longterm pin under test: only RLIMIT_MEMLOCK (a limit, for a
+    process without CAP_IPC_LOCK) may turn its refusal into a skip."""
+    try:
+        cow_iouring_ring_ok()
+    except IoUringUnavailable as e:
+        pytest.skip(str(e))
+    o = child.run_isolated(lambda: _refused_register(err, no_cap), 30, skip_types=(pytest.skip.Exception,))
+    assert o.kind == kind, f"{o.kind}: {o.message}"
+    if kind == "fail":
+        assert o.message.startswith("setup step failed: io_uring_register_buffers()"), o.message
+
+
+def cow_iouring_ring_ok() -> None:
+    from lib.cow_iouring import Ring
+
+    with Ring():
+        pass
 
 
 def test_iouring_chunks_cover_small_buffers_whole_and_sample_large_ones() -> None:

@@ -375,6 +375,40 @@ def test_write_load_expected_page_and_differences() -> None:
     assert write_load.expected_page(src, [short])[16:] == src[16:]
 
 
+# -- minor-collapse: MADV_COLLAPSE failures are verdicts, not skips ---------------------------
+from cases.missing import test_minor as minor  # noqa: E402
+
+
+@pytest.mark.parametrize("errs,verdict", [
+    ([errno.EINVAL], "setup step failed: MADV_COLLAPSE"),
+    ([errno.EFAULT], "setup step failed: MADV_COLLAPSE"),
+    ([errno.EAGAIN, errno.EAGAIN], "cannot test: MADV_COLLAPSE"),
+    ([errno.ENOMEM], "cannot test: MADV_COLLAPSE"),
+    ([errno.EAGAIN], None),  # retried once: the second call collapses
+], ids=["EINVAL", "EFAULT", "EAGAIN twice", "ENOMEM", "EAGAIN once"])
+def test_minor_collapse_refusal_is_not_a_skip(monkeypatch, errs: list[int], verdict: str | None) -> None:
+    """Before, any MADV_COLLAPSE error skipped minor-collapse."""
+    from lib import check
+
+    calls = list(errs)
+
+    def madvise(addr: int, length: int, advice: int) -> None:
+        assert advice == abi.Madv.COLLAPSE
+        if calls:
+            e = calls.pop(0)
+            raise OSError(e, "refused")
+
+    monkeypatch.setattr(minor.libc, "madvise", madvise)
+    if verdict is None:
+        minor.collapse_or_cannot_test(0x1000, 0x200000)
+        return
+    kind = check.CannotTest if verdict.startswith("cannot") else AssertionError
+    with pytest.raises(kind) as ei:
+        minor.collapse_or_cannot_test(0x1000, 0x200000)
+    text = (check.CANNOT_TEST_PREFIX if kind is check.CannotTest else "") + str(ei.value)
+    assert text.startswith(verdict), text
+
+
 # -- bounce -----------------------------------------------------------------------------------
 from cases.missing import test_bounce as bo  # noqa: E402
 

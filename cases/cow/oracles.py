@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, child, libc, system
+from lib import abi, caps, child, libc, setup_step, system
 from lib.cow_backings import Snapshot
 from lib.cow_gup import GupTest, Pin
 from lib.cow_iouring import IoUringUnavailable, Ring
@@ -251,6 +251,15 @@ def memlock_note() -> str:
     return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
 
 
+def memlock_refused(e: OSError) -> bool:
+    """io_uring accounts registered buffers against RLIMIT_MEMLOCK unless the process has
+    CAP_IPC_LOCK (io_uring/rsrc.c io_account_mem): ENOMEM/EPERM under a finite limit without
+    the capability is that limit (a skip); any other refusal is a failure."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return (e.errno in (errno.ENOMEM, errno.EPERM) and soft != resource.RLIM_INFINITY
+            and not caps.has(caps.CAP_IPC_LOCK))
+
+
 IOURING_FULL_MAX = 2 * 1024 * 1024  # write the whole buffer up to this size (every THP)
 IOURING_SAMPLE = 1024 * 1024
 
@@ -275,15 +284,17 @@ def iouring(mem: int, size: int, use_fork: bool, after_register: Callable[[], No
     a child that stays alive (``use_fork``) or map the range R/O and back R/W; modify through
     the page table; WRITE_FIXED the buffer to a file: the file must hold what memory holds,
     i.e. the pin sees the modification (cow.c do_test_iouring; see iouring_chunks for
-    buffers over 2 MiB).  Raises IoUringUnavailable
-    (a skip) where io_uring or the registration is refused.  ``after_register`` is a hook for
-    the negative controls (tests/test_cow_negative.py)."""
+    buffers over 2 MiB).  Raises IoUringUnavailable (a skip) where io_uring is unavailable
+    or RLIMIT_MEMLOCK refuses the registration; any other refusal of the pin is a failure.
+    ``after_register`` is a hook for the negative controls (tests/test_cow_negative.py)."""
     with Ring() as ring:
         try:
             ring.register_buffer(mem, size)
         except OSError as e:
-            hint = f"; RLIMIT_MEMLOCK {memlock_note()} too low?" if e.errno in (errno.ENOMEM, errno.EPERM) else ""
-            raise IoUringUnavailable(f"io_uring_register_buffers() failed: {e.strerror}{hint}") from None
+            if memlock_refused(e):
+                raise IoUringUnavailable(f"io_uring_register_buffers() failed: {e.strerror}; "
+                                         f"RLIMIT_MEMLOCK {memlock_note()} without CAP_IPC_LOCK") from None
+            raise setup_step.SetupFailed(setup_step.message("io_uring_register_buffers() (the longterm pin)", e)) from e
         if after_register is not None:
             after_register()
         sink = libc.memfd_create("kmm-cow-iouring")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lib import abi, hugetlb_pool, libc, memory, system
+from lib import abi, caps, hugetlb_pool, libc, memory, system
 from lib.pagemap import Pagemap, pagemap_scan_supported
 from lib.uffd import Userfaultfd, open_for
 from lib.wp_async_backing import require_thp
@@ -351,15 +351,10 @@ def _file_with(content_len: int, private_memfd: bool) -> memory.Region:
     return memory.Region(addr, content_len, PS, "file", fd, False, _maps=[(addr, content_len)])
 
 
-CAP_IPC_LOCK = 14
-
-
 def _may_shm_hugetlb() -> bool:
     """shmget(SHM_HUGETLB) needs CAP_IPC_LOCK or the group in /proc/sys/vm/hugetlb_shm_group
     (fs/hugetlbfs/inode.c can_do_hugetlb_shm)."""
-    status = system.read_text("/proc/self/status", "")
-    capeff = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:")), 0)
-    if capeff & (1 << CAP_IPC_LOCK):
+    if caps.has(caps.CAP_IPC_LOCK):
         return True
     group = system.read_text("/proc/sys/vm/hugetlb_shm_group", "").strip()
     return group.isdigit() and int(group) in (os.getgid(), *os.getgroups())

@@ -1,0 +1,31 @@
+"""lib.setup_step: a failing setup step is a failure naming the step; a probe's skip passes through."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from lib import child, setup_step
+from lib.uffd import UffdError
+
+
+def test_oserror_becomes_a_failure_naming_the_step() -> None:
+    with pytest.raises(setup_step.SetupFailed, match=r"^setup step failed: register it: .*UFFDIO_REGISTER"):
+        with setup_step.required("register it"):
+            raise UffdError(errno.EINVAL, "UFFDIO_REGISTER")
+
+
+def test_a_probe_skip_inside_passes_through() -> None:
+    with pytest.raises(pytest.skip.Exception, match="no pool"):
+        with setup_step.required("map it"):
+            pytest.skip("no pool")
+
+
+def test_the_isolation_layer_reports_it_as_a_failure() -> None:
+    def body() -> None:
+        with setup_step.required("map it"):
+            raise OSError(errno.ENOMEM, "mmap")
+
+    o = child.run_isolated(body, 10, skip_types=(pytest.skip.Exception,))
+    assert (o.kind, o.message.split(":")[0]) == ("fail", "setup step failed"), (o.kind, o.message)
