@@ -261,3 +261,11 @@ def test_bad_command_line_under_bisect_aborts(tmp_path):
     assert p.returncode == 255 and "unrecognized arguments: --bogus" in p.stderr
     p = run(env, "passing", "--bisect", "no_such_case_anywhere", f"--results={tmp_path / 'r'}")
     assert p.returncode == 255 and p.stderr.count("\n") == 1
+
+
+@root_only
+def test_kernels_series_stops_at_a_harness_problem(tmp_path):
+    """--kernels --find-first-bad must not treat an image QEMU refuses as good or bad."""
+    image, env = fake(tmp_path, QEMU_REFUSES)
+    p = run(env, "passing", "--kernels", image, image, "--find-first-bad", f"--results={tmp_path / 'r'}")
+    assert p.returncode == 2 and "invalid kernel header" in p.stderr and p.stderr.count("\n") == 1, p.stderr
