@@ -23,6 +23,7 @@
 #   --prepare-only   make the history, configure and build master, then stop
 #   --save-good PATH afterwards build the planted commit's parent and copy its bzImage to PATH
 #
+# Environment: KMM_MAKE_JOBS (make -j, default nproc; bisect-run.sh reads it too).
 # Exit 0 when git names the planted commit, 1 when it names another (or none), 2 on bad usage
 # or a preparation step that failed.  Step times go to stdout and $WORK/times.txt.
 set -euo pipefail
@@ -57,7 +58,7 @@ took() {  # took LABEL [RC]: record the wall time since start
 	printf '%-44s %5d s (exit %d)\n' "$1" $(($(date +%s) - t0)) "${2:-0}" | tee -a "$times"
 }
 build() {  # build LOG: an incremental bzImage build
-	make -s -j"$(nproc)" bzImage >"$1" 2>&1
+	make -s -j"${KMM_MAKE_JOBS:-$(nproc)}" bzImage >"$1" 2>&1
 }
 
 commit() {  # commit MESSAGE: commit everything staged and unstaged, deterministic identity
