@@ -94,6 +94,101 @@ def test_race_passes_on_right_handler(race):
     passes(lambda: RACES[race](ANON, "thread"))
 
 
+# ---------------------------------------------------------------------------------------
+# the races' kernel oracles, against stand-ins for a kernel that zaps late, wrongly or not at all
+
+
+def _no_zap(s, addr, length, advice):
+    """A kernel that does not zap: no REMOVE, nothing discarded (MADV_NORMAL)."""
+    libc.madvise(addr, length, abi.Madv.NORMAL)
+
+
+def _late_zap(s, addr, length, advice):
+    """A kernel whose madvise returns before the zap: it returns while its REMOVE is unread
+    (the handler is paused, so the zap has not happened yet, deterministically)."""
+    from cases.remove.common import WCHAN_EVENT, madvise_async
+
+    s.handler.pause()
+    madvise_async(addr, length, advice).wait_blocked(WCHAN_EVENT)
+
+
+def _split_zap(s, addr, length, advice):
+    """A kernel that delivers the range wrongly: one REMOVE per page instead of one for the call."""
+    ps = s.region.page_size
+    for a in range(addr, addr + length, ps):
+        libc.madvise(a, ps, advice)
+
+
+def _with_punch(fake, fn):
+    def body():
+        test_race.punch = fake  # in the isolated child only
+        fn()
+
+    return body
+
+
+ZAPS = {"no-zap": (_no_zap, "expected absent"), "late-zap": (_late_zap, "expected absent")}
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize("zap", list(ZAPS))
+@pytest.mark.parametrize("race", list(RACES))
+def test_race_pagemap_oracle_catches_a_kernel_that_does_not_zap(race, zap, topology):
+    fake, contains = ZAPS[zap]
+    fails(_with_punch(fake, lambda: RACES[race](ANON, topology)), contains=contains)
+
+
+@pytest.mark.parametrize("race", ["stale-source", "madvise-while-parked"])
+def test_race_remove_oracle_catches_a_split_range(race):
+    fails(_with_punch(_split_zap, lambda: RACES[race](ANON, "thread")), contains="expected one REMOVE")
+
+
+def test_race_pagemap_oracle_catches_a_kernel_that_does_not_zap_hugetlb(hugetlb_pool):
+    fails(_with_punch(_no_zap, lambda: test_race.faulted_short_circuit(HUGE, "scm_rights")), contains="expected absent")
+
+
+def _stats(log):
+    from lib.handler import Stats
+
+    return Stats(log=log, faults=[{"address": 0x2000, "flags": 0, "ptid": 7}])
+
+
+GOOD = ["read PAGEFAULT@0x2008 flags=<PagefaultFlag: 0>", "dispatched PAGEFAULT@0x2008 flags=<PagefaultFlag: 0>",
+        "read PAGEFAULT@0x2010 flags=<PagefaultFlag: 0>", "read REMOVE [0x1000, 0x3000)",
+        "applied REMOVE [0x1000, 0x3000)", "read PAGEFAULT@0x1000 flags=<PagefaultFlag: 0>"]
+
+
+def test_delivery_oracles_accept_the_kernel_order():
+    from cases.remove import common
+
+    st = _stats(GOOD)
+    assert common.check_one_remove(st, 0x1000, 0x3000, "x") == 2
+    common.check_faults_before(st, 0x2000, 0x1000, 2, "x")
+    common.check_no_fault_after(st, 0x2000, 0x1000, 3, "x")
+
+
+@pytest.mark.parametrize("log,oracle,contains", [
+    (GOOD[:3], "remove", "expected one REMOVE"),  # no REMOVE delivered
+    ([*GOOD, "read REMOVE [0x1000, 0x3000)"], "remove", "expected one REMOVE"),  # two
+    ([GOOD[0], "read REMOVE [0x1000, 0x2000)"], "remove", "expected one REMOVE"),  # another range
+    (GOOD[3:], "before", "at least 2"),  # the faults were not delivered before it
+    ([GOOD[0], *GOOD[3:]], "before", "at least 2"),  # one of two
+    ([*GOOD, "read PAGEFAULT@0x2fff flags=<PagefaultFlag: 0>"], "after", "after the handler filled"),
+], ids=["no-remove", "two-removes", "wrong-range", "no-fault-before", "one-fault-before", "fault-after-fill"])
+def test_delivery_oracles_catch(log, oracle, contains):
+    from cases.remove import common
+
+    st = _stats(log)
+    with pytest.raises(AssertionError, match=contains) as e:
+        if oracle == "remove":
+            common.check_one_remove(st, 0x1000, 0x3000, "x")
+        elif oracle == "before":
+            common.check_faults_before(st, 0x2000, 0x1000, 2, "x")
+        else:
+            common.check_no_fault_after(st, 0x2000, 0x1000, 3, "x")
+    assert "fault records: 0x2000" in str(e.value), "the failure names the fault records"
+
+
 def test_stale_source_reads_the_sentinel():
     o = fails(lambda: test_race.stale_source_race(ANON, "thread", Options(**WRONG)))
     assert "stale source" in o.message or "expected zeros" in o.message

@@ -19,13 +19,14 @@ MADV_REMOVE for shared memory (DONTNEED on shared memory only zaps the page tabl
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, check, libc, memory, needs, system
+from lib import abi, check, libc, memory, needs, pagemap, system
 from lib.backing import missing_feature_for, wp_feature_for
 from lib.child import Deadline, task_state, task_wchan, wait_until
 from lib.handler import Options, Source, Stats
@@ -328,3 +329,95 @@ def drain(u, timeout: float = 0.0) -> list:
             return out
         out.extend(msgs)
         timeout = 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# kernel-observable facts of a REMOVE race: pagemap, the REMOVE's range, delivered messages
+#
+# fs/userfaultfd.c: handle_userfault() queues one PAGEFAULT message per fault that finds the
+# page missing (a thread woken without its page, e.g. by a signal, faults again and queues
+# another), so a fault that was taken is delivered at least once and a page that is present is
+# never faulted; userfaultfd_remove() queues one REMOVE per madvise() call and VMA, with the
+# advised [start, end).  mm/madvise.c zaps (DONTNEED) or punches (REMOVE) only after the
+# message was read, and before madvise returns.
+
+_DELIVERED = re.compile(r"PAGEFAULT@(0x[0-9a-f]+)|([A-Z]+) \[(0x[0-9a-f]+), (0x[0-9a-f]+)\)")
+
+
+def delivered(st: Stats) -> list[tuple]:
+    """The messages the handler read, in read order (from its log): ("PAGEFAULT", address)
+    or (event, start, end)."""
+    out: list[tuple] = []
+    for line in st.log:
+        if not line.startswith("read "):
+            continue
+        for m in _DELIVERED.finditer(line):
+            if m.group(1):
+                out.append(("PAGEFAULT", int(m.group(1), 16)))
+            else:
+                out.append((m.group(2), int(m.group(3), 16), int(m.group(4), 16)))
+    return out
+
+
+def fmt_delivered(msgs: list[tuple]) -> str:
+    return ", ".join(f"PAGEFAULT@{m[1]:#x}" if m[0] == "PAGEFAULT" else f"{m[0]} [{m[1]:#x}, {m[2]:#x})"
+                     for m in msgs) or "nothing"
+
+
+def fault_records(st: Stats) -> str:
+    """The handler's fault records, for failure messages."""
+    return "; fault records: " + (", ".join(f"{f['address']:#x} flags={f['flags']:#x} tid={f['ptid']}"
+                                            for f in st.faults) or "none")
+
+
+def faults_on(msgs: list[tuple], page: int, page_size: int) -> list[int]:
+    """Indexes in ``msgs`` of the PAGEFAULT messages for the page at ``page``."""
+    return [i for i, m in enumerate(msgs) if m[0] == "PAGEFAULT" and page <= m[1] < page + page_size]
+
+
+def check_one_remove(st: Stats, start: int, end: int, what: str) -> int:
+    """Exactly one REMOVE was delivered, with the advised range; returns its index in
+    :func:`delivered`."""
+    msgs = delivered(st)
+    removes = [i for i, m in enumerate(msgs) if m[0] == "REMOVE"]
+    if len(removes) != 1 or msgs[removes[0]][1:] != (start, end):
+        raise AssertionError(f"{what}: expected one REMOVE [{start:#x}, {end:#x}), delivered "
+                             f"{fmt_delivered(msgs)}{fault_records(st)}")
+    return removes[0]
+
+
+def check_faults_before(st: Stats, page: int, page_size: int, at_least: int, what: str) -> None:
+    """At least ``at_least`` fault messages for ``page`` were delivered before the REMOVE (one
+    per fault that found the page missing; more if a waiter faulted again)."""
+    msgs = delivered(st)
+    rm = [i for i, m in enumerate(msgs) if m[0] == "REMOVE"]
+    before = [i for i in faults_on(msgs, page, page_size) if not rm or i < rm[0]]
+    if len(before) < at_least:
+        raise AssertionError(f"{what}: expected at least {at_least} PAGEFAULT for {page:#x} before the REMOVE, "
+                             f"delivered {fmt_delivered(msgs)}{fault_records(st)}")
+
+
+def check_no_fault_after(st: Stats, page: int, page_size: int, since: int, what: str) -> None:
+    """No fault message for ``page`` among the messages delivered after the first ``since``
+    (taken once the handler had filled the page after the REMOVE: a present page never faults,
+    so a later fault means the kernel took the page away after madvise returned)."""
+    msgs = delivered(st)
+    late = [i for i in faults_on(msgs, page, page_size) if i >= since]
+    if late:
+        raise AssertionError(f"{what}: PAGEFAULT for {page:#x} after the handler filled it post-REMOVE "
+                             f"(message {late[0]} of: {fmt_delivered(msgs)}){fault_records(st)}")
+
+
+def present_pages(addrs: list[int]) -> list[bool]:
+    with pagemap.Pagemap() as pm:
+        return [pm.entry(a).present for a in addrs]
+
+
+def check_present(addrs: list[int], expected: bool, what: str, st: Stats | None = None) -> None:
+    """/proc/self/pagemap's present bit of each page is ``expected``."""
+    got = present_pages(addrs)
+    wrong = [f"{a:#x}" for a, p in zip(addrs, got) if p != expected]
+    if wrong:
+        state = "present" if not expected else "absent"
+        raise AssertionError(f"{what}: page(s) {', '.join(wrong)} {state} in pagemap, expected "
+                             f"{'present' if expected else 'absent'}{fault_records(st) if st else ''}")

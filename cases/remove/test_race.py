@@ -1,8 +1,8 @@
 """Deterministic races between a fault being served and a REMOVE, driven by handler barriers.
 
 No sleeps: a worker serving page 1 is parked at a barrier point of lib.handler (``before_lock``:
-before it takes the settle read lock; ``before_resolve``: holding it, before it picks the
-source), the racing madvise is issued, then the worker is released.  The handler runs two
+before it enters the install gate; ``before_resolve``: its source page fetched, still outside
+the gate), the racing madvise is issued, then the worker is released.  The handler runs two
 workers so the serve loop keeps reading the uffd while one worker is parked.
 
 Kernel facts used (fs/userfaultfd.c, mm/madvise.c): the REMOVE message is queued before the
@@ -13,8 +13,12 @@ again, so a worker that picked the source page *before* the REMOVE installs stal
 page the caller has just discarded (e2b TestStaleSourceRaceMissingAndRemove, "want 0, got
 0xc3").  The page must read zero: that is what the handler's REMOVE bookkeeping is for.
 
-Each oracle here fails against ``Options(wrong_source_before_lock=True)`` (tests/test_remove_
-negative.py).
+Besides the handler's result (zeros), each case checks what the kernel itself shows: the
+pagemap present bit before the REMOVE and after madvise returned, the REMOVE's range, and which
+messages were delivered in what order (common.py's oracles, derived from handle_userfault()
+queueing one message per fault that finds the page missing).  The handler oracles fail against
+``Options(wrong_source_before_lock=True)``; the kernel oracles against stand-ins for a kernel
+that zaps late, wrongly or not at all (tests/test_remove_negative.py).
 """
 
 from __future__ import annotations
@@ -29,8 +33,13 @@ from cases.remove.common import (
     HEAD,
     TOPOLOGIES,
     Backing,
+    check_faults_before,
     check_no_errors,
+    check_no_fault_after,
+    check_one_remove,
+    check_present,
     check_zero,
+    delivered,
     header,
     make_source,
     matrix,
@@ -40,10 +49,16 @@ from cases.remove.common import (
 from lib import check, libc
 from lib.child import note, wait_until
 from lib.handler import BEFORE_LOCK, BEFORE_RESOLVE, REMOVED, Options
-from lib.serve import served
+from lib.serve import Served, flush, served
 
 NPAGES = 2  # the racing page is the last one (the only one of a 1 GiB backing)
 MADVISE_BUDGET = 2.0  # seconds (e2b's madvise budget)
+
+
+def punch(s: Served, addr: int, length: int, advice: int) -> None:
+    """The REMOVE under test: madvise(2) (negative controls replace this in their isolated
+    child to stand for a kernel that zaps late, wrongly or not at all)."""
+    libc.madvise(addr, length, advice)
 
 
 def _opts(b: Backing, options: Options | None) -> Options:
@@ -63,30 +78,54 @@ def _removed(h, page: int):
     return lambda: h.stats().states.get(page) == REMOVED
 
 
+def _settled_count(s: Served) -> int:
+    """Messages delivered so far, once the handler has handled what it read."""
+    flush(s.handler)
+    return len(delivered(s.stats()))
+
+
 def _remove_while_parked(b: Backing, topology: str, options: Options | None, point: str,
                          check_read: Callable[[bytes, int], None] | None = None) -> None:
-    """Park the worker serving the faulting page at ``point``, remove the page (madvise must
-    return within its budget although the worker is parked), release the worker: the page must
-    end zero.  ``check_read`` judges what the racing read returned."""
+    """Park the worker serving the faulting page at ``point``, remove the whole region (madvise
+    must return within its budget although the worker is parked), release the worker: the page
+    must end zero.  ``check_read`` judges what the racing read returned.
+
+    Kernel facts checked: the other page (populated first, on a two-page layout) is present
+    before the REMOVE and absent once madvise returned, the faulting page is absent then too
+    (its worker is parked before it could install anything); one REMOVE with the advised range
+    was delivered, after the fault; once the worker filled the page, reading it again faults no
+    more."""
     b.require(EV)
     region, src, target = _layout(b)
     addr, ps = region.page(target), region.page_size
+    others = [region.page(i) for i in range(target)]
     with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
         h = s.handler
+        for i, a in enumerate(others):
+            check.eq(libc.read(a, HEAD), header(i), f"page {i} populated from the source")
+        check_present(others, True, "before the REMOVE")
         tok = h.install_barrier(target, point)
         reader = read_async(addr, HEAD)
         note(f"waiting for the worker to park {point}")
         h.wait_held(tok, 5.0)
-        note(f"{b.punch_name} of the faulting page while its worker is parked {point}")
-        returns_within(lambda: libc.madvise(addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
+        note(f"{b.punch_name} of the region while the faulting page's worker is parked {point}")
+        returns_within(lambda: punch(s, region.addr, region.size, b.punch), MADVISE_BUDGET, b.punch_name)
+        check_present([*others, addr], False, f"once {b.punch_name} returned (the worker still parked)")
         wait_until(_removed(h, target), 5.0, "the handler to record the REMOVE")
         h.release(tok)
         got = reader.join(10)
+        filled = _settled_count(s)
         if check_read:
             check_read(got, target)
         check_zero(addr, ps, "page read after the race")
+        for a in others:
+            check_zero(a, ps, "other page after the REMOVE")
+        flush(h)
         st = s.stats()
     check_no_errors(st)
+    check_one_remove(st, region.addr, region.end, "REMOVE delivered")
+    check_faults_before(st, addr, ps, 1, "the parked fault")
+    check_no_fault_after(st, addr, ps, filled, "page re-read after the race")
 
 
 def stale_source_race(b: Backing, topology: str, options: Options | None = None) -> None:
@@ -98,16 +137,23 @@ def stale_source_race(b: Backing, topology: str, options: Options | None = None)
 
 
 def madvise_while_parked(b: Backing, topology: str, options: Options | None = None) -> None:
-    """Worker parked holding the settle read lock: madvise returns in 2 s; the page ends zero."""
+    """Worker parked after fetching its source page, outside the install gate: madvise returns
+    within 2 s; the page ends zero."""
     _remove_while_parked(b, topology, options, BEFORE_RESOLVE)
 
 
 def faulted_short_circuit(b: Backing, topology: str, options: Options | None = None) -> None:
     """A duplicate fault for a page another worker already served, parked before the lock.
 
-    Two threads fault page 1: one worker parks, the other installs the source page and the
+    Two threads fault the page: one worker parks, the other installs the source page and the
     kernel wakes both threads.  The page is then removed; when the parked (now stale) fault is
     released, the handler must not resurrect the source page: the page reads zero.
+
+    Kernel facts checked: both faults were delivered before the REMOVE (at least two messages:
+    one per fault that found the page missing); the page is present before the REMOVE and
+    absent once madvise returned (the parked fault cannot have installed it); one REMOVE with
+    the page's range; and no fault for the page after it: the readers had returned before it,
+    and the check reads the page only after the handler resolved every fault it had read.
     """
     b.require(EV)
     region, src, target = _layout(b)
@@ -120,14 +166,27 @@ def faulted_short_circuit(b: Backing, topology: str, options: Options | None = N
         second = read_async(addr, HEAD)
         check.eq(second.join(10), header(target), "second reader gets the source page")
         check.eq(first.join(10), header(target), "first reader, woken by the second install, gets it too")
-        returns_within(lambda: libc.madvise(addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
+        check_present([addr], True, "the served page before the REMOVE")
+        pre = s.stats()
+        returns_within(lambda: punch(s, addr, ps, b.punch), MADVISE_BUDGET, b.punch_name)
+        check_present([addr], False, f"once {b.punch_name} returned (the duplicate fault still parked)", pre)
         wait_until(_removed(h, target), 5.0, "the handler to record the REMOVE")
         h.release(tok)
-        wait_until(lambda: h.stats().missing >= 2, 10.0, "the parked duplicate fault to be resolved")
+        faults_read = len(pre.faults)
+
+        def resolved() -> bool:
+            st = h.stats()
+            return st.missing + len(st.errors) >= faults_read
+
+        # every fault read before the REMOVE resolved: booked only once installed (or EEXIST)
+        wait_until(resolved, 10.0, f"the {faults_read} faults read before the REMOVE to be resolved")
         check_zero(addr, ps, "page after the stale duplicate fault was resolved")
+        flush(h)
         st = s.stats()
     check_no_errors(st)
-    check.eq(len(st.faults), 2, "fault messages (two readers, nothing after the REMOVE)")
+    rm = check_one_remove(st, addr, addr + ps, "REMOVE delivered")
+    check_faults_before(st, addr, ps, 2, "two readers")
+    check_no_fault_after(st, addr, ps, rm, "after the REMOVE (readers returned before it)")
 
 
 def _id(what: str):
