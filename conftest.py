@@ -192,6 +192,7 @@ class KmmRun:
             return
         self.session = session
         self._take_lock()
+        self.started = time.time()  # the run starts once it holds the lock
         repaired = system.SETTINGS.repair() if system.is_root() else {}
         facts = system.facts()
         self.props = facts.properties()
