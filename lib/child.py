@@ -360,11 +360,16 @@ class GroupWatchdog:
             pass  # the watchdog is gone: PR_SET_PDEATHSIG still covers the direct child
 
     def forget(self) -> None:
-        """In a forked case process: close our copy of the runner's end of the pipe."""
+        """In a forked case process: close our copy of the runner's end of the pipe (once: a
+        case that runs a nested run_isolated forgets again, and the fd number may by then
+        belong to one of its own pipes)."""
+        if self._w < 0:
+            return
         try:
             os.close(self._w)
         except OSError:
             pass
+        self._w = -1
 
     def stop(self) -> None:
         self.watch(0)

@@ -219,3 +219,22 @@ def test_unmountable_image_is_unavailable_and_cleaned_up(monkeypatch):
     with pytest.raises(scratchfs.Unavailable):
         fs.ensure()  # remembered, not retried
     assert fs.top == ""
+
+
+def test_in_child_inside_a_case_under_the_runners_watchdog():
+    """The collapse_fork cases run in_child inside the case process; with the runner's watchdog
+    started, the nested case process must still deliver its verdict (it once closed a reused fd
+    number and exited 'without a verdict')."""
+    from lib import child
+
+    def case() -> None:
+        C.in_child(lambda: None, timeout=10)
+        with pytest.raises(AssertionError, match="in the child: bad"):
+            C.in_child(lambda: (_ for _ in ()).throw(AssertionError("bad")), timeout=10)
+
+    child.start_watchdog()
+    try:
+        o = child.run_isolated(case, 30)
+    finally:
+        child.stop_watchdog()
+    assert o.kind == "pass", o.message + o.details
