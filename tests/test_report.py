@@ -190,3 +190,23 @@ def test_one_line_and_names():
     assert report.one_line("a\n  b\tc") == "a b c"
     assert "#" not in report.tap_name("x # y")
     assert len(report.one_line("x" * 1000)) == 300
+
+
+def test_suite_version_outside_a_git_tree(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "9.8.7"\n')
+    assert report.suite_version(str(tmp_path)) == {"version": "9.8.7", "commit": "unknown", "describe": "unknown"}
+
+
+def test_suite_version_in_this_tree():
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    v = report.suite_version(str(ROOT))
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git work tree")
+    describe = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                              text=True)
+    assert v["commit"] == head.stdout.strip()
+    assert v["describe"] == describe.stdout.strip()
