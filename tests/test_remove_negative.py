@@ -432,3 +432,35 @@ def test_removes_oracle_catches_another_event():
 
     with pytest.raises(AssertionError, match="other than REMOVE"):
         test_delivery.removes([Msg(abi.Event.REMOVE, start=0, end=4096), Msg(abi.Event.UNMAP, start=0, end=4096)])
+
+
+# ---------------------------------------------------------------------------------------
+# hugetlb mapping: skip only on an insufficient pool (probed apart), fail otherwise
+
+
+def test_hugetlb_map_failure_with_a_pool_is_a_failure(hugetlb_pool):
+    """An mmap that fails although the pool has the pages is a failure, not a skip."""
+    import errno
+
+    from lib import memory
+
+    def body():
+        def refuse(*a, **kw):
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+        memory.hugetlb = refuse  # in the isolated child only
+        HUGE.map(1)
+
+    o = outcome(body)
+    assert o.kind == "fail" and "although the pool had" in o.message, f"{o.kind}: {o.message}"
+
+
+def test_hugetlb_map_skips_on_an_insufficient_pool(hugetlb_pool):
+    from cases.remove import common
+
+    def body():
+        common.hugetlb_available = lambda hpage: 0  # the probe says: empty pool
+        HUGE.map(1)
+
+    o = outcome(body)
+    assert o.kind == "skip" and "hugetlb pool: 0 free unreserved" in o.message, f"{o.kind}: {o.message}"

@@ -115,7 +115,7 @@ class Backing:
         """Skip (with the reason) unless this backing and ``features`` are usable here."""
         if self.hugetlb:
             needs.hugetlb_size(self.hpage)
-            if system.hugetlb_counter(self.hpage, "free_hugepages") < 1:
+            if hugetlb_available(self.hpage) < 1:
                 pytest.skip(f"no free {system.size_label(self.hpage)} hugetlb page (pool could not be grown)")
         needs.uffd_features(self.missing_feature | int(features))
 
@@ -131,17 +131,28 @@ class Backing:
             return r
         if self.kind == "memfd":
             return memory.memfd(size, shared=True)
-        if self.kind == "hugetlb-private":
+        if self.hugetlb:
+            # the skip comes from the pool, probed apart from the mapping under test (prepare()
+            # has tried to size it); with the pages there, a failing mmap is a failure
+            avail = hugetlb_available(self.hpage)
+            if avail < npages:
+                pytest.skip(f"hugetlb pool: {avail} free unreserved {system.size_label(self.hpage)} pages, "
+                            f"{npages} needed (pool could not be grown)")
+            shared = self.kind == "hugetlb"
             try:
-                return memory.hugetlb(size, self.hpage, shared=False, via_memfd=False)
+                return memory.hugetlb(size, self.hpage, shared=shared, via_memfd=shared)
             except OSError as e:
-                pytest.skip(f"cannot map {npages} {self.name} pages: {e.strerror}")
-        if self.kind == "hugetlb":
-            try:
-                return memory.hugetlb(size, self.hpage, shared=True, via_memfd=True)
-            except OSError as e:
-                pytest.skip(f"cannot map {npages} {self.name} pages: {e.strerror}")
+                raise AssertionError(f"mmap of {npages} {self.name} pages failed ({e.strerror}) although the pool "
+                                     f"had {avail} free unreserved pages") from e
         raise ValueError(self.kind)
+
+
+def hugetlb_available(hpage: int) -> int:
+    """Huge pages of size ``hpage`` a new mapping can reserve: free minus reserved, plus what
+    overcommit still allows (Documentation/admin-guide/mm/hugetlbpage.rst)."""
+    c = system.hugetlb_counter
+    over = c(hpage, "nr_overcommit_hugepages") - c(hpage, "surplus_hugepages")
+    return c(hpage, "free_hugepages") - c(hpage, "resv_hugepages") + max(0, over)
 
 
 def compact_memory() -> bool:
