@@ -1,0 +1,120 @@
+#!/bin/bash
+# The REMOVE race cases must agree over repeats while a QEMU guest loads the CPUs (issue 13).
+#
+# 1. starts `run_suite.py --kernel IMAGE <guest selection>` in the background, in a process
+#    group of its own (the guest is a TCG QEMU with 2 vCPUs running a long suite selection);
+# 2. waits, with a deadline, until the guest is actually running cases: its TAP stream shows a
+#    case line (the guest's suite prints it over the console) and its QEMU process is alive;
+# 3. runs the race cases (cases/remove/test_race.py and test_gated.py) with --repeat on the host;
+# 4. checks that the guest was still running when the host run ended, stops it (its process
+#    group, by id) and measures how many CPUs QEMU kept busy meanwhile;
+# 5. exits 0 only if every race case passed (or skipped) with the same verdict in every repeat.
+#
+#   scripts/race-under-load.sh [--kernel IMAGE] [--repeat N] [--guest "SELECTION"] [--results DIR]
+#
+# Host suite runs take a machine-wide lock (others' runs may make the host part wait); the guest
+# run does not.  Needs root, like run_suite.py.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+
+KERNEL=/boot/vmlinuz-6.12.118+deb12-amd64
+REPEAT=10
+GUEST_SELECTION="cow thp_collapse"
+HOST_SELECTION=(remove -k "test_race or test_gated")
+OUT=""
+BOOT_DEADLINE=900  # seconds for the guest to boot and start its first case (TCG is slow)
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --kernel) KERNEL=$2; shift 2 ;;
+        --repeat) REPEAT=$2; shift 2 ;;
+        --guest) GUEST_SELECTION=$2; shift 2 ;;
+        --results) OUT=$2; shift 2 ;;
+        *) echo "race-under-load.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ -r "$KERNEL" ] || { echo "race-under-load.sh: no kernel image $KERNEL" >&2; exit 2; }
+[[ "$REPEAT" =~ ^[0-9]+$ ]] && [ "$REPEAT" -ge 2 ] || { echo "race-under-load.sh: --repeat needs N >= 2" >&2; exit 2; }
+OUT=${OUT:-results/race-under-load-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+
+# -- 1. the guest, in its own session and process group --------------------------------------
+# shellcheck disable=SC2086  # the guest selection is a list of words
+setsid ./run_suite.py --kernel "$KERNEL" --vm-timeout 7200 --results "$OUT/guest" $GUEST_SELECTION \
+    >"$OUT/guest.out" 2>&1 &
+GPID=$!
+stop_guest() {
+    kill -TERM -- "-$GPID" 2>/dev/null
+    for _ in $(seq 120); do  # up to 60 s for the group to go
+        kill -0 -- "-$GPID" 2>/dev/null || return 0
+        sleep 0.5
+    done
+    kill -KILL -- "-$GPID" 2>/dev/null
+    wait "$GPID" 2>/dev/null
+}
+trap stop_guest EXIT
+
+qemu_pid() { pgrep -g "$GPID" -f qemu-system | head -1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
+
+# -- 2. wait until the guest runs cases -------------------------------------------------------
+echo "# waiting for the guest ($KERNEL: $GUEST_SELECTION) to run its first case"
+end=$((SECONDS + BOOT_DEADLINE))
+until grep -qE '^(# \[RUN\]|ok |not ok )' "$OUT/guest.out" 2>/dev/null && [ -n "$(qemu_pid)" ]; do
+    if ! kill -0 "$GPID" 2>/dev/null; then
+        echo "race-under-load.sh: the guest run ended before running a case:"; tail -5 "$OUT/guest.out"; exit 1
+    fi
+    [ $SECONDS -lt $end ] || { echo "race-under-load.sh: guest not running a case within ${BOOT_DEADLINE}s"; exit 1; }
+    sleep 0.5  # polling an observed state, with the deadline above
+done
+QPID=$(qemu_pid)
+echo "# guest running: $(grep -m1 -E '^(# \[RUN\]|ok |not ok )' "$OUT/guest.out") (QEMU pid $QPID)"
+
+# -- 3. the race cases on the host ------------------------------------------------------------
+t0=$SECONDS
+q0=$(cpu_ticks "$QPID")
+./run_suite.py "${HOST_SELECTION[@]}" --repeat "$REPEAT" --results "$OUT/host" >"$OUT/host.out" 2>&1
+host_rc=$?
+q1=$(cpu_ticks "$QPID")
+t1=$SECONDS
+guest_alive=yes
+[ -n "$q1" ] && kill -0 "$QPID" 2>/dev/null || guest_alive=no
+guest_cases=$(grep -cE '^(ok|not ok) ' "$OUT/guest.out")
+
+# -- 4. stop the guest --------------------------------------------------------------------------
+stop_guest
+trap - EXIT
+
+# -- 5. verdicts --------------------------------------------------------------------------------
+hz=$(getconf CLK_TCK)
+.venv/bin/python - "$OUT/host/summary.json" "$host_rc" "$guest_alive" "$((t1 - t0))" "${q0:-0}" "${q1:-0}" "$hz" \
+    "$guest_cases" <<'EOF'
+import json
+import sys
+
+path, rc, alive, wall, q0, q1, hz, guest_cases = sys.argv[1:]
+try:
+    s = json.load(open(path))
+except (OSError, ValueError) as e:
+    print(f"race-under-load: no host summary ({e}); run_suite exit {rc}")
+    sys.exit(1)
+cases = s["cases"]
+bad = []
+for c in cases:
+    kinds = c.get("repeats") or [c["verdict"]]
+    if len(set(kinds)) != 1 or kinds[0] not in ("pass", "skip"):
+        bad.append(f"{c['name']}: {', '.join(kinds)} ({c.get('message', '')[:200]})")
+runs = sum(len(c.get("repeats") or [1]) for c in cases)
+wall = int(wall)
+busy = (int(q1) - int(q0)) / int(hz) / max(1, wall)
+print(f"race-under-load: {len(cases)} race cases x {s['run']['option.repeat']} repeats = {runs} runs in {wall} s "
+      f"on the host; totals {s['totals']}; run_suite exit {rc}")
+print(f"race-under-load: the guest QEMU used {busy:.2f} CPUs on average meanwhile; guest cases finished so far "
+      f"{guest_cases}; guest still running at the end: {alive}")
+for line in bad:
+    print("race-under-load: DIFFERED OR FAILED:", line)
+ok = not bad and rc == "0" and alive == "yes"
+if alive != "yes":
+    print("race-under-load: the guest ended before the host run did: the load did not cover the run")
+sys.exit(0 if ok else 1)
+EOF
