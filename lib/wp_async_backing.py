@@ -118,6 +118,10 @@ class WpBacking:
             if e.errno != errno.ENOMEM:
                 raise
             c = {k: system.hugetlb_counter(self.size, k) for k in ("nr_hugepages", "free_hugepages", "resv_hugepages")}
+            if c["free_hugepages"] - c["resv_hugepages"] >= units:
+                # The pool had room for the reservation: refusing it is the kernel's doing.
+                raise AssertionError(f"setup step failed: mmap of {units} {system.size_label(self.size)} hugetlb "
+                                     f"pages refused ({e.strerror}) with the pool able to hold them ({c})") from e
             pytest.skip(f"{units} {system.size_label(self.size)} hugetlb pages not reservable ({e.strerror}; {c})")
         raise ValueError(self.kind)
 
