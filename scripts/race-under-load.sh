@@ -1,13 +1,14 @@
 #!/bin/bash
 # The REMOVE race cases must agree over repeats while a QEMU guest loads the CPUs (issue 13).
 #
-# 1. starts `run_suite.py --kernel IMAGE <guest selection>` in the background, in a process
-#    group of its own (the guest is a TCG QEMU with 2 vCPUs running a long suite selection);
+# 1. starts `run_suite.py --kernel IMAGE <guest selection>` in the background (the guest is a
+#    TCG QEMU with 2 vCPUs running a long suite selection);
 # 2. waits, with a deadline, until the guest is actually running cases: its TAP stream shows a
 #    case line (the guest's suite prints it over the console) and its QEMU process is alive;
 # 3. runs the race cases (cases/remove/test_race.py and test_gated.py) with --repeat on the host;
-# 4. checks that the guest was still running when the host run ended, stops it (its process
-#    group, by id) and measures how many CPUs QEMU kept busy meanwhile;
+# 4. checks that the guest was still running when the host run ended, stops it (SIGTERM to the
+#    runner, then SIGKILL by pid to whatever is left of its process tree) and reports how many
+#    CPUs QEMU kept busy meanwhile;
 # 5. exits 0 only if every race case passed (or skipped) with the same verdict in every repeat.
 #
 #   scripts/race-under-load.sh [--kernel IMAGE] [--repeat N] [--guest "SELECTION"] [--results DIR]
@@ -38,23 +39,39 @@ done
 OUT=${OUT:-results/race-under-load-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 
-# -- 1. the guest, in its own session and process group --------------------------------------
+# -- 1. the guest ------------------------------------------------------------------------------
 # shellcheck disable=SC2086  # the guest selection is a list of words
-setsid ./run_suite.py --kernel "$KERNEL" --vm-timeout 7200 --results "$OUT/guest" $GUEST_SELECTION \
+./run_suite.py --kernel "$KERNEL" --vm-timeout 7200 --results "$OUT/guest" $GUEST_SELECTION \
     >"$OUT/guest.out" 2>&1 &
 GPID=$!
-stop_guest() {
-    kill -TERM -- "-$GPID" 2>/dev/null
-    for _ in $(seq 120); do  # up to 60 s for the group to go
-        kill -0 -- "-$GPID" 2>/dev/null || return 0
+
+descendants() {  # every process below pid $1 (vng runs QEMU in a session of its own)
+    ps -eo pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END { n = 1; todo[1] = root
+              while (n > 0) { p = todo[n--]
+                  for (c in parent) if (parent[c] == p) { print c; todo[++n] = c } } }'
+}
+stop_guest() {  # the runner ends its VM on SIGTERM; anything left of the tree is killed by pid
+    local left
+    left=$(descendants "$GPID")
+    kill -TERM "$GPID" 2>/dev/null
+    for _ in $(seq 120); do  # up to 60 s for the runner to finish
+        kill -0 "$GPID" 2>/dev/null || break
         sleep 0.5
     done
-    kill -KILL -- "-$GPID" 2>/dev/null
+    kill -KILL "$GPID" 2>/dev/null
+    for p in $left; do kill -KILL "$p" 2>/dev/null; done
     wait "$GPID" 2>/dev/null
 }
 trap stop_guest EXIT
 
-qemu_pid() { pgrep -g "$GPID" -f qemu-system | head -1; }
+qemu_pid() {
+    local p
+    for p in $(descendants "$GPID"); do
+        case "$(cat "/proc/$p/comm" 2>/dev/null)" in qemu-system*) echo "$p"; return ;; esac
+    done
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
 
 # -- 2. wait until the guest runs cases -------------------------------------------------------
