@@ -29,6 +29,7 @@ from cases.remove.common import (
     check_no_errors,
     check_ranges_cover,
     check_zero,
+    fault_records,
     make_source,
     matrix,
     ranges_of,
@@ -144,7 +145,8 @@ def unaligned_remove(b: Backing, options: Options | None = None) -> None:
     check.eq(ranges_of(st.events), [(start, end)], "REMOVE range (the advised one, unaligned)")
     inside = [i for i in range(n) if region.page(i) >= start and region.page(i) + hp <= end]
     check.eq(present, [i not in inside for i in range(n)], "pagemap present after the REMOVE (partial pages kept)")
-    check.eq(len(st.faults) - faults_before, len(inside), "MISSING faults on access (one per discarded page)")
+    check.eq(len(st.faults) - faults_before, len(inside),
+             "MISSING faults on access (one per discarded page)" + fault_records(st))
     check.eq({i for i, v in st.states.items() if v == REMOVED}, set(),
              "pages still REMOVED in the handler after access")
     check.eq({i for i in inside if st.states.get(i) != ZERO}, set(), "discarded pages served with zeros")

@@ -27,6 +27,7 @@ from cases.remove.common import (
     check_no_errors,
     check_source,
     drain,
+    fault_records,
     header,
     madvise_async,
     make_source,
@@ -67,7 +68,7 @@ def madvise_blocks_until_read(b: Backing, topology: str, pause: bool = True) -> 
         flush(h)
         st = s.stats()
     check_no_errors(st)
-    check.eq(len(st.faults), 1, "faults (none while the REMOVE was unread)")
+    check.eq(len(st.faults), 1, "faults (none while the REMOVE was unread)" + fault_records(st))
     check.eq([(e["event"], e["start"], e["end"]) for e in st.events], [("REMOVE", addr, addr + ps)], "events")
 
 

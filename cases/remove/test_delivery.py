@@ -33,6 +33,7 @@ from cases.remove.common import (
     Backing,
     check_ranges_cover,
     drain,
+    fault_records,
     fmt_ranges,
     header,
     make_source,
@@ -223,7 +224,7 @@ def punch_hole_unnoticed(b: Backing, via_madvise: bool = False) -> list[dict]:
         reread = read_async(region.addr, 64).join(10)
         st = s.stats()
     check.eq(st.errors, [], "handler errors")
-    check.eq(len(st.faults), 2, "MISSING faults (first touch, then the access after the punch)")
+    check.eq(len(st.faults), 2, "MISSING faults (first touch, then the access after the punch)" + fault_records(st))
     check.eq(reread, header(0), "the re-access is served from the source again (the handler was not told)")
     return st.events
 

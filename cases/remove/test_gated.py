@@ -26,6 +26,7 @@ from cases.remove.common import (
     Backing,
     check_no_errors,
     check_zero,
+    fault_records,
     header,
     madvise_async,
     make_source,
@@ -77,7 +78,8 @@ def remove_then_write(b: Backing, topology: str, options: Options | None = None)
         flush(h)
         st = s.stats()
     check_no_errors(st)
-    check.eq(len(st.faults), 2, "MISSING faults (first read, access after the REMOVE; none for the write)")
+    check.eq(len(st.faults), 2,
+             "MISSING faults (first read, access after the REMOVE; none for the write)" + fault_records(st))
 
 
 def write_then_remove(b: Backing, topology: str, options: Options | None = None) -> None:

@@ -22,6 +22,7 @@ from cases.remove.common import (
     check_ranges_cover,
     check_source,
     check_zero,
+    fault_records,
     make_source,
     matrix,
     ranges_of,
@@ -58,7 +59,7 @@ def multi_page(b: Backing, topology: str, options: Options | None = None) -> Non
     check_no_errors(st)
     check_ranges_cover(ranges_of(st.events), start, end, "REMOVE ranges")
     check.eq(len(st.faults) - faults_before, SPAN[1] - SPAN[0] + 1,
-             "MISSING faults after the REMOVE (one per span page, one for page 5)")
+             "MISSING faults after the REMOVE (one per span page, one for page 5)" + fault_records(st))
 
 
 @pytest.mark.parametrize(
