@@ -106,6 +106,11 @@ def build_parser() -> Parser:
     vm.add_argument("--kernel-cmdline", default="", metavar="ARGS", help="extra guest kernel command line")
     vm.add_argument("--vm-timeout", type=positive_float, default=900.0, metavar="SECONDS",
                     help="overall deadline for one guest run (default 900)")
+    kc = p.add_argument_group("KCIDB (KernelCI) submission (lib/kcidb.py)")
+    kc.add_argument("--kcidb", metavar="FILE", help="also write the run as a KCIDB submission (kcidb-io's schema)")
+    kc.add_argument("--origin", default="kmm", help="the KCIDB origin submitting it (default kmm)")
+    kc.add_argument("--kernel-tree", metavar="DIR", help="the kernel's git tree: its commit, describe and remote")
+    kc.add_argument("--from-results", metavar="DIR", help="convert this results folder instead of running")
     return p
 
 
@@ -293,6 +298,19 @@ def resolve_paths(args: argparse.Namespace, cwd: str) -> None:
         args.results = absolute(args.results)
     if args.compare:
         args.compare = [absolute(c) for c in args.compare]
+    for opt in ("kcidb", "kernel_tree", "from_results"):
+        if getattr(args, opt):
+            setattr(args, opt, absolute(getattr(args, opt)))
+
+
+def kcidb_failed(args: argparse.Namespace, folder: Path) -> bool:
+    """Write --kcidb FILE from a finished run's folder; say why on stderr when it could not."""
+    from lib import kcidb
+
+    problem = kcidb.write_for(args, folder)
+    if problem:
+        sys.stderr.write(f"run_suite.py: error: --kcidb: {problem}\n")
+    return bool(problem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,13 +320,26 @@ def main(argv: list[str] | None = None) -> int:
     resolve_paths(args, os.getcwd())
     _ensure_interpreter()
     sys.path.insert(0, str(ROOT))
+    if args.kcidb or args.from_results or args.kernel_tree or args.origin != "kmm":
+        from lib import kcidb
+
+        problem = kcidb.check_args(args) or (args.from_results and kcidb.write_for(args, args.from_results))
+        if problem or args.from_results:
+            if problem:
+                sys.stderr.write(f"run_suite.py: error: {problem}\n")
+            return exitcodes.usage_code(args.bisect) if problem else 0
     if args.compare or args.kernel or args.kernels:
         try:
             from lib import vmrun
         except ImportError:
             sys.stderr.write("run_suite.py: error: --kernel/--kernels/--compare are not available in this build\n")
             return exitcodes.usage_code(args.bisect)
-        return vmrun.main(args, ROOT)
+        try:
+            code = vmrun.main(args, ROOT)
+        finally:  # also for an interrupted run: its folder says what ran
+            if args.kcidb and args.results and Path(args.results).exists():
+                kcidb_failed(args, Path(args.results))
+        return code
     chosen, patterns = split_selection(args.select)
     if args.list:
         return list_cases(pytest_args(args, chosen, patterns, None, None))
@@ -355,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary is not None and not args.results and not run.write_failure():
         folders.point_latest(results)  # a run's own folder under results/: `latest` moves to it
     say(f"# results: {results}")
+    if args.kcidb and summary is not None and kcidb_failed(args, results) and not args.bisect:
+        return max(int(final or 0), 1)
     if args.bisect:
         return bisect_code(summary, code)
     if final is None:

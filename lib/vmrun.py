@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib import compare, exitcodes, report, vm
+from lib import compare, exitcodes, matrix_html, report, vm
 from lib import results as folders
 from lib.check import CANNOT_TEST_PREFIX
 from lib.vm_console import BootStage, ConsoleLine, Verdict
@@ -241,6 +241,7 @@ def main(args: argparse.Namespace, root: Path) -> int:
             return _err(f"--compare: cannot read a run: {e}")
         c = compare.compare(a, b)
         print(compare.format_comparison(c, *args.compare))
+        print(matrix_html.compare_page(args.compare, [a, b], args.results), flush=True)
         return c.exit_code
     images = [args.kernel] if args.kernel else list(args.kernels)
     problem = _preflight(images)
@@ -301,6 +302,7 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     print(compare.verdict_table(labels))
     base.mkdir(parents=True, exist_ok=True)
     (base / "table.txt").write_text(compare.verdict_table(labels) + "\n")
+    print(f"# matrix: {matrix_html.write(base / 'matrix.html', labels)}", flush=True)
     if args.find_first_bad:
         if first_bad is None:
             print(f"# first bad: none ({verdict_note})")
