@@ -113,12 +113,14 @@ def facts(summary: dict | None) -> list[tuple[str, str]]:
         ("hugetlb sizes", k.get("hugetlb.sizes", "?")),
         ("boot/vm", boot),
         ("run", ("partial: " + summary.get("partial_reason", "")) if summary.get("partial") else "complete"),
-        ("totals", " ".join(f"{v}:{t.get(v, 0)}" for v in ORDER[:6])),
+        ("totals", " ".join(f"{v}:{t.get(v, 0)}" for v in ORDER[:6]) + f" not run:{len(summary.get('not_run', []))}"),
     ]
 
 
 def rows(columns: list[tuple[str, dict | None]]) -> list[tuple[str, list[tuple[str, str]], bool]]:
-    """(case, [(verdict, message) per column], differs) in order of first appearance."""
+    """(case, [(verdict, message) per column], differs) in order of first appearance.  A row
+    differs when the columns that have a report give it different verdicts (a case missing from
+    one of them counts as a verdict of its own)."""
     per = [cells(s) for _, s in columns]
     names: list[str] = []
     seen: set[str] = set()
@@ -130,7 +132,8 @@ def rows(columns: list[tuple[str, dict | None]]) -> list[tuple[str, list[tuple[s
     out = []
     for n in names:
         row = [col.get(n, (MISSING, "")) for col in per]
-        out.append((n, row, len({v for v, _ in row}) > 1))
+        judged = {v for (v, _), (_, s) in zip(row, columns) if s}  # a column without a report differs in nothing
+        out.append((n, row, len(judged) > 1))
     return out
 
 
