@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -150,3 +151,23 @@ def test_in_a_browser_a_real_series_renders(tmp_path):
     out = dom(page.as_uri() + "#all")
     assert shown_rows(out)[0] == len(matrix_html.rows(real))
     assert counts(out) == expected_counts(real)
+
+
+def test_compare_writes_the_page_where_it_says(tmp_path):
+    """--compare A B: the page goes beside B (or into --results DIR) and the line names it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, (_label, data) in zip((a, b), columns()):
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps(data))
+    argv = [sys.executable, str(ROOT / "run_suite.py"), "--compare", str(a), str(b)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 1, p.stderr  # "regressed" went pass -> fail
+    target = b / "matrix-vs-a.html"
+    assert f"# matrix: {target}" in p.stdout.splitlines()
+    assert 'data-case="regressed"' in target.read_text()
+    p = subprocess.run([*argv, f"--results={tmp_path / 'out'}"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert f"# matrix: {tmp_path / 'out' / 'matrix.html'}" in p.stdout.splitlines()
+    # a place that cannot be written: said on the line, and the comparison still stands
+    p = subprocess.run([*argv, "--results=/proc/kmm-no"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "REGRESSED" in p.stdout
+    assert any(line.startswith("# matrix: not written (/proc/kmm-no/matrix.html: ") for line in p.stdout.splitlines())
