@@ -395,7 +395,8 @@ class NonAnonBacking:
         smem = libc.mmap(self.size, abi.PROT_READ, abi.MAP_SHARED, fd, 0)
         maps.append((smem, self.size))
         _populate((mem, smem))
-        hugetlb_pool.require_spare_before_fork(self.size)  # the case's fork()/copy-on-write comes next
+        # the case's copy-on-write comes next; the private mapping's reservation is its own
+        hugetlb_pool.require_spare_before_fork(self.size, own_reserved=1)
         return NonAnonMem(mem, smem, self.size)
 
 

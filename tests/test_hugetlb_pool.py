@@ -37,12 +37,25 @@ def test_before_map_fails_when_the_pool_has_the_pages_but_not_free(pool: dict[st
         hugetlb_pool.require_before_map(GIB)
 
 
+def test_before_map_fails_when_another_mapping_reserved_a_page(pool: dict[str, int]) -> None:
+    pool.update(resv_hugepages=1)
+    with pytest.raises(AssertionError, match=r"resv_hugepages 1 before mapping"):
+        hugetlb_pool.require_before_map(GIB)
+
+
 def test_spare_before_fork(pool: dict[str, int]) -> None:
-    pool.update(free_hugepages=1, resv_hugepages=1)  # a private file mapping's own reservation
+    pool.update(free_hugepages=1)  # anonymous: the mapped page is in use, its reservation spent
     hugetlb_pool.require_spare_before_fork(GIB)
-    pool.update(free_hugepages=0, resv_hugepages=0)
+    pool.update(free_hugepages=0)
     with pytest.raises(AssertionError, match=r"free_hugepages 0.*right before fork"):
         hugetlb_pool.require_spare_before_fork(GIB)
+
+
+def test_spare_before_fork_counts_only_the_own_reservation(pool: dict[str, int]) -> None:
+    pool.update(free_hugepages=1, resv_hugepages=1)  # a private file mapping's own reservation
+    hugetlb_pool.require_spare_before_fork(GIB, own_reserved=1)
+    with pytest.raises(AssertionError, match=r"resv_hugepages 1 right before fork"):
+        hugetlb_pool.require_spare_before_fork(GIB)  # someone else's reservation
 
 
 def test_wp_fork_checks_the_pool_before_forking(pool: dict[str, int]) -> None:
