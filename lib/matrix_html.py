@@ -74,6 +74,11 @@ def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def label_of(verdict: str, message: str) -> str:
+    """A cell's text: the short verdict, TIMEOUT for a failure that was a timeout."""
+    return "TIMEOUT" if verdict == "fail" and message.startswith("TIMEOUT: ") else SHORT.get(verdict, verdict)
+
+
 def cells(summary: dict | None) -> dict[str, tuple[str, str]]:
     """case name -> (verdict, message) of one column; planned cases never reached are 'notrun'."""
     if not summary:
@@ -149,9 +154,9 @@ def page(columns: list[tuple[str, dict | None]], title: str = "kmm-conformance v
         tds = [f'<td class="case">{_esc(name)}</td>']
         for (label, _), (v, msg) in zip(columns, row):
             tds.append(f'<td class="v {v}" data-v="{v}" data-case="{_esc(name)}" data-col="{_esc(label)}" '
-                       f'title="{_esc(msg)}">{_esc(SHORT.get(v, v))}</td>')
+                       f'title="{_esc(msg)}">{_esc(label_of(v, msg))}</td>')
         trs.append(f'<tr data-differ="{int(d)}">{"".join(tds)}</tr>')
-    foot = '<tr><td class="case">verdicts shown by the page</td>' + "".join(
+    foot = '<tr><td class="case">verdict counts (all rows)</td>' + "".join(
         '<td class="count"></td>' for _ in columns) + "</tr>"
     legend = " ".join(f'<span class="{v}">&nbsp;{_esc(SHORT[v])}&nbsp;</span>' for v in ORDER)
     return f"""<!DOCTYPE html>

@@ -75,6 +75,8 @@ def test_the_page_is_self_contained_and_escaped():
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), "no network"
     assert "<script src" not in text and "<link" not in text
     assert "boot/vm: ok (EXITED)" in text and "boot/vm: host run" in text
+    assert re.search(r'data-case="timed out" [^>]*title="TIMEOUT: timeout after 5s: in wait">TIMEOUT<', text)
+    assert re.search(r'data-case="regressed" [^>]*>FAIL<', text)
 
 
 # -- a real browser ------------------------------------------------------------------------------
