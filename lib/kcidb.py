@@ -165,10 +165,11 @@ def submission(summary: dict, origin: str = DEFAULT_ORIGIN, facts: KernelFacts |
     env_misc = {k: _clean(str(v)) for k, v in run.items()}
     env_misc.update({f"host.{k}": v for k, v in facts.host.items()})
     if vm:
-        env_misc.update({f"vm.{k}": _clean(str(v)) for k, v in vm.items() if k != "console_tail"})
-    described = ", ".join(x for x in (f"host {host}" if host else "", facts.host.get("cpus", "") and
-                                      f"{facts.host['cpus']} CPUs", facts.host.get("memory", ""),
+        env_misc.update({f"vm.{k}": _clean(str(v)) for k, v in vm.items() if k != "console_tail" and v is not None})
+    described = ", ".join(x for x in (f"host {host}" if host else "",
                                       f"guest of {image}" if image and image != "running" else "",
+                                      facts.host.get("cpus", "") and f"{facts.host['cpus']} CPUs",
+                                      facts.host.get("memory", ""),
                                       f"kmm-conformance {run.get('version', '?')} ({run.get('describe', '?')})") if x)
     environment = {"comment": _clean(described), "misc": env_misc}
 
@@ -319,10 +320,13 @@ def host_facts(summary: dict) -> dict[str, str]:
     return {"cpus": str(os.cpu_count() or 0), "memory": mem}
 
 
-def gather(summary: dict, tree: str | None = None) -> KernelFacts:
+def gather(summary: dict, tree: str | None = None, guest: dict[str, str] | None = None) -> KernelFacts:
+    """The facts of a summary's kernel; ``guest`` (CPUs, memory given to the VM) for a guest run."""
     facts = tree_facts(tree) if tree else KernelFacts()
     facts.config_name, facts.config_fragment = config_facts(summary)
     facts.host = host_facts(summary)
+    if not facts.host and guest and (summary.get("vm") or {}).get("image", "running") != "running":
+        facts.host = dict(guest)
     return facts
 
 
@@ -345,9 +349,10 @@ def load_runs(folder: str | Path) -> list[dict]:
     return runs
 
 
-def convert(folder: str | Path, origin: str = DEFAULT_ORIGIN, tree: str | None = None) -> dict:
+def convert(folder: str | Path, origin: str = DEFAULT_ORIGIN, tree: str | None = None,
+            guest: dict[str, str] | None = None) -> dict:
     """A validated submission of every run in a results folder."""
-    data = merge([submission(s, origin, gather(s, tree)) for s in load_runs(folder)])
+    data = merge([submission(s, origin, gather(s, tree, guest)) for s in load_runs(folder)])
     validate(data)
     return data
 
@@ -392,7 +397,8 @@ def check_args(args) -> str:
 def write_for(args, folder: str | Path) -> str:
     """Convert ``folder`` into ``args.kcidb``; '' or why it could not (one line)."""
     try:
-        data = convert(folder, args.origin, args.kernel_tree)
+        guest = None if args.from_results else {"cpus": str(args.cpus), "memory": args.memory}  # what --kernel gave
+        data = convert(folder, args.origin, args.kernel_tree, guest)
         write(args.kcidb, data)
     except KcidbError as e:
         return str(e)

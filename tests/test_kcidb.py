@@ -285,3 +285,14 @@ def test_an_interrupted_run_writes_its_submission_with_the_missing_cases(tmp_pat
 def test_kcidb_io_is_pinned_in_requirements():
     reqs = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^kcidb-io==\S+", reqs, re.M)
+
+
+def test_a_guest_run_records_the_guest_it_ran_in():
+    vm_run = kcidb.load_runs(DATA / "kcidb" / "series")[0]
+    facts = kcidb.gather(vm_run, guest={"cpus": "2", "memory": "2G"})
+    env = kcidb.submission(vm_run, facts=facts)["tests"][0]["environment"]
+    assert "guest of /boot/vmlinuz-6.12.118+deb12-amd64, 2 CPUs, 2G" in env["comment"]
+    assert env["misc"]["vm.verdict"] == "ok" and env["misc"]["host.cpus"] == "2"
+    host_run = kcidb.load_runs(DATA / "kcidb" / "host-missing-interrupted")[0]
+    assert "guest of" not in kcidb.submission(host_run, facts=kcidb.gather(host_run, guest={"cpus": "9"}))[
+        "tests"][0]["environment"]["comment"]
