@@ -350,6 +350,11 @@ class FaultServer:
                 faults=[dict(f) for f in st.faults], states=st.states.copy(), log=log[:n],
             )
 
+    def read_blocked(self) -> bool:
+        """Whether the serve loop is waiting for installs in the gate before a read (tests:
+        a worker held in the gate holds the read back)."""
+        return bool(self.gate._writers_waiting)
+
     # -- barriers and step hooks ----------------------------------------------------------
     def install_barrier(self, page: int, point: str) -> int:
         """Park the next thread that reaches step ``point`` serving ``page`` (ANY_PAGE for the
@@ -967,6 +972,9 @@ class ThreadHandler:
     def stats(self) -> Stats:
         return self.server.snapshot()
 
+    def read_blocked(self) -> bool:
+        return self.server.read_blocked()
+
     def install_barrier(self, page: int, point: str) -> int:
         return self.server.install_barrier(page, point)
 
@@ -1013,6 +1021,9 @@ class _RemoteHandler:
 
     def stats(self) -> Stats:
         return _stats_from_json(self._call("stats"))
+
+    def read_blocked(self) -> bool:
+        return self._call("read_blocked")
 
     def install_barrier(self, page: int, point: str) -> int:
         return self._call("install_barrier", page=page, point=point)
@@ -1062,6 +1073,8 @@ def _rpc_loop(conn: socket.socket, server: FaultServer) -> None:
                 value = None
             elif op == "stats":
                 value = asdict(server.snapshot())
+            elif op == "read_blocked":
+                value = server.read_blocked()
             elif op == "install_barrier":
                 value = server.install_barrier(req["page"], req["point"])
             elif op == "wait_held":

@@ -91,6 +91,14 @@ def done_or_blocked(a, wchan: str) -> bool:
     return child.wait_until(state, 5, f"{a.name} to return or block in {wchan}") == "done"
 
 
+def read_held(h, options: Options, step: str) -> None:
+    """A worker held in the install gate: the serve loop is seen waiting for it before it may
+    read the pending message (so the madvise or fault behind it stays unserved until the
+    release, not by chance).  Otherwise the serve loop is the thread held."""
+    if options.workers and step not in LOOP_STEPS:
+        child.wait_until(h.read_blocked, 5, "the serve loop to wait for the install gate")
+
+
 def not_stale(got: bytes, what: str) -> None:
     if got != bytes(len(got)):
         kind = "the pre-REMOVE source page" if got == header(0)[:len(got)] else "non-zero data"
@@ -135,6 +143,7 @@ def in_flight(placement: str, options: Options, step: str | None, booking: bool 
             mad = madvise_async(addr, PAGE, DONTNEED)
             if parked_blocks_reads(step, options):
                 mad.wait_blocked(WCHAN_EVENT)
+                read_held(h, options, step)
                 h.release(tok)
                 mad.join(10)
             else:
@@ -173,6 +182,8 @@ def refault(placement: str, options: Options, step: str | None, booking: bool = 
                 # the serve loop cannot read the second fault: it blocks, unless the held
                 # install already put the page in place (after_install and later)
                 got2 = r2.join(0) if done_or_blocked(r2, WCHAN_FAULT) else None
+                if got2 is None:
+                    read_held(h, options, step)
             else:
                 got2 = r2.join(10)
                 not_stale(got2, "the second reader (while the first fault was held)")
@@ -254,3 +265,29 @@ def test_old_install_order_books_before_the_kernel_has_the_page(placement):
 def test_source_chosen_before_the_gate_is_stale(placement):
     opts = Options(workers=2, wrong_source_before_lock=True)
     fails(lambda: in_flight(placement, opts, BEFORE_LOCK), "stale")
+
+
+def _gateless(fn):
+    def body():
+        from lib.handler import FaultServer
+
+        init = FaultServer.__init__
+
+        def no_gate(self, *a, **kw):
+            init(self, *a, **kw)
+            self._gated = False  # the mutation: choose and install outside any gate
+
+        FaultServer.__init__ = no_gate  # in the isolated child (and a forked handler) only
+        fn()
+
+    return body
+
+
+@pytest.mark.parametrize("placement", ["thread", "process"])  # a spawned handler imports afresh
+def test_a_handler_without_the_install_gate_is_caught(placement):
+    """With the removed marks kept and the booking after the install, but no gate, a source
+    chosen while the REMOVE is read can still land after the zap; the test sees the serve loop
+    read while the install is held."""
+    o = run(_gateless(lambda: in_flight(placement, Options(workers=2), AFTER_CHOOSE)))
+    assert o.kind == "fail", f"not caught: {o.kind} {o.message}"
+    assert "instead of blocking" in o.message or "wait for the install gate" in o.message, o.message
