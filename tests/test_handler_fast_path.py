@@ -5,9 +5,10 @@ log, whatever the options and whatever the kernel answers (EEXIST, EAGAIN, other
 The inline resolver exists only for speed (bench/fault_service.py); the general path is the
 specification.  Both must also book a fault only once its install succeeded (what was booked
 at each ioctl's entry is compared, and the pre-issue-13 ordering is told apart), and, with
-``step_delays``, hit the same test-hook steps in the same order (none without).  A FakeUffd records the resolving ioctls that took effect and fails the ones a
-script tells it to.  The last test is the comparison's negative control: a handler that differs
-(the wrong-page control) must be told apart.
+``step_delays``, hit the same test-hook steps in the same order (none without).  A FakeUffd
+records the resolving ioctls that took effect and fails the ones a script tells it to.  The
+comparisons' negative controls: a handler that differs (the wrong-page control) and the
+pre-issue-13 booking order must be told apart.
 """
 
 from __future__ import annotations
