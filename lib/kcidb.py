@@ -175,12 +175,16 @@ def submission(summary: dict, origin: str = DEFAULT_ORIGIN, facts: KernelFacts |
 
     run_key = f"{started}/{host}/{release}/{_digest(started, host, release, version, image)}"
     tests = []
-    used: dict[str, int] = {}
+    used: set[str] = set()
 
     def test_path(area: str, name: str) -> str:
         base = f"{SUITE_PATH}.{path_component(area)}.{path_component(name)}"
-        used[base] = used.get(base, 0) + 1
-        return base if used[base] == 1 else f"{base}-{used[base]}"
+        path, n = base, 1
+        while path in used:
+            n += 1
+            path = f"{base}-{n}"
+        used.add(path)
+        return path
 
     for c in summary.get("cases", []):
         path = test_path(c["area"], c["name"])

@@ -47,8 +47,9 @@ def every_verdict() -> dict:
                           started=report.iso(t0 + 11)),
         report.CaseResult("wp_async", "WP_ASYNC on shmem", "error", "cannot test: khugepaged made no progress",
                           traceback="Traceback (most recent call last): ...", started=report.iso(t0 + 12)),
-        # a name that sanitises to the same path as the first case
-        report.CaseResult("missing", "zeropage on anon!", "pass", started=report.iso(t0 + 13)),
+        # names that sanitise to the path of the first case, and to the suffixed path a collision gets
+        report.CaseResult("missing", "zeropage on anon-2", "pass", started=report.iso(t0 + 13)),
+        report.CaseResult("missing", "zeropage on anon!", "pass", started=report.iso(t0 + 14)),
     ]
     planned = [report.Planned(c.area, c.name, f"cases/{c.area}/test_x.py::t[{c.name}]") for c in cases]
     planned.append(report.Planned("missing", "bounce on shmem", "cases/missing/test_bounce.py::t[shmem]"))
@@ -79,7 +80,8 @@ def test_every_verdict_kind_validates_and_maps_faithfully():
         "zeropage on anon": "PASS", "Basic COW after fork() with THP (2048 kB)": "FAIL",
         "REMOVE race: madvise vs fault": "FAIL", "zeropage on hugetlb (1048576 kB)": "SKIP",
         "collapse of a swapped range": "PASS", "collapse of a swapped range #2": "FAIL",
-        "WP_ASYNC on shmem": "ERROR", "zeropage on anon!": "PASS", "bounce on shmem": "MISS",
+        "WP_ASYNC on shmem": "ERROR", "zeropage on anon-2": "PASS", "zeropage on anon!": "PASS",
+        "bounce on shmem": "MISS",
     }
     # XFAIL, XPASS and TIMEOUT told apart from plain PASS/FAIL
     assert t["collapse of a swapped range"]["misc"]["verdict"] == "xfail"
@@ -92,8 +94,9 @@ def test_every_verdict_kind_validates_and_maps_faithfully():
     # paths: kmm.<area>.<case>, sanitised, unique; the upstream name kept
     assert t["Basic COW after fork() with THP (2048 kB)"]["path"] == "kmm.cow.Basic_COW_after_fork_with_THP_2048_kB"
     assert t["zeropage on anon"]["path"] == "kmm.missing.zeropage_on_anon"
-    assert t["zeropage on anon!"]["path"] == "kmm.missing.zeropage_on_anon-2"
-    assert len({x["path"] for x in sub["tests"]}) == len({x["id"] for x in sub["tests"]}) == 9
+    assert t["zeropage on anon-2"]["path"] == "kmm.missing.zeropage_on_anon-2"
+    assert t["zeropage on anon!"]["path"] == "kmm.missing.zeropage_on_anon-3"
+    assert len({x["path"] for x in sub["tests"]}) == len({x["id"] for x in sub["tests"]}) == 10
     # the output of a case, timing, environment
     fail = t["Basic COW after fork() with THP (2048 kB)"]
     assert "byte 0 changed" in fail["log_excerpt"] and "BUG: Bad page map" in fail["log_excerpt"]
