@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -82,9 +83,13 @@ def test_the_page_is_self_contained_and_escaped():
 # -- a real browser ------------------------------------------------------------------------------
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--user-data-dir=" + os.environ.get("TMPDIR", "/tmp") + f"/kmm-chromium-{os.getpid()}",
-                           *args], capture_output=True, text=True, timeout=120)
+    """Headless chromium with a profile of its own, removed afterwards (--no-sandbox: we are root)."""
+    profile = tempfile.mkdtemp(prefix="kmm-chromium-")
+    try:
+        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def dom(url: str) -> str:
