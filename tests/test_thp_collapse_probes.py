@@ -165,8 +165,8 @@ def test_in_child_keeps_cannot_test_and_fails_a_failure():
 
 # -- the scratch filesystem -------------------------------------------------------------------------
 def test_choose_prefers_xfs_then_ext4_else_says_what_is_missing():
-    assert scratchfs.choose(lambda p: f"/sbin/{p}")[0] == "xfs"
-    assert scratchfs.choose(lambda p: "/sbin/mkfs.ext4" if p == "mkfs.ext4" else None)[0] == "ext4"
+    assert [c[0] for c in scratchfs.choose(lambda p: f"/sbin/{p}")] == ["xfs", "ext4"]
+    assert [c[0] for c in scratchfs.choose(lambda p: "/sbin/mkfs.ext4" if p == "mkfs.ext4" else None)] == ["ext4"]
     with pytest.raises(scratchfs.Unavailable, match=r"neither mkfs.xfs .* nor mkfs.ext4"):
         scratchfs.choose(lambda p: None)
 
@@ -213,8 +213,8 @@ def test_scratch_fs_maps_a_large_folio_by_pmd_and_leaves_nothing_behind():
 @root
 def test_unmountable_image_is_unavailable_and_cleaned_up(monkeypatch):
     fs = scratchfs.ScratchFs()
-    monkeypatch.setattr(scratchfs, "choose", lambda: ("ext4", "/bin/false", []))
-    with pytest.raises(scratchfs.Unavailable, match="cannot make a scratch ext4 filesystem"):
+    monkeypatch.setattr(scratchfs, "choose", lambda: [("xfs", "/bin/false", []), ("ext4", "/bin/false", [])])
+    with pytest.raises(scratchfs.Unavailable, match=r"cannot make a scratch filesystem .*: xfs: .*; ext4: "):
         fs.ensure()
     with pytest.raises(scratchfs.Unavailable):
         fs.ensure()  # remembered, not retried

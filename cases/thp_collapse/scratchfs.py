@@ -3,9 +3,10 @@
 Whether a filesystem's page cache holds large folios and maps them by PMD is the filesystem's
 business, not the collapse's: on a virtme-ng guest's 9p/overlayfs root a collapsed file shows
 folio order 9 but no FilePmdMapped.  Upstream's run_vmtests.sh runs ``khugepaged all:file`` on
-a loop-mounted XFS image it makes on the fly; the suite does the same: an XFS image when
-mkfs.xfs is installed, else an ext4 one, sparse, in a fresh temporary directory, mounted
-through a loop device (``mount -o loop``, which detaches the device on unmount).  It is
+a loop-mounted XFS image it makes on the fly; the suite does the same: an XFS image, or an
+ext4 one where mkfs.xfs is missing or the kernel cannot mount XFS, sparse, in a fresh
+temporary directory, mounted through a loop device (``mount -o loop``, which detaches the
+device on unmount).  It is
 unmounted and deleted when the test module ends; a mount left by a killed run (its pid in the
 directory name is gone) is removed by the next one.  When no image can be made or mounted the
 file cases skip naming the filesystem and the error (a probe of the environment, not of the
@@ -32,14 +33,13 @@ class Unavailable(Exception):
     """No scratch filesystem can be made here (the message names what was tried and why)."""
 
 
-def choose(which=shutil.which) -> tuple[str, str, list[str]]:
-    """The filesystem to make: XFS (as upstream) when mkfs.xfs exists, else ext4."""
-    for fstype, prog, args in MKFS:
-        path = which(prog)
-        if path:
-            return fstype, path, args
-    raise Unavailable("no scratch filesystem for the file contexts: neither mkfs.xfs (xfsprogs) nor mkfs.ext4 "
-                      "(e2fsprogs) is installed")
+def choose(which=shutil.which) -> list[tuple[str, str, list[str]]]:
+    """The filesystems to try, in order: XFS (as upstream), then ext4; those whose mkfs exists."""
+    out = [(fstype, path, args) for fstype, prog, args in MKFS if (path := which(prog))]
+    if not out:
+        raise Unavailable("no scratch filesystem for the file contexts: neither mkfs.xfs (xfsprogs) nor mkfs.ext4 "
+                          "(e2fsprogs) is installed")
+    return out
 
 
 def _run(argv: list[str], timeout: float = 120.0) -> str:
@@ -114,21 +114,24 @@ class ScratchFs:
     def _make(self) -> None:
         if not system.is_root():
             raise Unavailable("needs root to mount a scratch filesystem for the file contexts")
-        fstype, mkfs, args = choose()
+        candidates = choose()
         remove_stale()
-        self.fstype = fstype
         self.top = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
         image, mnt = os.path.join(self.top, "image"), os.path.join(self.top, "mnt")
         os.mkdir(mnt)
-        with open(image, "wb") as f:
-            f.truncate(IMAGE_MIB * system.MiB)
-        err = _run([mkfs, *args, image])
-        if not err:
-            if not os.path.exists("/dev/loop-control") and shutil.which("modprobe"):
-                _run(["modprobe", "-q", "loop"])  # a guest without udev: load the driver (no error if built in)
-            err = _run(["mount", "-t", fstype, "-o", "loop,nosuid,nodev", image, mnt])
-        if err:
-            raise Unavailable(f"cannot make a scratch {fstype} filesystem for the file contexts: {err}")
+        if not os.path.exists("/dev/loop-control") and shutil.which("modprobe"):
+            _run(["modprobe", "-q", "loop"])  # a guest without udev: load the driver (no error if built in)
+        errors = []
+        for fstype, mkfs, args in candidates:  # the next one where the kernel lacks this one
+            with open(image, "wb") as f:
+                f.truncate(IMAGE_MIB * system.MiB)
+            err = _run([mkfs, *args, image]) or _run(["mount", "-t", fstype, "-o", "loop,nosuid,nodev", image, mnt])
+            if not err:
+                self.fstype = fstype
+                break
+            errors.append(f"{fstype}: {err}")
+        else:
+            raise Unavailable(f"cannot make a scratch filesystem for the file contexts: {'; '.join(errors)}")
         self.dir = mnt
         no_readahead(mnt)
 
