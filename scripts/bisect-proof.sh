@@ -142,6 +142,7 @@ git bisect start master good
 start
 rc=0
 git bisect run "$kmm/scripts/bisect-run.sh" "$case_pattern" 2>&1 | tee "$work/bisect-run.log" || rc=$?
+echo  # git's last line has no newline
 took "git bisect run (all steps)" "$rc"
 grep '^bisect-run: ' "$work/bisect-run.log" | tee -a "$times" || true
 git bisect log >"$work/bisect.log"
