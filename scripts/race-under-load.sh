@@ -88,14 +88,19 @@ QPID=$(qemu_pid)
 echo "# guest running: $(grep -m1 -E '^(# \[RUN\]|ok |not ok )' "$OUT/guest.out") (QEMU pid $QPID)"
 
 # -- 3. the race cases on the host ------------------------------------------------------------
-t0=$SECONDS
-q0=$(cpu_ticks "$QPID")
-./run_suite.py "${HOST_SELECTION[@]}" --repeat "$REPEAT" --results "$OUT/host" >"$OUT/host.out" 2>&1
+: >"$OUT/load.samples"
+./run_suite.py "${HOST_SELECTION[@]}" --repeat "$REPEAT" --results "$OUT/host" >"$OUT/host.out" 2>&1 &
+HPID=$!
+# sample, once a second, QEMU's CPU time and the machine's (/proc/stat) while the host run
+# lives; the report uses the samples inside the run's own time (after it got the run lock)
+while kill -0 "$HPID" 2>/dev/null; do
+    echo "$(date +%s.%N) $(cpu_ticks "$QPID") $(head -1 /proc/stat | cut -d' ' -f2-)" >>"$OUT/load.samples"
+    sleep 1
+done
+wait "$HPID"
 host_rc=$?
-q1=$(cpu_ticks "$QPID")
-t1=$SECONDS
 guest_alive=yes
-[ -n "$q1" ] && kill -0 "$QPID" 2>/dev/null || guest_alive=no
+kill -0 "$QPID" 2>/dev/null || guest_alive=no
 guest_cases=$(grep -cE '^(ok|not ok) ' "$OUT/guest.out")
 
 # -- 4. stop the guest --------------------------------------------------------------------------
@@ -104,12 +109,12 @@ trap - EXIT
 
 # -- 5. verdicts --------------------------------------------------------------------------------
 hz=$(getconf CLK_TCK)
-.venv/bin/python - "$OUT/host/summary.json" "$host_rc" "$guest_alive" "$((t1 - t0))" "${q0:-0}" "${q1:-0}" "$hz" \
-    "$guest_cases" <<'EOF'
+.venv/bin/python - "$OUT/host/summary.json" "$host_rc" "$guest_alive" "$OUT/load.samples" "$hz" \
+    "$guest_cases" "$(nproc)" <<'EOF'
 import json
 import sys
 
-path, rc, alive, wall, q0, q1, hz, guest_cases = sys.argv[1:]
+path, rc, alive, samples_path, hz, guest_cases, ncpu = sys.argv[1:]
 try:
     s = json.load(open(path))
 except (OSError, ValueError) as e:
@@ -122,12 +127,24 @@ for c in cases:
     if len(set(kinds)) != 1 or kinds[0] not in ("pass", "skip"):
         bad.append(f"{c['name']}: {', '.join(kinds)} ({c.get('message', '')[:200]})")
 runs = sum(len(c.get("repeats") or [1]) for c in cases)
-wall = int(wall)
-busy = (int(q1) - int(q0)) / int(hz) / max(1, wall)
-print(f"race-under-load: {len(cases)} race cases x {s['run']['option.repeat']} repeats = {runs} runs in {wall} s "
-      f"on the host; totals {s['totals']}; run_suite exit {rc}")
-print(f"race-under-load: the guest QEMU used {busy:.2f} CPUs on average meanwhile; guest cases finished so far "
-      f"{guest_cases}; guest still running at the end: {alive}")
+start, wall = s["started_epoch"], s["duration"]
+rows = []
+for line in open(samples_path):
+    f = line.split()
+    if len(f) > 3 and f[1].isdigit() and start <= float(f[0]) <= start + wall:
+        jiffies = [int(x) for x in f[2:10]]  # user..steal (guest time is inside user)
+        rows.append((float(f[0]), int(f[1]), sum(jiffies), jiffies[3] + jiffies[4]))  # idle + iowait
+if len(rows) >= 2:
+    (ta, qa, alla, idlea), (tb, qb, allb, idleb) = rows[0], rows[-1]
+    qemu = (qb - qa) / int(hz) / (tb - ta)
+    machine = (1 - (idleb - idlea) / max(1, allb - alla)) * int(ncpu)
+    load = f"the guest's QEMU used {qemu:.2f} CPUs, the machine {machine:.2f} of {ncpu} CPUs busy"
+else:
+    load = "too short to sample the load"
+print(f"race-under-load: {len(cases)} race cases x {s['run']['option.repeat']} repeats = {runs} runs in "
+      f"{wall:.0f} s on the host (after the run lock); totals {s['totals']}; run_suite exit {rc}")
+print(f"race-under-load: meanwhile {load}; guest cases finished {guest_cases}; guest still running at the "
+      f"end: {alive}")
 for line in bad:
     print("race-under-load: DIFFERED OR FAILED:", line)
 ok = not bad and rc == "0" and alive == "yes"
