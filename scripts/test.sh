@@ -15,7 +15,7 @@ deselect=()
 while IFS='|' read -r release expr what; do
   case $release in ''|'#'*) continue ;; esac
   if [ "$release" = "$(uname -r)" ]; then
-    echo "# known defect of this kernel, deselected (see .ci/known-kernel-defects): $what"
+    echo "# listed for this kernel build in .ci/known-kernel-defects, deselected ($expr): $what"
     deselect=(-k "$expr")
   fi
 done < .ci/known-kernel-defects
