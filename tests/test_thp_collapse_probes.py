@@ -238,3 +238,14 @@ def test_in_child_inside_a_case_under_the_runners_watchdog():
     finally:
         child.stop_watchdog()
     assert o.kind == "pass", o.message + o.details
+
+
+@root
+def test_a_kernel_without_the_filesystem_is_named(monkeypatch):
+    monkeypatch.setattr(scratchfs, "choose", lambda: [("xfs", "/bin/true", []), ("ext4", "/bin/true", [])])
+    monkeypatch.setattr(scratchfs, "kernel_has", lambda fstype: False)
+    fs = scratchfs.ScratchFs()
+    with pytest.raises(scratchfs.Unavailable, match=r"the kernel has no xfs .*; the kernel has no ext4"):
+        fs.ensure()
+    assert fs.top == ""
+    assert not scratchfs.kernel_has("kmm-no-such-fs")

@@ -123,6 +123,9 @@ class ScratchFs:
             _run(["modprobe", "-q", "loop"])  # a guest without udev: load the driver (no error if built in)
         errors = []
         for fstype, mkfs, args in candidates:  # the next one where the kernel lacks this one
+            if not kernel_has(fstype):
+                errors.append(f"the kernel has no {fstype} (not in /proc/filesystems, no module)")
+                continue
             with open(image, "wb") as f:
                 f.truncate(IMAGE_MIB * system.MiB)
             err = _run([mkfs, *args, image]) or _run(["mount", "-t", fstype, "-o", "loop,nosuid,nodev", image, mnt])
@@ -152,3 +155,15 @@ def no_readahead(mnt: str) -> None:
             with contextlib.suppress(OSError), open(f"/sys/block/{os.path.basename(parts[0])}/queue/read_ahead_kb",
                                                    "w") as f:
                 f.write("0")
+
+
+def kernel_has(fstype: str) -> bool:
+    """Whether the kernel can mount ``fstype`` (/proc/filesystems, after trying its module)."""
+
+    def listed() -> bool:
+        return any(line.split()[-1] == fstype for line in system.read_text("/proc/filesystems", "").splitlines()
+                   if line.split())
+
+    if not listed() and shutil.which("modprobe"):
+        _run(["modprobe", "-q", fstype])
+    return listed()
