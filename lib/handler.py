@@ -82,7 +82,7 @@ from lib.uffd import MSG_SIZE, MSG_WORDS, Msg, UffdError, Userfaultfd
 
 # Steps of the serve/install path (barrier points and delay points).  The fault path's, in order:
 BEFORE_LOCK = "before_lock"  # the fault is in hand, before the install gate
-BEFORE_RESOLVE = "before_resolve"  # its source page fetched (populate_buffers), before the gate
+BEFORE_RESOLVE = "before_resolve"  # about to fetch its source page (populate_buffers) and enter the gate
 AFTER_CHOOSE = "after_choose"  # in the gate: source or zeros chosen, the install not yet issued
 AFTER_INSTALL = "after_install"  # the install ioctl succeeded; not yet booked nor woken
 AFTER_RELEASE = "after_release"  # a worker left the gate (workers only)
@@ -713,11 +713,11 @@ class FaultServer:
             hooked = self._hooked()
             if hooked:
                 self._step(BEFORE_LOCK, page)
-            if self.opt.populate_buffers and self.source and not self.opt.zero and page not in self.removed:
-                # fetch the source page (outside the gate: slow work never holds up a read)
-                libc.madvise(self._source_page(page), self.page_size, abi.Madv.POPULATE_READ)
-            if hooked:
                 self._step(BEFORE_RESOLVE, page)
+            if self.opt.populate_buffers and self.source and not self.opt.zero and page not in self.removed:
+                # fetch the source page (outside the gate: slow work never holds up a read;
+                # after the barriers: a 1 GiB fetch takes seconds)
+                libc.madvise(self._source_page(page), self.page_size, abi.Madv.POPULATE_READ)
         except Exception as e:
             self._fault_error(m.address, e)
             return

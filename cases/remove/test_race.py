@@ -1,8 +1,8 @@
 """Deterministic races between a fault being served and a REMOVE, driven by handler barriers.
 
 No sleeps: a worker serving page 1 is parked at a barrier point of lib.handler (``before_lock``:
-before it enters the install gate; ``before_resolve``: its source page fetched, still outside
-the gate), the racing madvise is issued, then the worker is released.  The handler runs two
+before it enters the install gate; ``before_resolve``: about to fetch its source page, still
+outside the gate), the racing madvise is issued, then the worker is released.  The handler runs two
 workers so the serve loop keeps reading the uffd while one worker is parked.
 
 Kernel facts used (fs/userfaultfd.c, mm/madvise.c): the REMOVE message is queued before the
@@ -137,7 +137,7 @@ def stale_source_race(b: Backing, topology: str, options: Options | None = None)
 
 
 def madvise_while_parked(b: Backing, topology: str, options: Options | None = None) -> None:
-    """Worker parked after fetching its source page, outside the install gate: madvise returns
+    """Worker parked about to fetch its source page, outside the install gate: madvise returns
     within 2 s; the page ends zero."""
     _remove_while_parked(b, topology, options, BEFORE_RESOLVE)
 
