@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import child, interrupt, kmsg, results, system
+from lib import check, child, interrupt, kmsg, results, system
 from lib import report as rpt
 from lib.exitcodes import kselftest_code as kselftest_exit
 
@@ -297,14 +297,10 @@ class KmmRun:
                                           o.duration)
             outcomes.append(o)
         kinds = [o.kind for o in outcomes]
-        final = outcomes[-1]
-        for o in outcomes:  # the first non-pass outcome speaks for the run
-            if o.kind != "pass":
-                final = o
-                break
+        final, flaky = repeat_verdict(outcomes)
         if repeat > 1:
             info["repeats"] = kinds
-            if len(set(kinds)) > 1:
+            if flaky:
                 info["details"] = final.details
                 pytest.fail(f"flaky: verdicts differ between repeats ({', '.join(kinds)}): {final.message}",
                             pytrace=False)
@@ -453,6 +449,27 @@ class KmmRun:
 
 class LockTimeout(UsageError):
     """Another run kept the machine-wide run lock past KMM_LOCK_WAIT."""
+
+
+def _cannot_test(o: child.Outcome) -> bool:
+    return o.kind == "error" and o.message.startswith(check.CANNOT_TEST_PREFIX)
+
+
+def repeat_verdict(outcomes: list[child.Outcome]) -> tuple[child.Outcome, bool]:
+    """The outcome that speaks for a case run ``len(outcomes)`` times, and whether it is flaky.
+
+    The first judged (not ``cannot test``) non-pass outcome speaks; verdicts that differ among
+    the judged repeats are flaky.  Repeats that could not judge the kernel take no side: a case
+    whose judged repeats all passed but one repeat could not test is ``cannot test``, never a
+    flaky failure.
+    """
+    judged = [o for o in outcomes if not _cannot_test(o)]
+    if not judged:
+        return outcomes[0], False
+    final = next((o for o in judged if o.kind != "pass"), judged[-1])
+    if final.kind == "pass" and len(judged) < len(outcomes):
+        return next(o for o in outcomes if _cannot_test(o)), False
+    return final, len({o.kind for o in judged}) > 1
 
 
 def _longrepr_line(rep: pytest.TestReport) -> str:
