@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from lib import abi, child, libc
+from lib import abi, check, child, libc
 from lib.memory import Region
 from lib.pagemap import Pagemap
 from lib.uffd import Msg, Userfaultfd, open_for
@@ -63,6 +64,9 @@ def subpage_wp_bits(addr: int, npages: int) -> list[bool]:
 # threads that touch memory (libc only: rule 1) with bounded joins
 
 
+SETTLE_TIMEOUT = 120.0  # a generous bound for a thread to finish or block (see Toucher.settle)
+
+
 class Toucher:
     """A thread doing one libc access; records its tid and whether it finished."""
 
@@ -95,16 +99,31 @@ class Toucher:
         self.thread.join(timeout)
         return self.done()
 
+    def settle(self, timeout: float = SETTLE_TIMEOUT) -> bool:
+        """Wait until the access finished (True) or the thread is blocked in handle_userfault
+        (False), reading its state from /proc/<tid>/stat and wchan.  How fast a thread gets
+        the CPU is no kernel guarantee: one that does neither by ``timeout`` is "cannot test"."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.join(0.002):
+                return True
+            if child.task_state(self.tid) in "DS" and "userfault" in child.task_wchan(self.tid):
+                return False
+            if time.monotonic() > deadline:
+                raise check.CannotTest(f"thread {self.tid} neither finished its access nor blocked in a "
+                                       f"userfault within {timeout:g}s (state {child.task_state(self.tid)!r})")
 
-def read_does_not_fault(u: Userfaultfd, addr: int, length: int, timeout: float = 2.0) -> tuple[bool, list[Msg]]:
-    """Read ``length`` bytes at ``addr`` from a thread; (finished in time, messages raised)."""
+
+def read_does_not_fault(u: Userfaultfd, addr: int, length: int) -> tuple[bool, list[Msg]]:
+    """Read ``length`` bytes at ``addr`` from a thread; (finished without blocking in a
+    userfault, messages raised)."""
     t = Toucher(lambda: libc.read(addr, length)).start()
-    finished = t.join(timeout)
+    finished = t.settle()
     msgs = u.read_msgs()
     if not finished:  # a fault is pending: release it so the case can end
         for m in msgs:
             u.writeprotect(m.address & ~(libc.PAGE_SIZE - 1), libc.PAGE_SIZE, False)
-        t.join(timeout)
+        t.join(SETTLE_TIMEOUT)
     return finished, msgs
 
 
@@ -136,15 +155,24 @@ def sync_wp_write(
     unit: int,
     data: bytes,
     resolve: Callable[[Userfaultfd, int, int], None] = resolve_unprotect,
-    timeout: float = 5.0,
+    timeout: float = SETTLE_TIMEOUT,
 ) -> SyncObservation:
-    """Write ``data`` at protected ``addr`` from a thread and answer the WP fault with ``resolve``."""
+    """Write ``data`` at protected ``addr`` from a thread and answer the WP fault with ``resolve``.
+
+    Waits follow the writer's state, not the clock: until a message is readable or the writer
+    finished (before the resolution), then until the writer finished, a new message arrived, or
+    the writer sits blocked in a userfault with nothing to read (after it).  ``timeout`` only
+    bounds a starved thread, which is "cannot test"."""
     obs = SyncObservation()
     base = addr & ~(unit - 1)
     w = Toucher(lambda: libc.write(addr, data)).start()
-    if not u.wait(timeout):
-        obs.writer_done_early = w.join(0)
-        return obs
+    d = child.Deadline(timeout)
+    while not u.wait(0.002):
+        if w.done():
+            obs.writer_done_early = True
+            return obs
+        if d.expired():
+            raise check.CannotTest(f"the writer neither faulted nor finished within {timeout:g}s")
     obs.fault = u.read_msgs(1)[0]
     obs.writer_state = child.wait_task_state(w.tid, "SD", timeout)
     obs.writer_done_early = w.done()
@@ -153,12 +181,17 @@ def sync_wp_write(
         obs.wp_while_blocked = pm.entry(addr).uffd_wp
     resolve(u, base, unit)
     d = child.Deadline(timeout)
-    while not d.expired():
-        if w.join(0.005):
+    while True:
+        if w.join(0.002):
             break
         if u.wait(0):
             obs.refaults += u.read_msgs()
             break
+        if (child.task_state(w.tid) in "DS" and "userfault" in child.task_wchan(w.tid) and not u.wait(0)
+                and not w.done()):
+            break  # still blocked in the fault with nothing to read: the resolution did not wake it
+        if d.expired():
+            raise check.CannotTest(f"the writer neither finished nor blocked again within {timeout:g}s")
     obs.writer_done = w.done()
     if not obs.writer_done:  # a bad resolver left it blocked: release it
         u.writeprotect(base, unit, False)
