@@ -346,6 +346,11 @@ class Settings:
             try:
                 if self.read(path) != self.original[path]:
                     _write(path, self.original[path])
+                # A write can succeed and not take (a hugetlb pool cannot shrink below the pages
+                # still in use or reserved): read it back.
+                now = self.read(path)
+                if now != self.original[path]:
+                    failed.append(f"{path} (reads {now}, was {self.original[path]})")
             except OSError:
                 failed.append(path)
         self.original.clear()
