@@ -39,6 +39,10 @@ PROCESS_TOPOLOGIES = ["process", "scm_rights"]
 WCHAN_EVENT = "userfaultfd_event_wait_completion"  # madvise/munmap waiting for the read
 WCHAN_FAULT = "handle_userfault"  # a thread blocked in a userfault
 HEAD = 64  # bytes of the per-page source header
+# How long a step of the case's own threads may take to be reached (a thread starting, blocking
+# in a wchan, a handler worker reaching its barrier).  Generous: a loaded host (TCG guests
+# beside the run) starves threads for seconds, and no kernel guarantee bounds that.
+WAIT = 30.0
 EV = int(abi.Feature.EVENT_REMOVE)  # the feature every case of the area negotiates
 
 
@@ -244,7 +248,7 @@ class Async:
         self._started = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
-        if not self._started.wait(5):
+        if not self._started.wait(WAIT):
             raise TimeoutError(f"{name}: thread did not start")
 
     def _run(self) -> None:
@@ -258,16 +262,18 @@ class Async:
     def done(self) -> bool:
         return not self.thread.is_alive()
 
-    def join(self, timeout: float = 10.0) -> object:
+    def join(self, timeout: float = WAIT) -> object:
         self.thread.join(timeout)
         if self.thread.is_alive():
+            if task_state(self.tid) == "R":  # runnable, never blocked: starved, not hung
+                raise check.CannotTest(f"{self.name} (tid {self.tid}) still running after {timeout}s")
             raise AssertionError(f"{self.name} (tid {self.tid}) still blocked after {timeout}s, state "
                                  f"{task_state(self.tid)} wchan {task_wchan(self.tid)}")
         if self.error is not None:
             raise self.error
         return self.result
 
-    def wait_blocked(self, wchan: str, timeout: float = 5.0) -> str:
+    def wait_blocked(self, wchan: str, timeout: float = WAIT) -> str:
         """Wait until the thread sleeps in ``wchan``; returns its /proc state letter."""
 
         def blocked() -> str | None:
@@ -294,10 +300,14 @@ def write_async(addr: int, data: bytes) -> Async:
 
 
 def returns_within(fn: Callable[[], object], seconds: float, what: str) -> object:
-    """Run ``fn`` in a thread; it must return within ``seconds`` (the liveness oracle)."""
+    """Run ``fn`` in a thread; it must return within ``seconds`` (the liveness oracle): a call
+    still sleeping then (state S/D, its wchan named) fails; one still runnable (R) was starved
+    of CPU, which no kernel guarantee bounds: cannot test."""
     a = Async(fn, what)
     a.thread.join(Deadline(seconds).remaining())
     if a.thread.is_alive():
+        if task_state(a.tid) == "R":
+            raise check.CannotTest(f"{what} still running after {seconds}s")
         raise AssertionError(f"{what} did not return within {seconds}s (state {task_state(a.tid)} "
                              f"wchan {task_wchan(a.tid)})")
     return a.join(0)

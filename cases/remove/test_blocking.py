@@ -22,6 +22,7 @@ from cases.remove.common import (
     EV,
     HEAD,
     TOPOLOGIES,
+    WAIT,
     WCHAN_EVENT,
     Backing,
     check_no_errors,
@@ -124,12 +125,12 @@ def inline_handler_retries(b: Backing, topology: str, workers: int = 0) -> None:
         h = s.handler
         tok = h.install_barrier(1, BEFORE_RESOLVE)
         reader = read_async(region.page(1), HEAD)
-        h.wait_held(tok, 5.0)
+        h.wait_held(tok, WAIT)
         mad = madvise_async(region.page(0), region.page_size, b.punch)
         mad.wait_blocked(WCHAN_EVENT)  # the only reader of the uffd is parked
         h.release(tok)
-        check.eq(reader.join(10), header(1), "the retried fault is served from the source")
-        mad.join(10)
+        check.eq(reader.join(), header(1), "the retried fault is served from the source")
+        mad.join()
         st = s.stats()
     check_no_errors(st)
     check.ge(st.eagain, 1, "UFFDIO_COPY failures with EAGAIN")

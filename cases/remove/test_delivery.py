@@ -221,7 +221,7 @@ def punch_hole_unnoticed(b: Backing, via_madvise: bool = False) -> list[dict]:
             libc.madvise(region.addr, region.page_size, abi.Madv.REMOVE)
         else:
             libc.fallocate(region.fd, abi.FALLOC_FL_PUNCH_HOLE | abi.FALLOC_FL_KEEP_SIZE, 0, region.page_size)
-        reread = read_async(region.addr, 64).join(10)
+        reread = read_async(region.addr, 64).join()
         st = s.stats()
     check.eq(st.errors, [], "handler errors")
     check.eq(len(st.faults), 2, "MISSING faults (first touch, then the access after the punch)" + fault_records(st))

@@ -26,6 +26,7 @@ from cases.remove.common import (
     EV,
     HEAD,
     PROCESS_TOPOLOGIES,
+    WAIT,
     WCHAN_EVENT,
     WCHAN_FAULT,
     Backing,
@@ -80,7 +81,7 @@ def unmap_event(b: Backing, feature: bool) -> tuple[list[tuple[int, int]], tuple
     region = b.map(min(2, b.max_pages))
     start = region.page(region.npages - 1)
     with served(region, "thread", (UNMAP if feature else 0) | b.missing_feature, options=b.options()) as s:
-        returns_within(lambda: libc.munmap(start, region.end - start), 5.0, "munmap")
+        returns_within(lambda: libc.munmap(start, region.end - start), WAIT, "munmap")
         region._maps = [(region.addr, start - region.addr)] if start > region.addr else []
         flush(s.handler)
         st = s.stats()
