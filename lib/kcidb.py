@@ -43,12 +43,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
 import kcidb_io
+
+from lib import system
 
 SCHEMA = kcidb_io.schema.LATEST
 ORIGIN_RE = re.compile(f"^{SCHEMA.origin_pattern}$")
@@ -242,12 +243,7 @@ def tree_facts(tree: str) -> KernelFacts:
     """Git facts of a kernel source tree (the commit the kernel was built from)."""
 
     def git(*args: str) -> str:
-        try:
-            p = subprocess.run(["git", "-c", f"safe.directory={tree}", "-C", tree, *args], capture_output=True,
-                               text=True, timeout=20, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return p.stdout.strip() if p.returncode == 0 else ""
+        return system.git_output(tree, *args)
 
     commit = git("rev-parse", "HEAD")
     if not re.fullmatch(SCHEMA.git_commit_hash_pattern, commit):
@@ -267,15 +263,7 @@ def fragment_options() -> list[str]:
     return [m.group(1) for m in re.finditer(r"^(?:# )?(CONFIG_[A-Za-z0-9_]+)", text, re.M)]
 
 
-def parse_config(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            k, v = line.split("=", 1)
-            out[k] = v
-        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            out[line[2:-len(" is not set")]] = "n"
-    return out
+parse_config = system.parse_config
 
 
 def config_facts(summary: dict) -> tuple[str, dict[str, str]]:

@@ -383,8 +383,6 @@ def summary(results: list[CaseResult], properties: dict[str, str], *, partial: s
 def suite_version(root: str) -> dict[str, str]:
     """The suite's own version: pyproject's version, the git commit and ``git describe
     --always --dirty`` when ``root`` is a git work tree, else "unknown"."""
-    import subprocess
-
     version = "unknown"
     try:
         with open(os.path.join(root, "pyproject.toml")) as f:
@@ -394,12 +392,9 @@ def suite_version(root: str) -> dict[str, str]:
         pass
 
     def git(*args: str) -> str:
-        try:
-            p = subprocess.run(["git", "-c", f"safe.directory={root}", "-C", root, *args], capture_output=True,
-                               text=True, timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return "unknown"
-        return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else "unknown"
+        from lib.system import git_output
+
+        return git_output(root, *args, timeout=10) or "unknown"
 
     return {"version": version, "commit": git("rev-parse", "HEAD"), "describe": git("describe", "--always", "--dirty")}
 

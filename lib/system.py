@@ -72,6 +72,11 @@ def kernel_config() -> dict[str, str]:
             text = f.read()
     except OSError:
         text = read_text(f"/boot/config-{platform.release()}", "")
+    return parse_config(text)
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """CONFIG_* values of a kernel .config text (``# CONFIG_X is not set`` maps to ``"n"``)."""
     out = {}
     for line in text.splitlines():
         if line.startswith("CONFIG_") and "=" in line:
@@ -80,6 +85,18 @@ def kernel_config() -> dict[str, str]:
         elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
             out[line[2:-len(" is not set")]] = "n"
     return out
+
+
+def git_output(tree: str, *args: str, timeout: float = 20) -> str:
+    """``git -C tree ARGS`` standard output, stripped; "" when git fails or is missing."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["git", "-c", f"safe.directory={tree}", "-C", tree, *args], capture_output=True,
+                           text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout.strip() if p.returncode == 0 else ""
 
 
 def config_enabled(name: str) -> bool | None:
