@@ -1,6 +1,6 @@
 """pytest glue for the conformance cases under cases/.
 
-* Isolation (DESIGN rule 2): every case body runs in a forked child (lib.child.run_isolated)
+* Isolation (docs/ARCHITECTURE.md rule 2): every case body runs in a forked child (lib.child.run_isolated)
   with a deadline; fixtures run in the pytest process.
 * Kernel log watch: a splat logged while a case ran fails it (lib.kmsg).
 * Names (rule 5): a case's TAP name is its ``@pytest.mark.tap("...")`` name, else its

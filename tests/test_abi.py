@@ -1,7 +1,8 @@
 """lib.abi against the kernel's UAPI: struct sizes and offsets, ioctl numbers, bit values.
 
 Expected numbers are the ones a compiled x86_64 program prints for the UAPI headers
-(kernel-selftests.md section 6), written out here independently of lib.abi's derivation.
+(include/uapi/linux/userfaultfd.h, fs.h and mman-common.h for x86_64), written out here
+independently of lib.abi's derivation.
 """
 
 import ctypes

@@ -1,6 +1,6 @@
 """Smoke tests of the benchmark harnesses (bench/): they run with tiny sizes and write valid
 JSON records.  No figure is asserted: speed targets live in the benchmarks, never in timed
-tests (DESIGN)."""
+tests (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

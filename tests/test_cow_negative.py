@@ -1,6 +1,6 @@
 """Negative controls of the COW area: each oracle of cases/cow must be able to fail.
 
-DESIGN rule 3: the COW checks run on MAP_SHARED memory (where a write by one process must be
+docs/ARCHITECTURE.md rule 3: the COW checks run on MAP_SHARED memory (where a write by one process must be
 seen by the other) must report a leak; a vmsplice() check that read the pipe before the
 write would mask that leak, ours does not; a fixed buffer whose page the page table no
 longer maps must be reported as an unreliable pin; the pagemap exclusivity check must

@@ -1,4 +1,4 @@
-"""Negative controls for the THP-collapse area's oracles (DESIGN rule 3): each oracle is fed a
+"""Negative controls for the THP-collapse area's oracles (docs/ARCHITECTURE.md rule 3): each oracle is fed a
 state that must make it fail, and (where cheap) one that must make it pass.
 
 Needs root (PFNs, /proc/kpageflags) and THP; changes no sysfs value.

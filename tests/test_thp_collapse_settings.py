@@ -1,4 +1,4 @@
-"""DESIGN rule 6 for the THP-collapse area: every value under /sys/kernel/mm/transparent_hugepage
+"""docs/ARCHITECTURE.md rule 6 for the THP-collapse area: every value under /sys/kernel/mm/transparent_hugepage
 (khugepaged/* included) is the same before and after a run of the area, also when the run is
 interrupted by SIGTERM in the middle of a khugepaged-context case (whose knobs differ most)."""
 

@@ -1,4 +1,4 @@
-"""The e2b-dev/infra userfaultfd matrix (e2b-ltp.md A.3-A.5): the handler in a separate
+"""The e2b-dev/infra userfaultfd matrix (e2b-dev/infra's orchestrator userfaultfd tests): the handler in a separate
 process that received the uffd over a unix socket (SCM_RIGHTS), as a VMM's memory server does.
 
 Shapes (TestMissing, TestMissingWrite): a 4 KiB anon area of 32 pages touched at page 0, 15 or

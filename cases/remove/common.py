@@ -234,7 +234,7 @@ def check_no_errors(st: Stats) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# callers in threads (they touch memory only through lib.libc: DESIGN rule 1)
+# callers in threads (they touch memory only through lib.libc: docs/ARCHITECTURE.md rule 1)
 
 
 class Async:

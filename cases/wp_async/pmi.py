@@ -3,7 +3,7 @@
 Each upstream group is split into blocks that set up their own memory; a block is a generator
 yielding ``(ok, detail)`` per upstream result, in upstream order, so one case = one upstream
 TAP result (the case replays its block up to its step).  Semantics are those of the upstream
-test (reference: kernel-selftests.md section 5): a uffd with WP_UNPOPULATED | WP_ASYNC |
+test (tools/testing/selftests/mm/pagemap_ioctl.c): a uffd with WP_UNPOPULATED | WP_ASYNC |
 WP_HUGETLBFS_SHMEM, ranges registered WP and protected (``wp_init``), the "reset" is a
 PAGEMAP_SCAN with PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC and no output (``wp_addr_range``),
 a written page is one whose protection the kernel dropped on a write (PAGE_IS_WRITTEN).

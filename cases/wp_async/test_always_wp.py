@@ -2,7 +2,7 @@
 installing pages with UFFDIO_COPY_MODE_WP on read faults (e2b's default) or on every fault
 ("always WP", e2b PR #2461), on a uffd with or without UFFD_FEATURE_WP_ASYNC.
 
-Kernel behaviour pinned (e2b-ltp.md A.3/A.7 items 1-2; Documentation/admin-guide/mm/
+Kernel behaviour pinned (e2b-dev/infra's always-WP tests; Documentation/admin-guide/mm/
 userfaultfd.rst): UFFDIO_COPY with MODE_WP installs the page present with pagemap bit 57 set,
 also on a uffd without WP_ASYNC; a later write traps with the WP flag (sync) or is resolved in
 the kernel without a message and clears bit 57 (WP_ASYNC); a write fault served with MODE_WP

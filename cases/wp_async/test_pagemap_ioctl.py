@@ -1,7 +1,7 @@
 """tools/testing/selftests/mm/pagemap_ioctl.c, result for result (117, upstream order and names).
 
 What each result checks is the upstream check (see cases/wp_async/pmi.py and
-kernel-selftests.md section 5): PAGEMAP_SCAN argument validation, region merging and counts,
+tools/testing/selftests/mm/pagemap_ioctl.c): PAGEMAP_SCAN argument validation, region merging and counts,
 max_pages / vec_len / walk_end, PM_SCAN_WP_MATCHING get-and-reset, WP_ASYNC dirty tracking on
 anon, THP, hugetlb (SysV, MAP_HUGETLB, memfd) and file memory, mprotect interplay, concurrent
 writers, file mappings and the (huge) zero page.  A result SKIPs only from a probe that is

@@ -5,7 +5,7 @@ never-touched page installs a pte marker that pagemap shows as bit 57; mode 0 re
 MADV_DONTNEED drops it (anon zaps drop markers); reading a marker page must not crash and
 returns zeros (a protected zero page).  On shmem and hugetlb markers exist without the feature
 (file-backed uffd-wp, 5.19) and survive MADV_DONTNEED (the zap re-installs them), which is
-what keeps dirty tracking of a removed page alive there (e2b-ltp.md A.7 item 9: anon 4 KiB
+what keeps dirty tracking of a removed page alive there (e2b-dev/infra's dirty-tracking tests: anon 4 KiB
 loses it, hugetlb keeps it).  Per backing: marker on an untouched unit, a read returns zeros
 without a message and keeps the protection, a write traps with UFFD_PAGEFAULT_FLAG_WP.
 """

@@ -5,7 +5,7 @@ protection (fs/userfaultfd.c userfaultfd_clear_vma: uffd_wp_range(..., false)), 
 clears on present pages and markers alike and writes no longer trap.  Closing the uffd
 without unregistering must do the same: before c88033efe9a3 (6.9, CVE-2024-36881) release
 only dropped the VMA flags and left uffd-wp bits in the page tables (syzbot WARN with
-page_table_check; e2b-ltp.md D item 10).  The close case reports what this kernel does in
+page_table_check; a kernel fix e2b-dev/infra depends on).  The close case reports what this kernel does in
 its diagnostics (lib.child.diag: JUnit body, summary.json) either way and fails if bits are left behind.
 """
 

@@ -1,7 +1,7 @@
 """uffd-unit-tests' wp-fork, wp-fork-with-event, wp-fork-pin, wp-fork-pin-with-event.
 
-Upstream (kernel-selftests.md 3.5; fix 49d6d7fb6313 "mm/uffd: fix pte marker when fork()
-without fork event", e2b-ltp.md D item 4): protect page 0 of a WP-registered area; a fork()ed
+Upstream (tools/testing/selftests/mm/uffd-unit-tests.c wp-fork*; fix 49d6d7fb6313 "mm/uffd: fix pte marker when fork()
+without fork event", a fix e2b-dev/infra depends on): protect page 0 of a WP-registered area; a fork()ed
 child sees pagemap bit 57 clear unless UFFD_FEATURE_EVENT_FORK was negotiated (then the child
 VMA stays registered and keeps it).  After a zap of the parent's page (MADV_DONTNEED on shared
 memory, MADV_PAGEOUT on private) the protection persists as a pte marker / swap entry and a

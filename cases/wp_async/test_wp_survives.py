@@ -1,7 +1,7 @@
 """uffd-wp protection survives what the kernel does to the pages behind it.
 
 - PTE-mapping a THP (mprotect of one subpage changes one PTE / splits the PMD mapping):
-  every subpage keeps bit 57 and a write still traps (e2b-ltp.md D items 5-7: uffd-wp
+  every subpage keeps bit 57 and a write still traps (kernel fixes the e2b userfaultfd users depend on: uffd-wp
   lost on THP split/migration/VMA split were real bugs).
 - MADV_PAGEOUT and swap-in: a swapped-out protected page keeps the bit in its swap entry
   (anon) or as a pte marker (shmem); swapping it back in by a read keeps it; a write traps.
