@@ -1,6 +1,6 @@
 """Processes: cow.c's comm pipes, fork with a verdict by exit status, and case isolation.
 
-DESIGN rule 2: every case body runs in a forked child with a deadline.  The parent waits on a
+docs/ARCHITECTURE.md rule 2: every case body runs in a forked child with a deadline.  The parent waits on a
 pidfd; at the deadline it records what every thread of the child's process group is blocked
 on (/proc/<tid>/stat state and wchan), SIGKILLs the group and reports a TIMEOUT naming it.  A
 child killed by a signal is reported with the signal's name.  The parent is a child

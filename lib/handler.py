@@ -1,7 +1,7 @@
 """Fault servers: the userfaultfd handler the cases talk to, in three placements.
 
 * :class:`ThreadHandler`: the serve loop in a thread of the faulting process (uffd-unit-tests'
-  poll thread).  The faulting side must touch memory only through lib.libc (DESIGN rule 1).
+  poll thread).  The faulting side must touch memory only through lib.libc (docs/ARCHITECTURE.md rule 1).
 * :class:`ProcessHandler`: the serve loop in a forked process.
 * :class:`SpawnedHandler`: a fresh ``python -m lib.handler`` process that receives the uffd and
   the source memfd over a unix socket with SCM_RIGHTS, the way a VMM hands the uffd of a guest

@@ -2,7 +2,7 @@
 
 Every wrapper raises ``OSError(errno, "<call>: <strerror>")`` on failure, naming the call.
 
-DESIGN rule 1 (the GIL and faults): memory registered with a userfaultfd is only ever touched
+docs/ARCHITECTURE.md rule 1 (the GIL and faults): memory registered with a userfaultfd is only ever touched
 through the functions in the "memory primitives" section below.  They are foreign calls made
 through ``ctypes.CDLL``, which drops the GIL for the duration of the call, so a thread blocked
 in a userfault does not stop the handler thread of the same interpreter.  Never index a ctypes

@@ -7,7 +7,7 @@
   type (UFFDIO_COPY reads any user memory), so a hugetlb case uses its pool for ``dst`` only.
 * :class:`PollThread`: uffd-common's poll thread (poll the uffd and a stop pipe, dispatch
   page faults to a handler function) for cases whose faulting thread touches memory only through
-  lib.libc (DESIGN rule 1).  A handler exception is recorded and the area is unregistered, which
+  lib.libc (docs/ARCHITECTURE.md rule 1).  A handler exception is recorded and the area is unregistered, which
   wakes the faulting thread, so a broken handler fails the case instead of hanging it.
 * :func:`default_handler`: uffd-common's generic fault handler (missing: refuse a WRITE fault,
   UFFDIO_COPY from src, EEXIST -> wake; wp: unprotect; minor: invert the page through the

@@ -1,4 +1,4 @@
-"""Preconditions of cases: each unmet one is a SKIP with a precise reason (DESIGN rule 4).
+"""Preconditions of cases: each unmet one is a SKIP with a precise reason (docs/ARCHITECTURE.md rule 4).
 
 Features are found by probing a throw-away userfaultfd (lib.uffd.probe), never by kernel
 version.  These helpers call pytest.skip and so are for case bodies and fixtures only.

@@ -103,7 +103,7 @@ class Totals(dict):
 
 
 class TapWriter:
-    """Writes TAP to several streams at once, flushing every line (DESIGN rule 7).
+    """Writes TAP to several streams at once, flushing every line (docs/ARCHITECTURE.md rule 7).
 
     A stream that fails is dropped and the others go on: the live TAP on stdout never depends
     on the results folder, and a closed stdout (``| head``) never stops the files.  The failure

@@ -2,7 +2,7 @@
 
 Where no swap is active, a run can set up a zram device as swap (zram0 if it is unused,
 else one added through /sys/class/zram-control/hot_add), use it, and remove it at the end.
-DESIGN rule 6: the device is journalled (``<state dir>/swap.json``) *before* it is touched,
+docs/ARCHITECTURE.md rule 6: the device is journalled (``<state dir>/swap.json``) *before* it is touched,
 so a run killed with SIGKILL leaves a journal that the next run replays
 (:func:`repair`, called from ``Settings.repair``): swapoff, zram reset, hot_remove.
 

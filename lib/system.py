@@ -2,7 +2,7 @@
 
 Facts are read from /proc and /sys (never inferred from the kernel version).  ``Settings``
 changes sysfs/procfs knobs (THP and mTHP controls, khugepaged, hugetlb pools) and restores
-them (DESIGN rule 6): on normal exit, on exceptions, on SIGTERM/SIGINT through the runner, and
+them (docs/ARCHITECTURE.md rule 6): on normal exit, on exceptions, on SIGTERM/SIGINT through the runner, and
 after a SIGKILL through a journal that the next run replays before it starts.  The journal and
 the run lock live under /run, which is a tmpfs: a reboot resets both the knobs and the journal.
 """

@@ -277,7 +277,7 @@ class Userfaultfd:
 
 
 # ---------------------------------------------------------------------------------------
-# probing (DESIGN rule 4: features are found by probing, not by kernel version)
+# probing (docs/ARCHITECTURE.md rule 4: features are found by probing, not by kernel version)
 #
 # Who may open what (fs/userfaultfd.c): userfaultfd(2) with UFFD_USER_MODE_ONLY is always
 # allowed; without it only with CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.  The
