@@ -1,7 +1,7 @@
 """The backings of cow.c as data: anonymous run variants and non-anonymous backings.
 
-Reference: tools/testing/selftests/mm/cow.c (run_with_* and do_run_with_thp) and
-its run_with_* helpers.  Each backing is a pytest parameter:
+Reference: tools/testing/selftests/mm/cow.c (run_with_* and do_run_with_thp).  Each backing
+is a pytest parameter:
 
 * ``prepare(settings)`` runs in the pytest process before the case: it enables exactly the
   THP size under test (cow.c pushes "PMD order never, this order always"), grows the hugetlb
