@@ -115,8 +115,3 @@ def verdict_table(runs: list[tuple[str, dict | None]]) -> str:
     return "\n".join(out)
 
 
-def is_bad(summary: dict | None) -> bool:
-    if not summary:
-        return False
-    t = summary["totals"]
-    return bool(t["fail"] or t["error"] or t["xpass"])

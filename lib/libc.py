@@ -57,10 +57,6 @@ def _check(ret: int, call: str) -> int:
     return ret
 
 
-def errno_of(exc: BaseException) -> int | None:
-    return exc.errno if isinstance(exc, OSError) else None
-
-
 def syscall(nr: int, *args: int, name: str | None = None) -> int:
     """Raw syscall(2); integer arguments are passed as C longs."""
     ret = _syscall(c_long(nr), *[c_long(a) if isinstance(a, int) else a for a in args])

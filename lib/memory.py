@@ -1,14 +1,13 @@
 """Memory regions of every backing the suite tests.
 
 A :class:`Region` is created inside the case's (forked) process, never in the pytest parent.
-Backings: private/shared anon, memfd (shmem), tmpfile, hugetlb of a given size (MAP_HUGETLB
+Backings: private/shared anon, memfd (shmem), hugetlb of a given size (MAP_HUGETLB
 private or an MFD_HUGETLB memfd), and THP-aligned anon areas of any THP size.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 from lib import abi, libc
@@ -80,16 +79,6 @@ def memfd(size: int, shared: bool = True, name: str = "kmm", flags: int = abi.MF
     os.ftruncate(fd, size)
     addr = libc.mmap(size, RW, abi.MAP_SHARED if shared else abi.MAP_PRIVATE, fd, 0)
     return Region(addr, size, PAGE_SIZE, "memfd" if shared else "memfd-private", fd, shared, _maps=[(addr, size)])
-
-
-def tmpfile(size: int, shared: bool = True, directory: str | None = None) -> Region:
-    """A regular (unlinked) file, mapped shared or private."""
-    fd, path = tempfile.mkstemp(prefix="kmm-", dir=directory)
-    os.unlink(path)
-    os.set_inheritable(fd, False)
-    os.ftruncate(fd, size)
-    addr = libc.mmap(size, RW, abi.MAP_SHARED if shared else abi.MAP_PRIVATE, fd, 0)
-    return Region(addr, size, PAGE_SIZE, "tmpfile", fd, shared, _maps=[(addr, size)])
 
 
 def hugetlb(size: int, hpage: int, shared: bool = False, via_memfd: bool | None = None) -> Region:

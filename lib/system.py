@@ -435,19 +435,6 @@ class Settings:
                 f"could only get {free} of {count} free {size_label(size)} hugetlb pages"
             )
 
-    # -- THP ------------------------------------------------------------------------------
-    def thp(self, relpath: str, value: str | int) -> None:
-        self.set(f"{THP}/{relpath}", value)
-
-    def thp_only_size(self, size: int, mode: str = "always") -> None:
-        """Enable exactly one anon THP size (as cow.c's run_with_thp does) and no other."""
-        for s in thp_sizes():
-            path = f"hugepages-{s // KiB}kB/enabled"
-            if os.path.exists(f"{THP}/{path}"):
-                self.thp(path, mode if s == size else "never")
-        if thp_enabled_global() == "never":
-            self.thp("enabled", "madvise")
-
 
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:

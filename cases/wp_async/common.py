@@ -21,7 +21,6 @@ from lib import abi, check, child, libc
 from lib.memory import Region
 from lib.pagemap import Pagemap
 from lib.uffd import Msg, Userfaultfd, open_for
-from lib.wp_async_backing import WpBacking
 
 F = abi.Feature
 WP = abi.RegisterMode.WP
@@ -46,18 +45,6 @@ def wp_bits(r: Region, unit: int, units: int | None = None, pid: int | str = "se
     n = r.size // unit if units is None else units
     with Pagemap(pid) as pm:
         return [e.uffd_wp for e in pm.entries(r.addr, n, unit)]
-
-
-def present_bits(r: Region, unit: int, units: int | None = None) -> list[bool]:
-    n = r.size // unit if units is None else units
-    with Pagemap() as pm:
-        return [e.present for e in pm.entries(r.addr, n, unit)]
-
-
-def subpage_wp_bits(addr: int, npages: int) -> list[bool]:
-    """bit 57 of ``npages`` consecutive base pages."""
-    with Pagemap() as pm:
-        return [e.uffd_wp for e in pm.entries(addr, npages)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,8 +209,3 @@ def check_sync_wp(obs: SyncObservation, addr: int, old: bytes, new: bytes) -> No
     check.false(obs.wp_after, "pagemap bit 57 after the resolution")
 
 
-def backing_region(b: WpBacking, units: int, populate: bool = True) -> Region:
-    r = b.map(units)
-    if populate:
-        b.populate(r)
-    return r
