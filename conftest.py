@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import check, child, interrupt, kmsg, results, system
+from lib import check, child, interrupt, kmsg, results, swap, system
 from lib import report as rpt
 from lib.exitcodes import kselftest_code as kselftest_exit
 
@@ -193,7 +193,9 @@ class KmmRun:
         self.session = session
         self._take_lock()
         self.started = time.time()  # the run starts once it holds the lock
-        repaired = system.SETTINGS.repair() if system.is_root() else {}
+        repaired = {}
+        if system.is_root():  # a killed run's swap device first, then its journalled knobs
+            repaired = {**swap.repair(system.SETTINGS.state_dir), **system.SETTINGS.repair()}
         facts = system.facts()
         self.props = facts.properties()
         self.planned = [rpt.Planned(r.area, r.name, r.nodeid) for r in self.collect_errors] + [

@@ -379,11 +379,9 @@ class Settings:
     def repair(self) -> dict[str, str]:
         """Replay a leftover journal (a previous run was killed); returns what was restored.
 
-        A temporary swap device the killed run had set up (lib.swap, own journal) goes first.
-        """
-        from lib import swap
-
-        restored = swap.repair(self.state_dir)
+        A temporary swap device the killed run had set up has its own journal (lib.swap.repair,
+        which the runner calls first); lib.swap imports this module, never the other way."""
+        restored: dict[str, str] = {}
         try:
             with open(self.journal_path) as f:
                 entries = json.load(f)
