@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lib import check, libc
+from lib import check, interrupt, libc
 
 # ---------------------------------------------------------------------------------------
 # deadlines
@@ -566,6 +566,9 @@ def run_isolated(
                     result = obj
 
     try:
+        # A signal that landed inside os.fork() (its KeyboardInterrupt swallowed by a fork hook)
+        # ends the run here, before the case runs, not after it (lib.interrupt)
+        interrupt.check()
         while not exited:
             events = p.poll(int(deadline.remaining() * 1000) + 1)
             for fd, _ in events:
