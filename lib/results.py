@@ -46,7 +46,12 @@ def default_base(root: Path) -> Path:
 def new_run_dir(base: Path, label: str, now: float | None = None) -> Path:
     """Create and return a folder no other run has: ``base/<stamp>-<label>[.N]``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
-    stem = f"{stamp}-{safe_label(label)}"
+    return own_dir(base, f"{stamp}-{safe_label(label)}")
+
+
+def own_dir(base: Path, stem: str) -> Path:
+    """Create and return ``base/stem``, or ``base/stem.N`` when that exists: a folder of this
+    run's own, made with one mkdir (never a folder another run made, never deleted)."""
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -60,7 +65,7 @@ def new_run_dir(base: Path, label: str, now: float | None = None) -> Path:
         except OSError as e:
             raise ResultsError(f"cannot create results folder {path}: {e.strerror}") from None
         return path
-    raise ResultsError(f"cannot create results folder {base / stem}: {ATTEMPTS} runs in one second")
+    raise ResultsError(f"cannot create results folder {base / stem}: {ATTEMPTS} folders of that name exist")
 
 
 def probe_writable(folder: Path, size: int = 16384) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -280,9 +279,8 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     def run_index(i: int) -> dict:
         if i not in runs:
             print(f"# ===== kernel {i + 1}/{len(images)}: {images[i]}", flush=True)
-            res = base / f"{i:02d}-{image_label(images[i]).replace(' ', '-')}"
-            if res.exists():
-                shutil.rmtree(res)
+            # a folder of this run's own: an earlier series' folder of that name is kept
+            res = folders.own_dir(base, f"{i:02d}-{image_label(images[i]).replace(' ', '-')}")
             runs[i] = run_one(args, root, images[i], res)
             problem = (runs[i].get("vm") or {}).get("harness_problem")
             if problem:

@@ -125,6 +125,20 @@ def test_kernels_table_and_first_bad(tmp_path):
     assert (tmp_path / "r" / "table.txt").exists()
 
 
+@root_only
+def test_kernels_series_keeps_an_earlier_series_folders(tmp_path):
+    """A second --kernels run into the same --results never deletes the first one's per-kernel
+    folder: it makes one of its own beside it."""
+    _, env = fake(tmp_path, RUNS)
+    image = tmp_path / "vmlinuz-1-good"
+    image.write_bytes(b"x")
+    for _ in range(2):
+        p = run(env, "passing", "--kernels", str(image), f"--results={tmp_path / 'r'}")
+        assert p.returncode == 0, p.stdout + p.stderr
+    first, second = tmp_path / "r" / "00-1-good", tmp_path / "r" / "00-1-good.1"
+    assert (first / "summary.json").exists() and (second / "summary.json").exists()
+
+
 @pytest.mark.parametrize("verdicts,want", [
     ([0, 0, 1, 1], 2), ([1, 1, 1], 0), ([0, 0, 0], None), ([0, 125, 1, 1], 2), ([0, 125, 125, 1], 3),
     ([0, 1, 125, 1], 1), ([125, 125], None),
