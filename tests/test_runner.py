@@ -230,12 +230,13 @@ def test_settings_repaired_by_journal_after_sigkill(tmp_path):
 
 def test_a_swallowed_interrupt_still_ends_the_run(tmp_path):
     """The signal lands where Python swallows the handler's KeyboardInterrupt (an os.fork()
-    hook, see tests/data/runner/swallowed): lib.interrupt raises it again at the next case."""
+    hook, see tests/data/runner/swallowed): lib.interrupt raises it again right after that fork
+    (before the forked case runs) or, at the latest, at the next case boundary."""
     p = run("swallowed", results=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "# PARTIAL RUN: interrupted (SIGTERM)" in p.stdout
     s = summary(tmp_path)
-    assert s["partial"] is True and 3 <= len(s["cases"]) < 5, [c["name"] for c in s["cases"]]
+    assert s["partial"] is True and 2 <= len(s["cases"]) < 5, [c["name"] for c in s["cases"]]
     assert "Traceback" not in p.stdout + p.stderr
 
 
