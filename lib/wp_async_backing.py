@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, libc, memory, needs, pagemap, system
+from lib import abi, hugetlb_pool, libc, memory, needs, pagemap, system
 from lib.backing import wp_feature_for
 
 PAGE = libc.PAGE_SIZE
@@ -87,12 +87,11 @@ class WpBacking:
             needs.thp(self.size)
         if self.hugetlb:
             needs.hugetlb_size(self.size)
-            free = system.hugetlb_counter(self.size, "free_hugepages")
-            resv = system.hugetlb_counter(self.size, "resv_hugepages")
+            pool = hugetlb_pool.read(self.size)
             want = min(units, self.max_units())
-            if free - resv < want:
-                pytest.skip(f"only {free} free ({resv} reserved) {system.size_label(self.size)} hugetlb pages, "
-                            f"need {want}")
+            if pool.unreserved < want:
+                pytest.skip(f"only {pool.free} free ({pool.resv} reserved) {system.size_label(self.size)} "
+                            f"hugetlb pages, need {want}")
         needs.uffd_features(self.wp_features | int(features))
 
     # -- memory ---------------------------------------------------------------------------
@@ -117,12 +116,12 @@ class WpBacking:
         except OSError as e:
             if e.errno != errno.ENOMEM:
                 raise
-            c = {k: system.hugetlb_counter(self.size, k) for k in ("nr_hugepages", "free_hugepages", "resv_hugepages")}
-            if c["free_hugepages"] - c["resv_hugepages"] >= units:
+            pool = hugetlb_pool.read(self.size)
+            if pool.unreserved >= units:
                 # The pool had room for the reservation: refusing it is the kernel's doing.
                 raise AssertionError(f"setup step failed: mmap of {units} {system.size_label(self.size)} hugetlb "
-                                     f"pages refused ({e.strerror}) with the pool able to hold them ({c})") from e
-            pytest.skip(f"{units} {system.size_label(self.size)} hugetlb pages not reservable ({e.strerror}; {c})")
+                                     f"pages refused ({e.strerror}) with room in the {pool}") from e
+            pytest.skip(f"{units} {system.size_label(self.size)} hugetlb pages not reservable ({e.strerror}; {pool})")
         raise ValueError(self.kind)
 
     def populate(self, r: memory.Region, byte: int = 0x5A) -> None:
