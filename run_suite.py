@@ -204,18 +204,27 @@ class RunOutcome:
         self.run = config.pluginmanager.get_plugin("kmm-run")
 
 
+def pytest_main_into(sink, argv: list[str], plugin: object) -> int:
+    """pytest.main in this process with its own output (stdout and stderr) sent to ``sink``."""
+    import pytest
+
+    old = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = sink
+    try:
+        return int(pytest.main(argv, plugins=[plugin]))
+    finally:
+        sys.stdout, sys.stderr = old
+
+
 def run_pytest(argv: list[str], log_path: Path) -> tuple[int, str, object]:
     """pytest.main in this process; its own output goes to the log, TAP to stdout."""
     import pytest
 
     log = RunLog(log_path)
     outcome = RunOutcome()
-    old = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = log
     try:
-        code = int(pytest.main(argv, plugins=[outcome]))
+        code = pytest_main_into(log, argv, outcome)
     finally:
-        sys.stdout, sys.stderr = old
         log.close()
     usage = ""
     if code == pytest.ExitCode.USAGE_ERROR and log.error_lines:
@@ -254,12 +263,7 @@ def list_cases(argv: list[str]) -> int:
     import io
 
     buf = io.StringIO()
-    old = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = buf
-    try:
-        code = int(pytest.main(argv, plugins=[lister]))
-    finally:
-        sys.stdout, sys.stderr = old
+    code = pytest_main_into(buf, argv, lister)
     if code not in (0, 5):
         msg = next((line[7:] for line in buf.getvalue().splitlines() if line.startswith("ERROR: ")), "")
         sys.stderr.write(f"run_suite.py: error: {msg or 'collection failed (see pytest --collect-only cases)'}\n")
