@@ -1,8 +1,8 @@
 """pytest glue for the conformance cases under cases/.
 
-* Isolation (docs/ARCHITECTURE.md rule 2): every case body runs in a forked child (lib.child.run_isolated)
+* Isolation (docs/ARCHITECTURE.md rule 2): every case body runs in a forked child (lib.runner.isolation.run_isolated)
   with a deadline; fixtures run in the pytest process.
-* Kernel log watch: a splat logged while a case ran fails it (lib.kmsg).
+* Kernel log watch: a splat logged while a case ran fails it (lib.runner.kmsg).
 * Names (rule 5): a case's TAP name is its ``@pytest.mark.tap("...")`` name, else its
   parametrisation id, else the function name; names are unique.
 * Reports (rule 7): live TAP, then JUnit XML and summary.json in the results folder.  Nothing
@@ -26,9 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from lib import check, child, interrupt, kmsg, results, swap, system
-from lib import report as rpt
-from lib.exitcodes import kselftest_code as kselftest_exit
+from lib import check
+from lib.kernel import swap, system
+from lib.runner import interrupt, isolation, kmsg, results
+from lib.runner import report as rpt
+from lib.runner.exitcodes import kselftest_code as kselftest_exit
 
 ROOT = Path(__file__).resolve().parent
 # KMM_CASES points the runner at another case tree (the project's own tests use synthetic ones)
@@ -231,8 +233,8 @@ class KmmRun:
         self.watch = kmsg.KmsgWatch()
         if self.watch.unavailable:
             self.tap.diag(f"kernel log watch off: {self.watch.unavailable}")
-        child.become_subreaper()
-        child.start_watchdog()
+        isolation.become_subreaper()
+        isolation.start_watchdog()
         self._write_reports(final=False)  # from here on a killed run leaves reports marked running
         for r in self.collect_errors:
             r.started = rpt.iso(time.time())
@@ -284,7 +286,7 @@ class KmmRun:
         for _ in range(repeat):
             if self.watch:
                 self.watch.mark()
-            o = child.run_isolated(
+            o = isolation.run_isolated(
                 lambda: fn(**args),
                 timeout,
                 skip_types=(pytest.skip.Exception,),
@@ -295,7 +297,7 @@ class KmmRun:
                 if splats:
                     info["kmsg"] = "\n".join(msgs[-60:])
                     if o.kind in ("pass", "skip", "xfail"):
-                        o = child.Outcome("fail", f"kernel log splat during the case: {splats[0]}", "", o.notes,
+                        o = isolation.Outcome("fail", f"kernel log splat during the case: {splats[0]}", "", o.notes,
                                           o.duration)
             outcomes.append(o)
         kinds = [o.kind for o in outcomes]
@@ -401,7 +403,7 @@ class KmmRun:
             return
         if exitstatus == pytest.ExitCode.INTERRUPTED and not self.partial:
             self.partial = "interrupted"
-        child.stop_watchdog()
+        isolation.stop_watchdog()
         failed = system.SETTINGS.restore()
         if failed:
             self.tap.diag("could not restore: " + ", ".join(failed))
@@ -453,11 +455,11 @@ class LockTimeout(UsageError):
     """Another run kept the machine-wide run lock past KMM_LOCK_WAIT."""
 
 
-def _cannot_test(o: child.Outcome) -> bool:
+def _cannot_test(o: isolation.Outcome) -> bool:
     return o.kind == "error" and o.message.startswith(check.CANNOT_TEST_PREFIX)
 
 
-def repeat_verdict(outcomes: list[child.Outcome]) -> tuple[child.Outcome, bool]:
+def repeat_verdict(outcomes: list[isolation.Outcome]) -> tuple[isolation.Outcome, bool]:
     """The outcome that speaks for a case run ``len(outcomes)`` times, and whether it is flaky.
 
     The first judged (not ``cannot test``) non-pass outcome speaks; verdicts that differ among

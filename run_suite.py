@@ -7,7 +7,7 @@
     ./run_suite.py --list               the case names
     ./run_suite.py --bisect ...         exit 0 good, 1 bad, 125 cannot test, 255 abort (git bisect run)
 
-Exit codes (kselftest): 0 pass, 1 fail, 4 everything skipped, 2 bad command line (lib/exitcodes.py).
+Exit codes (kselftest): 0 pass, 1 fail, 4 everything skipped, 2 bad command line (lib/runner/exitcodes.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from lib import exitcodes
+from lib.runner import exitcodes
 
 ROOT = Path(__file__).resolve().parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
@@ -106,7 +106,7 @@ def build_parser() -> Parser:
     vm.add_argument("--kernel-cmdline", default="", metavar="ARGS", help="extra guest kernel command line")
     vm.add_argument("--vm-timeout", type=positive_float, default=900.0, metavar="SECONDS",
                     help="overall deadline for one guest run (default 900)")
-    kc = p.add_argument_group("KCIDB (KernelCI) submission (lib/kcidb.py)")
+    kc = p.add_argument_group("KCIDB (KernelCI) submission (lib/runner/kcidb.py)")
     kc.add_argument("--kcidb", metavar="FILE", help="also write the run as a KCIDB submission (kcidb-io's schema)")
     kc.add_argument("--origin", default="kmm", help="the KCIDB origin submitting it (default kmm)")
     kc.add_argument("--kernel-tree", metavar="DIR", help="the kernel's git tree: its commit, describe and remote")
@@ -278,7 +278,7 @@ def list_cases(argv: list[str]) -> int:
 
 
 def bisect_code(summary: dict | None, pytest_code: int) -> int:
-    """git bisect run's code for a host run (lib.exitcodes decides; never 2, which means bad)."""
+    """git bisect run's code for a host run (lib.runner.exitcodes decides; never 2, which means bad)."""
     problem = "" if summary is not None else f"the run produced no report (pytest exit {pytest_code})"
     if pytest_code == 3:  # pytest.ExitCode.INTERNAL_ERROR: our bug, not the kernel's
         problem = "internal error in the suite (pytest exit 3)"
@@ -309,7 +309,7 @@ def resolve_paths(args: argparse.Namespace, cwd: str) -> None:
 
 def kcidb_failed(args: argparse.Namespace, folder: Path) -> bool:
     """Write --kcidb FILE from a finished run's folder; say why on stderr when it could not."""
-    from lib import kcidb
+    from lib.runner import kcidb
 
     problem = kcidb.write_for(args, folder)
     if problem:
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_interpreter()
     sys.path.insert(0, str(ROOT))
     if args.kcidb or args.from_results or args.kernel_tree or args.origin != "kmm":
-        from lib import kcidb
+        from lib.runner import kcidb
 
         problem = kcidb.check_args(args) or (args.from_results and kcidb.write_for(args, args.from_results))
         if problem or args.from_results:
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             return exitcodes.usage_code(args.bisect) if problem else 0
     if args.compare or args.kernel or args.kernels:
         try:
-            from lib import vmrun
+            from lib.runner import vmrun
         except ImportError:
             sys.stderr.write("run_suite.py: error: --kernel/--kernels/--compare are not available in this build\n")
             return exitcodes.usage_code(args.bisect)
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen, patterns = split_selection(args.select)
     if args.list:
         return list_cases(pytest_args(args, chosen, patterns, None, None))
-    from lib import results as folders
+    from lib.runner import results as folders
 
     existed = bool(args.results) and Path(args.results).exists()
     try:
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         stdout_gone()
     tap_fd = os.dup(sys.stdout.fileno())
     status_fd = os.dup(sys.stderr.fileno())
-    from lib import interrupt
+    from lib.runner import interrupt
 
     interrupt.install()
     command = shlex.join(["run_suite.py", *(sys.argv[1:] if argv is None else argv)])

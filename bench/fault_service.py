@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fault-service throughput: the Python handler (lib.handler) beside a C reference, same job.
+"""Fault-service throughput: the Python handler (lib.kernel.handler) beside a C reference, same job.
 
 For each handler placement (thread, forked process, SCM_RIGHTS process) x page size (4 KiB
 private anon, 2 MiB private hugetlb) x faulting threads (1, 2, 4) x job:
@@ -90,11 +90,11 @@ def handler_cpu_ns(pid: int, tid: int | None = None) -> int:
 
 
 def worker(job: str, placement: str, page: str, nthreads: int, npages: int) -> dict:
-    """Do one job with lib.handler and return the figures (the C program prints the same)."""
-    from lib import abi, handler, libc, memory
-    from lib.child import Deadline
-    from lib.serve import served
-    from lib.uffd import open_for
+    """Do one job with lib.kernel.handler and return the figures (the C program prints the same)."""
+    from lib.kernel import abi, handler, libc, memory
+    from lib.kernel.serve import served
+    from lib.kernel.tasks import Deadline
+    from lib.kernel.uffd import open_for
 
     ps = HPAGE if page == "2m" else libc.PAGE_SIZE
     size = npages * ps
@@ -284,7 +284,7 @@ def paired_ratios(py_runs: list[dict], c_runs: list[dict]) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------
-# hugetlb pool (grown through lib.system.SETTINGS with its journal; restored afterwards)
+# hugetlb pool (grown through lib.kernel.system.SETTINGS with its journal; restored afterwards)
 
 
 class HugetlbPool:
@@ -294,7 +294,7 @@ class HugetlbPool:
         self.ok = False
 
     def __enter__(self) -> HugetlbPool:
-        from lib import system
+        from lib.kernel import system
 
         if not system.is_root():
             self.note = "2 MiB hugetlb skipped: needs root to grow the pool"
@@ -318,7 +318,7 @@ class HugetlbPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from lib import system
+        from lib.kernel import system
 
         if system.is_root() and system.SETTINGS._lock_fd is not None:
             failed = system.SETTINGS.restore()

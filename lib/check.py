@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import json
 import os
 from collections.abc import Iterator
 
@@ -79,3 +80,32 @@ def raises_errno(expected: int | tuple[int, ...], what: str) -> Iterator[list[OS
 
 def strerror(e: int) -> str:
     return f"{errname(e)} ({os.strerror(e)})"
+
+
+# ---------------------------------------------------------------------------------------
+# notes: a case says what it is doing, so a TIMEOUT can say what it was waiting on.
+# The isolation layer (lib/runner/isolation.py) sets _note_fd in the case's process.
+
+_note_fd: int | None = None
+
+
+def note(text: str) -> None:
+    """Record what the case is about to do (reported if the case times out)."""
+    if _note_fd is not None:
+        _send(_note_fd, {"note": text})
+
+
+DIAG_PREFIX = "diag: "
+
+
+def diag(text: str) -> None:
+    """A diagnostic kept with the case's result whatever the verdict (the Outcome's details:
+    JUnit body and summary.json), e.g. which of two documented kernel behaviours was seen."""
+    note(DIAG_PREFIX + text)
+
+
+def _send(fd: int, obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]

@@ -96,7 +96,7 @@ echo "== tools"
 echo "vng:  $venv/bin/vng"
 echo "qemu: $(command -v qemu-system-x86_64 || echo MISSING)"
 if [ -e /dev/kvm ]; then
-    echo "note: /dev/kvm exists; nested KVM may still hang (lib/vm.py probes it and falls back to --disable-kvm)"
+    echo "note: /dev/kvm exists; nested KVM may still hang (lib/runner/vm.py probes it and falls back to --disable-kvm)"
 fi
 echo "boot check: $venv/bin/vng --run /boot/vmlinuz-<ver> --disable-kvm --force-9p -- uname -r"
 exit "$status"

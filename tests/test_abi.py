@@ -1,15 +1,15 @@
-"""lib.abi against the kernel's UAPI: struct sizes and offsets, ioctl numbers, bit values.
+"""lib.kernel.abi against the kernel's UAPI: struct sizes and offsets, ioctl numbers, bit values.
 
 Expected numbers are the ones a compiled x86_64 program prints for the UAPI headers
 (include/uapi/linux/userfaultfd.h, fs.h and mman-common.h for x86_64), written out here
-independently of lib.abi's derivation.
+independently of lib.kernel.abi's derivation.
 """
 
 import ctypes
 
 import pytest
 
-from lib import abi
+from lib.kernel import abi
 
 SIZES = {
     abi.uffdio_api: 24, abi.uffdio_range: 16, abi.uffdio_register: 32, abi.uffdio_copy: 40,

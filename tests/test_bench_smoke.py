@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import fault_service, suite_time
-from lib import uffd
+from lib.kernel import uffd
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_uffd = pytest.mark.skipif(not uffd.probe().syscall, reason="userfaultfd(2) not available")

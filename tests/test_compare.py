@@ -1,6 +1,6 @@
 """--compare and the --kernels verdict table, on synthetic summaries."""
 
-from lib import compare
+from lib.runner import compare
 
 
 def summ(**cases):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import struct
 
-from lib import libc, swap
-from lib.cow_backings import AnonBacking, NonAnonBacking, Snapshot, anon_backings, non_anon_backings
+from cases.cow.backings import AnonBacking, NonAnonBacking, Snapshot, anon_backings, non_anon_backings
+from lib.kernel import libc, swap
 
 K = 1024
 M = K * K

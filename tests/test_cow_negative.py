@@ -14,11 +14,12 @@ import os
 
 import pytest
 
-from cases.cow import oracles
-from lib import abi, child, libc, memory, system
-from lib.cow_backings import FILL, Snapshot
-from lib.cow_iouring import IoUringUnavailable
-from lib.pagemap import Entry
+from cases.cow import iouring, oracles
+from cases.cow.backings import FILL, Snapshot
+from cases.cow.iouring import IoUringUnavailable
+from lib.kernel import abi, libc, memory, system, tasks
+from lib.kernel.pagemap import Entry
+from lib.runner import isolation
 
 PAGE = libc.PAGE_SIZE
 SIZE = 4 * PAGE
@@ -26,7 +27,7 @@ SIZE = 4 * PAGE
 
 def isolated(fn) -> None:
     """Run ``fn`` in a forked child with a deadline; its failure fails the test."""
-    o = child.run_isolated(fn, 30, skip_types=(pytest.skip.Exception,))
+    o = isolation.run_isolated(fn, 30, skip_types=(pytest.skip.Exception,))
     if o.kind == "skip":
         pytest.skip(o.message)
     assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
@@ -95,7 +96,7 @@ def test_vmsplice_in_child_reports_leak_on_shared_memory(do_mprotect: bool) -> N
     isolated(body)
 
 
-def child_vmsplice_read_early(mem: int, size: int, comm: child.CommPipes, expect: int | None = None) -> bool:
+def child_vmsplice_read_early(mem: int, size: int, comm: tasks.CommPipes, expect: int | None = None) -> bool:
     """A wrong vmsplice() check: it reads the pipe BEFORE the parent writes."""
     old = Snapshot.take(mem, size)
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -175,12 +176,12 @@ def _refused_register(err: int, no_cap: bool) -> None:
     """oracles.iouring_or_skip with io_uring_register_buffers() refused with ``err``."""
     import resource
 
-    from lib import caps, cow_iouring
+    from lib.kernel import caps
 
     def refuse(self, addr: int, size: int) -> None:
         raise OSError(err, os.strerror(err))
 
-    cow_iouring.Ring.register_buffer = refuse
+    iouring.Ring.register_buffer = refuse
     if no_cap:
         caps.has = lambda cap: False
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]))
@@ -200,14 +201,14 @@ def test_iouring_register_refusal_is_a_failure_unless_memlock(err: int, no_cap: 
         cow_iouring_ring_ok()
     except IoUringUnavailable as e:
         pytest.skip(str(e))
-    o = child.run_isolated(lambda: _refused_register(err, no_cap), 30, skip_types=(pytest.skip.Exception,))
+    o = isolation.run_isolated(lambda: _refused_register(err, no_cap), 30, skip_types=(pytest.skip.Exception,))
     assert o.kind == kind, f"{o.kind}: {o.message}"
     if kind == "fail":
         assert o.message.startswith("setup step failed: io_uring_register_buffers()"), o.message
 
 
 def cow_iouring_ring_ok() -> None:
-    from lib.cow_iouring import Ring
+    from cases.cow.iouring import Ring
 
     with Ring():
         pass
@@ -382,11 +383,11 @@ def test_exclusivity_check_passes_on_a_private_thp_range() -> None:
 
 
 def test_ro_pin_skips_with_the_reason_without_gup_test() -> None:
-    from lib.cow_gup import GupTest
+    from cases.cow.gup import GupTest
 
     def body() -> None:
         r = private_anon()
         oracles.ro_pin(r.addr, r.size, oracles.RO_PIN_SHARED, False, GupTest(None, "gup_test not available: x"))
 
-    o = child.run_isolated(body, 30, skip_types=(pytest.skip.Exception,))
+    o = isolation.run_isolated(body, 30, skip_types=(pytest.skip.Exception,))
     assert (o.kind, o.message) == ("skip", "gup_test not available: x")

@@ -1,4 +1,4 @@
-"""lib.exitcodes: every outcome of a run mapped to kselftest's and git bisect run's codes.
+"""lib.runner.exitcodes: every outcome of a run mapped to kselftest's and git bisect run's codes.
 
 Each row is a summary.json shape (host run, or a --kernel run with the watchdog's ``vm``
 entry) and the two codes it must give; the end-to-end agreement of the host and --kernel paths
@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import pytest
 
-from lib import exitcodes
-from lib.exitcodes import BISECT_ABORT, BISECT_BAD, BISECT_GOOD, BISECT_SKIP, KSFT_FAIL, KSFT_PASS, KSFT_SKIP, USAGE
+from lib.runner import exitcodes
+from lib.runner.exitcodes import (
+    BISECT_ABORT,
+    BISECT_BAD,
+    BISECT_GOOD,
+    BISECT_SKIP,
+    KSFT_FAIL,
+    KSFT_PASS,
+    KSFT_SKIP,
+    USAGE,
+)
 
 
 def case(name: str, verdict: str, message: str = "", **extra) -> dict:

@@ -1,7 +1,7 @@
 """Negative controls for the foundation's proof cases: each oracle fails when the kernel (or
 the handler) misbehaves the way the oracle is meant to catch.
 
-The oracles run in an isolated child (lib.child.run_isolated) exactly as under run_suite.py.
+The oracles run in an isolated child (lib.runner.isolation.run_isolated) exactly as under run_suite.py.
 """
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ from __future__ import annotations
 import pytest
 
 from cases.missing import test_api, test_missing_basic
-from lib import child, uffd
-from lib.backing import MemType
-from lib.handler import Options
+from lib.kernel import uffd
+from lib.kernel.backing import MemType
+from lib.kernel.handler import Options
+from lib.runner import isolation
 
 ANON = MemType("anon")
 
 
-def outcome(fn) -> child.Outcome:
-    return child.run_isolated(fn, 30, skip_types=(pytest.skip.Exception,), xfail_types=(pytest.xfail.Exception,))
+def outcome(fn) -> isolation.Outcome:
+    return isolation.run_isolated(fn, 30, skip_types=(pytest.skip.Exception,), xfail_types=(pytest.xfail.Exception,))
 
 
 @pytest.mark.parametrize("op", ["read", "write"])

@@ -1,13 +1,13 @@
-"""No placement of lib.handler serves stale data after a REMOVE, whatever step it is held at.
+"""No placement of lib.kernel.handler serves stale data after a REMOVE, whatever step it is held at.
 
-The handler's step hooks (lib.handler.STEPS) park the thread serving a page at a named step
+The handler's step hooks (lib.kernel.handler.STEPS) park the thread serving a page at a named step
 (a barrier: deterministic) or stall it there (``Options.step_delays``: a perturbation).  Two
 REMOVE races run against every placement (thread, forked process, SCM_RIGHTS process), with the
 serve loop resolving (``workers=0``) and with two workers, held at every step:
 
 * ``in_flight``: a read fault on an unpopulated page is held; madvise(MADV_DONTNEED) of the
   page is issued.  Whether madvise can return while the fault is held depends on the step
-  (lib.handler.parked_blocks_reads: inside the install gate the serve loop cannot read the
+  (lib.kernel.handler.parked_blocks_reads: inside the install gate the serve loop cannot read the
   REMOVE), and the test waits for exactly that state: madvise returned, or madvise asleep at
   userfaultfd_event_wait_completion.  Once madvise has returned, the page must read zero.
 * ``refault``: a populated page is removed (madvise returned), then faulted by two readers
@@ -42,8 +42,8 @@ from cases.remove.common import (
     make_source,
     read_async,
 )
-from lib import abi, child, libc, memory
-from lib.handler import (
+from lib.kernel import abi, libc, memory, tasks
+from lib.kernel.handler import (
     AFTER_CHOOSE,
     AFTER_MARK,
     AFTER_RELEASE,
@@ -58,8 +58,9 @@ from lib.handler import (
     Options,
     parked_blocks_reads,
 )
-from lib.pagemap import Pagemap
-from lib.serve import flush, served
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.serve import flush, served
+from lib.runner import isolation
 
 PLACEMENTS = ["thread", "process", "scm_rights"]
 EV = int(abi.Feature.EVENT_REMOVE)
@@ -85,10 +86,10 @@ def done_or_blocked(a, wchan: str) -> bool:
     def state() -> str | None:
         if a.done():
             return "done"
-        st, w = child.task_state(a.tid), child.task_wchan(a.tid)
+        st, w = tasks.task_state(a.tid), tasks.task_wchan(a.tid)
         return "blocked" if st in "DS" and w == wchan else None
 
-    return child.wait_until(state, 5, f"{a.name} to return or block in {wchan}") == "done"
+    return tasks.wait_until(state, 5, f"{a.name} to return or block in {wchan}") == "done"
 
 
 def read_held(h, options: Options, step: str) -> None:
@@ -96,7 +97,7 @@ def read_held(h, options: Options, step: str) -> None:
     read the pending message (so the madvise or fault behind it stays unserved until the
     release, not by chance).  Otherwise the serve loop is the thread held."""
     if options.workers and step not in LOOP_STEPS:
-        child.wait_until(h.read_blocked, 5, "the serve loop to wait for the install gate")
+        tasks.wait_until(h.read_blocked, 5, "the serve loop to wait for the install gate")
 
 
 def not_stale(got: bytes, what: str) -> None:
@@ -201,8 +202,8 @@ def refault(placement: str, options: Options, step: str | None, booking: bool = 
 SCENARIOS = {"in_flight": in_flight, "refault": refault}
 
 
-def run(fn) -> child.Outcome:
-    return child.run_isolated(fn, 40)
+def run(fn) -> isolation.Outcome:
+    return isolation.run_isolated(fn, 40)
 
 
 def passes(fn) -> None:
@@ -210,7 +211,7 @@ def passes(fn) -> None:
     assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
 
 
-def fails(fn, contains: str) -> child.Outcome:
+def fails(fn, contains: str) -> isolation.Outcome:
     o = run(fn)
     assert o.kind == "fail", f"the race test did not catch it: {o.kind} {o.message}"
     assert contains in o.message, f"failed for another reason: {o.message}"
@@ -269,7 +270,7 @@ def test_source_chosen_before_the_gate_is_stale(placement):
 
 def _gateless(fn):
     def body():
-        from lib.handler import FaultServer
+        from lib.kernel.handler import FaultServer
 
         init = FaultServer.__init__
 

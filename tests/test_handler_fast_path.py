@@ -1,4 +1,4 @@
-"""The serve loop's inline resolver (lib.handler.FaultServer._inline_resolver) against the
+"""The serve loop's inline resolver (lib.kernel.handler.FaultServer._inline_resolver) against the
 general path (_batch -> _resolve): the same messages must give the same ioctls, statistics and
 log, whatever the options and whatever the kernel answers (EEXIST, EAGAIN, other errors).
 
@@ -17,8 +17,8 @@ import errno
 
 import pytest
 
-from lib import abi
-from lib.handler import (
+from lib.kernel import abi
+from lib.kernel.handler import (
     AFTER_CHOOSE,
     AFTER_INSTALL,
     AFTER_MARK,
@@ -29,7 +29,7 @@ from lib.handler import (
     Options,
     Stats,
 )
-from lib.uffd import UffdError
+from lib.kernel.uffd import UffdError
 
 BASE = 0x7F0000000000
 SRC = 0x7E0000000000

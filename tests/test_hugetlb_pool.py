@@ -1,4 +1,4 @@
-"""Negative controls of lib.hugetlb_pool, the pool checks of the hugetlb fork() cases.
+"""Negative controls of lib.kernel.hugetlb_pool, the pool checks of the hugetlb fork() cases.
 
 The checks read sysfs counters; here the counters are replaced by a fake pool, so each verdict
 (pass, skip from the pool-size probe, failure with the numbers) is shown for the pool that must
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib import hugetlb_pool, system
+from lib.kernel import hugetlb_pool, system
 
 GIB = 1 << 30
 

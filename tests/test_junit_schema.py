@@ -9,7 +9,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from lib import report
+from lib.runner import report
 from tests import junit_schema
 
 DATA = Path(__file__).resolve().parent / "data" / "junit"

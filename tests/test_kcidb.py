@@ -1,4 +1,4 @@
-"""KCIDB submissions (lib/kcidb.py) checked with kcidb-io's own validation of its latest schema.
+"""KCIDB submissions (lib/runner/kcidb.py) checked with kcidb-io's own validation of its latest schema.
 
 A synthetic run holds every verdict kind (pass, fail, TIMEOUT, skip, xfail, xpass, error, a
 planned case that did not run); real results folders (tests/data/kcidb: a guest run on Debian's
@@ -21,7 +21,7 @@ import jsonschema
 import kcidb_io
 import pytest
 
-from lib import kcidb, report
+from lib.runner import kcidb, report
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

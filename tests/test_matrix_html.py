@@ -1,4 +1,4 @@
-"""The HTML verdict matrix (lib/matrix_html.py): its data, and the page as a real browser shows it.
+"""The HTML verdict matrix (lib/runner/matrix_html.py): its data, and the page as a real browser shows it.
 
 The browser tests run headless Chromium (``chromium --headless``): ``--dump-dom`` gives the DOM
 after the page's script ran (rows shown by default and with ``#all``, the verdict counts the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import matrix_html, report
+from lib.runner import matrix_html, report
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -1,7 +1,7 @@
 """Negative controls for the MISSING area (cases/missing): every oracle must be able to fail.
 
 Each control runs a case's oracle against a deliberately broken handler or setup and requires a
-non-pass outcome.  Controls that could block (a fault nobody serves) run in lib.child.run_isolated
+non-pass outcome.  Controls that could block (a fault nobody serves) run in lib.runner.isolation.run_isolated
 with a short deadline.  They need a usable userfaultfd (root or vm.unprivileged_userfaultfd).
 """
 
@@ -11,11 +11,11 @@ import errno
 
 import pytest
 
-from lib import abi, handler, libc, uffd
-from lib import missing_uut as uut
-from lib.backing import MemType
-from lib.child import run_isolated
-from lib.uffd import Msg, open_for
+from cases.missing import support as uut
+from lib.kernel import abi, handler, libc, uffd
+from lib.kernel.backing import MemType
+from lib.kernel.uffd import Msg, open_for
+from lib.runner.isolation import run_isolated
 
 pytestmark = pytest.mark.skipif(not uffd.probe().syscall, reason="userfaultfd(2) not usable here")
 
@@ -308,7 +308,7 @@ def test_e2b_load_wrong_page_is_caught() -> None:
     fails(lambda: e2b.run_load("r", True, 10_000, False, handler.Options(zero=True)))
 
 
-from lib import write_load  # noqa: E402
+from cases.missing import write_load  # noqa: E402
 
 
 class DropsOp(write_load.Writer):

@@ -1,4 +1,4 @@
-"""Unit tests of lib.handler's REMOVE bookkeeping (the fixes made for the REMOVE area).
+"""Unit tests of lib.kernel.handler's REMOVE bookkeeping (the fixes made for the REMOVE area).
 
 Each test pins one rule of the serve loop that a case in cases/remove depends on; the
 in-process ones drive FaultServer directly with a fake uffd, the others run a real uffd in an
@@ -11,10 +11,11 @@ import errno
 import os
 
 from cases.remove.common import PAGE, WCHAN_EVENT, Async, madvise_async, read_async
-from lib import abi, child, memory
-from lib.handler import BEFORE_RESOLVE, CLEAN, REMOVED, ZERO, FaultServer, Options, Source
-from lib.serve import served
-from lib.uffd import MSG_WORDS, Msg, UffdError
+from lib.kernel import abi, memory, tasks
+from lib.kernel.handler import BEFORE_RESOLVE, CLEAN, REMOVED, ZERO, FaultServer, Options, Source
+from lib.kernel.serve import served
+from lib.kernel.uffd import MSG_WORDS, Msg, UffdError
+from lib.runner import isolation
 
 BASE = 0x7F0000000000
 SRC = 0x7E0000000000
@@ -182,7 +183,7 @@ def test_the_serve_loop_cannot_read_while_an_install_is_in_the_gate():
     t = Async(lambda: srv._resolve(u, fault(1)), "worker")
     srv.wait_held(tok, 5)
     reader = Async(lambda: srv._read_marking(r, 32), "serve loop")
-    child.wait_until(lambda: srv.gate._writers_waiting == 1, 5, "the serve loop to wait for the gate")
+    tasks.wait_until(lambda: srv.gate._writers_waiting == 1, 5, "the serve loop to wait for the gate")
     assert not reader.done()
     srv.release(tok)
     t.join(5)
@@ -213,5 +214,5 @@ def test_inline_serve_loop_reads_a_remove_that_makes_its_copy_fail_with_eagain()
     """workers=0: the serve loop itself resolves faults.  A REMOVE queued while it copies makes
     UFFDIO_COPY fail with EAGAIN until the message is read, and only the serve loop reads it:
     it must read pending events before retrying (it used to spin forever)."""
-    o = child.run_isolated(_inline_eagain, 30)
+    o = isolation.run_isolated(_inline_eagain, 30)
     assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"

@@ -1,7 +1,7 @@
 """Negative controls for cases/remove: every oracle of the area is shown to fail when the
 kernel or the handler misbehaves the way it is meant to catch.
 
-The case functions run in an isolated child with a deadline (lib.child.run_isolated), as under
+The case functions run in an isolated child with a deadline (lib.runner.isolation.run_isolated), as under
 run_suite.py; a control passes when the case *fails* (an assertion, or a timeout where the
 broken setup leaves a thread blocked).  The race cases are run against the deliberately wrong
 handler, ``Options(wrong_source_before_lock=True)``, in every placement.
@@ -19,9 +19,11 @@ from cases.remove.common import (
     check_zero,
     returns_within,
 )
-from lib import abi, check, child, libc, system
-from lib.handler import DISPATCHED, FaultServer, Options
-from lib.uffd import Msg
+from lib import check
+from lib.kernel import abi, libc, system
+from lib.kernel.handler import DISPATCHED, FaultServer, Options
+from lib.kernel.uffd import Msg
+from lib.runner import isolation
 
 ANON = Backing("anon")
 MEMFD = Backing("memfd")
@@ -31,11 +33,12 @@ TOPOLOGIES = ["thread", "process", "scm_rights"]
 WRONG = {"wrong_source_before_lock": True}
 
 
-def outcome(fn, timeout: float = 40) -> child.Outcome:
-    return child.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,), xfail_types=(pytest.xfail.Exception,))
+def outcome(fn, timeout: float = 40) -> isolation.Outcome:
+    return isolation.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,),
+                                  xfail_types=(pytest.xfail.Exception,))
 
 
-def fails(fn, timeout: float = 40, contains: str = "") -> child.Outcome:
+def fails(fn, timeout: float = 40, contains: str = "") -> isolation.Outcome:
     o = outcome(fn, timeout)
     if o.kind == "skip":
         pytest.skip(o.message)
@@ -54,7 +57,7 @@ def passes(fn, timeout: float = 40) -> None:
 @pytest.fixture(scope="module")
 def hugetlb_pool():
     """2 MiB hugetlb pages for the hugetlb controls, taken under the suite's machine-wide run
-    lock and journal (lib.system.SETTINGS) and put back afterwards."""
+    lock and journal (lib.kernel.system.SETTINGS) and put back afterwards."""
     if not system.is_root() or 2 * MiB not in system.hugetlb_sizes():
         pytest.skip("needs root and 2 MiB hugetlb pages")
     if not system.SETTINGS.acquire(timeout=600):
@@ -148,7 +151,7 @@ def test_race_pagemap_oracle_catches_a_kernel_that_does_not_zap_hugetlb(hugetlb_
 
 
 def _stats(log):
-    from lib.handler import Stats
+    from lib.kernel.handler import Stats
 
     return Stats(log=log, faults=[{"address": 0x2000, "flags": 0, "ptid": 7}])
 
@@ -198,7 +201,7 @@ def test_liveness_oracle_catches_a_blocked_madvise():
     """returns_within: a madvise whose REMOVE nobody reads does not return in 2 s."""
 
     def body():
-        from lib.uffd import open_for
+        from lib.kernel.uffd import open_for
 
         r = ANON.map(1)
         u = open_for(int(abi.Feature.EVENT_REMOVE))
@@ -428,7 +431,7 @@ def test_no_unmap_oracle_catches_an_event():
 
 
 def test_removes_oracle_catches_another_event():
-    from lib.uffd import Msg
+    from lib.kernel.uffd import Msg
 
     with pytest.raises(AssertionError, match="other than REMOVE"):
         test_delivery.removes([Msg(abi.Event.REMOVE, start=0, end=4096), Msg(abi.Event.UNMAP, start=0, end=4096)])
@@ -442,7 +445,7 @@ def test_hugetlb_map_failure_with_a_pool_is_a_failure(hugetlb_pool):
     """An mmap that fails although the pool has the pages is a failure, not a skip."""
     import errno
 
-    from lib import memory
+    from lib.kernel import memory
 
     def body():
         def refuse(*a, **kw):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.child import Outcome
+from lib.runner.isolation import Outcome
 
 _spec = importlib.util.spec_from_file_location("kmm_root_conftest_rv", Path(__file__).parent.parent / "conftest.py")
 assert _spec is not None and _spec.loader is not None

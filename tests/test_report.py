@@ -7,7 +7,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from junitparser import Error, Failure, JUnitXml, Skipped
 
-from lib import report
+from lib.runner import report
 
 RESULTS = [
     report.CaseResult("missing", "zeropage on anon", "pass", duration=0.01),

@@ -21,7 +21,8 @@ from xml.etree import ElementTree as ET
 import pytest
 from junitparser import JUnitXml
 
-from lib import report, system
+from lib.kernel import system
+from lib.runner import report
 from tests import junit_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,7 +231,7 @@ def test_settings_repaired_by_journal_after_sigkill(tmp_path):
 
 def test_a_swallowed_interrupt_still_ends_the_run(tmp_path):
     """The signal lands where Python swallows the handler's KeyboardInterrupt (an os.fork()
-    hook, see tests/data/runner/swallowed): lib.interrupt raises it again right after that fork
+    hook, see tests/data/runner/swallowed): lib.runner.interrupt raises it again right after that fork
     (before the forked case runs) or, at the latest, at the next case boundary."""
     p = run("swallowed", results=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
@@ -241,7 +242,7 @@ def test_a_swallowed_interrupt_still_ends_the_run(tmp_path):
 
 
 def test_interrupt_check_raises_a_swallowed_signal_again(monkeypatch):
-    from lib import interrupt
+    from lib.runner import interrupt
 
     monkeypatch.setattr(interrupt, "reason", None)
     interrupt.check()  # no signal yet: nothing to raise
@@ -322,7 +323,7 @@ def test_a_killed_run_never_claims_success(tmp_path):
 # -- results folders --------------------------------------------------------------------------
 
 def test_run_folders_are_unique_within_a_second(tmp_path):
-    from lib import results
+    from lib.runner import results
 
     made = [results.new_run_dir(tmp_path, "6.18 test", now=1e9) for _ in range(3)]
     assert len(set(made)) == 3 and all(p.is_dir() for p in made)
@@ -493,7 +494,7 @@ def test_timeout_names_the_function_and_line(tmp_path):
 
 
 def test_where_in_stack_reads_faulthandler_output():
-    from lib import child
+    from lib.runner import isolation
 
     dump = (
         "main 0x00007f0000000001\n"
@@ -501,15 +502,15 @@ def test_where_in_stack_reads_faulthandler_output():
         '  File "/usr/lib/python3.11/threading.py", line 320 in wait\n'
         "\n"
         "Current thread 0x00007f0000000001 (most recent call first):\n"
-        f'  File "{ROOT}/lib/libc.py", line 168 in read\n'
+        f'  File "{ROOT}/lib/kernel/libc.py", line 168 in read\n'
         f'  File "{ROOT}/cases/x/test_y.py", line 42 in test_z\n'
-        f'  File "{ROOT}/lib/child.py", line 482 in run_isolated\n'
+        f'  File "{ROOT}/lib/runner/isolation.py", line 482 in run_isolated\n'
         f'  File "{ROOT}/.venv/lib/python3.11/site-packages/_pytest/runner.py", line 1 in f\n'
     )
-    assert child.where_in_stack(dump) == "read (lib/libc.py:168), called from test_z (cases/x/test_y.py:42)"
-    trimmed = child.trim_stack(dump)
+    assert isolation.where_in_stack(dump) == "read (lib/kernel/libc.py:168), called from test_z (cases/x/test_y.py:42)"
+    trimmed = isolation.trim_stack(dump)
     assert "_pytest" not in trimmed and "main 0x" not in trimmed and 'File "cases/x/test_y.py"' in trimmed
-    assert child.where_in_stack("") == ""
+    assert isolation.where_in_stack("") == ""
 
 
 @root_only

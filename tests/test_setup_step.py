@@ -1,4 +1,4 @@
-"""lib.setup_step: a failing setup step is a failure naming the step; a probe's skip passes through."""
+"""lib.kernel.setup_step: a failing setup step is a failure naming the step; a probe's skip passes through."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import errno
 
 import pytest
 
-from lib import child, setup_step
-from lib.uffd import UffdError
+from lib.kernel import setup_step
+from lib.kernel.uffd import UffdError
+from lib.runner import isolation
 
 
 def test_oserror_becomes_a_failure_naming_the_step() -> None:
@@ -26,5 +27,5 @@ def test_the_isolation_layer_reports_it_as_a_failure() -> None:
         with setup_step.required("map it"):
             raise OSError(errno.ENOMEM, "mmap")
 
-    o = child.run_isolated(body, 10, skip_types=(pytest.skip.Exception,))
+    o = isolation.run_isolated(body, 10, skip_types=(pytest.skip.Exception,))
     assert (o.kind, o.message.split(":")[0]) == ("fail", "setup step failed"), (o.kind, o.message)

@@ -15,8 +15,9 @@ from cases.thp_collapse import collapse as C
 from cases.thp_collapse import test_collapse_contents as contents
 from cases.thp_collapse import test_collapse_uffd as uf
 from cases.thp_collapse import test_cow_collapse as cow
-from lib import abi, child, libc, system
-from lib.pagemap import Pagemap, folio_order
+from lib.kernel import abi, libc, system
+from lib.kernel.pagemap import Pagemap, folio_order
+from lib.runner import isolation
 
 pytestmark = [
     pytest.mark.skipif(not system.is_root(), reason="needs root (PFNs, kpageflags)"),
@@ -25,8 +26,8 @@ pytestmark = [
 PS, PMD = C.PS, C.PMD
 
 
-def isolated(fn, timeout: float = 30.0) -> child.Outcome:
-    return child.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,))
+def isolated(fn, timeout: float = 30.0) -> isolation.Outcome:
+    return isolation.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,))
 
 
 def collapsed_anon() -> C.Area:

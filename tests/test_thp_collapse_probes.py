@@ -15,7 +15,8 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse import probes, scratchfs
-from lib import check, libc, system
+from lib import check
+from lib.kernel import libc, system
 
 THP_Y = {"CONFIG_TRANSPARENT_HUGEPAGE": "y"}
 root = pytest.mark.skipif(not system.is_root(), reason="needs root")
@@ -225,18 +226,18 @@ def test_in_child_inside_a_case_under_the_runners_watchdog():
     """The collapse_fork cases run in_child inside the case process; with the runner's watchdog
     started, the nested case process must still deliver its verdict (it once closed a reused fd
     number and exited 'without a verdict')."""
-    from lib import child
+    from lib.runner import isolation
 
     def case() -> None:
         C.in_child(lambda: None, timeout=10)
         with pytest.raises(AssertionError, match="in the child: bad"):
             C.in_child(lambda: (_ for _ in ()).throw(AssertionError("bad")), timeout=10)
 
-    child.start_watchdog()
+    isolation.start_watchdog()
     try:
-        o = child.run_isolated(case, 30)
+        o = isolation.run_isolated(case, 30)
     finally:
-        child.stop_watchdog()
+        isolation.stop_watchdog()
     assert o.kind == "pass", o.message + o.details
 
 

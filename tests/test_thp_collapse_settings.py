@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import system
+from lib.kernel import system
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [

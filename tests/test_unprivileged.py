@@ -2,7 +2,7 @@
 unprivileged user may do (UFFD_USER_MODE_ONLY faults) runs and passes.
 
 Runs run_suite.py as nobody (setpriv, all capabilities dropped) on a representative selection:
-cases whose faults are all taken in user mode must *pass* there (lib.uffd.open_for opens them
+cases whose faults are all taken in user mode must *pass* there (lib.kernel.uffd.open_for opens them
 user-mode-only), cases that need a kernel-mode fault (read(2)/write(2) into registered memory,
 MADV_POPULATE_*) or a privileged feature (UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE) or root
 must skip with that precise reason, and nothing may fail or error.  ``judge`` holds those rules;
@@ -102,7 +102,7 @@ def test_unprivileged_probe():
     py = interpreter()
     if Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() != "0" or dev_open_to_all():
         pytest.skip("nobody may open a uffd that takes kernel-mode faults here")
-    code = ("import json; from lib import uffd, abi; a = uffd.probe(); u = uffd.open_for(0); "
+    code = ("import json; from lib.kernel import uffd, abi; a = uffd.probe(); u = uffd.open_for(0); "
             "print(json.dumps([a.syscall, a.syscall_user_only, a.dev, a.kernel_faults, a.auto_user_mode_only, "
             "sorted(abi.Feature(b).name for b in a.refused), a.features]))")
     p = subprocess.run([*NOBODY, py, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)

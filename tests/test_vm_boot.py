@@ -1,4 +1,4 @@
-"""lib.vm: real boots of Debian kernels under virtme-ng/QEMU, and fast checks without a VM.
+"""lib.runner.vm: real boots of Debian kernels under virtme-ng/QEMU, and fast checks without a VM.
 
 The tests marked ``vm`` boot a kernel (slow: about 15-35 s per boot on TCG). Run them with
 ``pytest -m vm tests/test_vm_boot.py -s`` to see the measured boot times. They are skipped
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import vm
-from lib.vm_console import BootStage, Verdict, parse_console
+from lib.runner import vm
+from lib.runner.vm_console import BootStage, Verdict, parse_console
 
 REPO = Path(__file__).resolve().parent.parent
 

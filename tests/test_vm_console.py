@@ -1,4 +1,4 @@
-"""Unit tests of lib.vm_console on recorded console streams (no VM needed).
+"""Unit tests of lib.runner.vm_console on recorded console streams (no VM needed).
 
 The captures in tests/data/console/ are described in its README.md; the time-out tests
 drive the watchdog with an explicit clock.
@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.vm_console import (
-    BootStage,
-    ConsoleWatchdog,
-    Verdict,
-    classify_kernel_line,
-    parse_console,
-)
+from lib.runner.vm_console import BootStage, ConsoleWatchdog, Verdict, classify_kernel_line, parse_console
 
 DATA = Path(__file__).parent / "data" / "console"
 

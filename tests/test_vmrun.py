@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import vmrun
-from lib.vm import VNG_ENV
+from lib.runner import vmrun
+from lib.runner.vm import VNG_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "runner"

@@ -4,16 +4,16 @@ Each control feeds an oracle a wrong world -- a handler that resolves a WP fault
 unprotecting, a handler that installs read faults unprotected, a scan whose expected region
 count is off by one page, a workload with one extra written page, a child that did see bit
 57 -- and asserts the oracle reports it.  Anything that touches userfaultfd memory runs in
-lib.child.run_isolated with a deadline, so a control that goes wrong cannot hang pytest.
+lib.runner.isolation.run_isolated with a deadline, so a control that goes wrong cannot hang pytest.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from lib import abi, libc, system
-from lib.child import run_isolated
-from lib.pagemap import Entry
+from lib.kernel import abi, libc, system
+from lib.kernel.pagemap import Entry
+from lib.runner.isolation import run_isolated
 
 pytestmark = pytest.mark.skipif(not system.is_root(), reason="needs root (pagemap PFNs, uffd WP on all memory)")
 
@@ -30,7 +30,7 @@ def isolated(fn, timeout: float = 30.0):
 # -- sync WP round trip ---------------------------------------------------------------------
 def _sync_case(resolve_name: str) -> None:
     from cases.wp_async.common import check_sync_wp, resolve_unprotect, sync_wp_write, wp_uffd
-    from lib import memory
+    from lib.kernel import memory
 
     resolvers = {
         "unprotect": resolve_unprotect,
@@ -75,7 +75,7 @@ def test_dirtiness_pure_functions() -> None:
 
 def _e2b(seq: str, policy: str, options_override: dict) -> None:
     from cases.wp_async.test_always_wp import POLICIES, SEQUENCES, Arm, check_sequence, run_sequence
-    from lib.handler import Options
+    from lib.kernel.handler import Options
 
     arm = Arm(seq, "4k", policy, "WP_ASYNC")
     opts = Options(**{**vars(POLICIES[policy]), **options_override})
@@ -99,9 +99,9 @@ def test_e2b_oracle_catches_wrong_page_served() -> None:
 
 # -- PAGEMAP_SCAN region counts ---------------------------------------------------------------
 def _async_written(claim: list[int]) -> None:
+    from cases.wp_async.backings import WpBacking
     from cases.wp_async.common import wp_uffd
     from cases.wp_async.test_async_wp import check_written, scan_written
-    from lib.wp_async_backing import WpBacking
 
     b = WpBacking("anon")
     r = b.map(8)
@@ -125,11 +125,11 @@ def test_region_oracle_catches_count_off_by_one_page(claim: list[int]) -> None:
 
 
 def _pmi_step(block: str, index: int, **kw) -> None:
-    from cases.wp_async import pmi
+    from cases.wp_async import pagemap_ioctl
 
-    ctx = pmi.Ctx()
+    ctx = pagemap_ioctl.Ctx()
     try:
-        results = list(getattr(pmi, block)(ctx, **kw))
+        results = list(getattr(pagemap_ioctl, block)(ctx, **kw))
     finally:
         ctx.close()
     ok, detail = results[index]
@@ -153,7 +153,7 @@ def _pmi_case(block_name: str, index: int, fail_call: str | None) -> None:
     import errno
 
     from cases.wp_async import test_pagemap_ioctl as tpi
-    from lib.uffd import UffdError, Userfaultfd
+    from lib.kernel.uffd import UffdError, Userfaultfd
 
     if fail_call is not None:
         def refuse(self, *a, **kw):
@@ -178,8 +178,9 @@ def test_pmi_failing_register_or_writeprotect_is_a_failure_not_a_skip(block_name
 # -- fork, markers, close -----------------------------------------------------------------------
 def _fork_bit(with_event: bool, expect: bool) -> None:
     from cases.wp_async.test_wp_fork import child_bit57
-    from lib import check, memory
-    from lib.serve import served
+    from lib import check
+    from lib.kernel import memory
+    from lib.kernel.serve import served
 
     r = memory.anon(4096)
     feats = int(abi.Feature.PAGEFAULT_FLAG_WP) | (int(abi.Feature.EVENT_FORK) if with_event else 0)
@@ -197,10 +198,10 @@ def test_fork_oracle_distinguishes_event() -> None:
 
 
 def _close_check(do_close: bool) -> None:
+    from cases.wp_async.backings import WpBacking
     from cases.wp_async.common import wp_bits
     from lib import check
-    from lib.uffd import open_for
-    from lib.wp_async_backing import WpBacking
+    from lib.kernel.uffd import open_for
 
     b = WpBacking("anon")
     r = b.map(2)
@@ -221,7 +222,8 @@ def test_close_oracle_catches_bits_left_behind() -> None:
 
 def _marker(protect: bool) -> None:
     from cases.wp_async.common import wp_bits, wp_uffd
-    from lib import check, memory
+    from lib import check
+    from lib.kernel import memory
 
     r = memory.anon(4096)
     feats = int(abi.Feature.PAGEFAULT_FLAG_WP | abi.Feature.WP_UNPOPULATED)

@@ -1,37 +1,38 @@
 """Fixtures of the COW area (all run in the pytest process, once per run).
 
 * ``cow_swap``: where no swap is active, a temporary zram swap device for the swapped-out
-  variants (lib.swap), removed at the end of the run (also after Ctrl-C/SIGTERM: session
+  variants (lib.kernel.swap), removed at the end of the run (also after Ctrl-C/SIGTERM: session
   teardown; after SIGKILL: the journal, replayed by the next run).  ``--kmm-no-swap-setup``
   turns it off; the swapped variants then skip as cow.c's do.  Requested only by cases
   whose backing swaps, so a run without them never touches swap.
-* ``gup_test``: the gup_test debugfs file, probed once (lib.cow_gup).
+* ``gup_test``: the gup_test debugfs file, probed once (cases.cow.gup).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from lib import cow_backings, cow_gup, swap, system
+from cases.cow import backings, gup
+from lib.kernel import swap, system
 
 
 @pytest.fixture(scope="session")
 def cow_swap(request: pytest.FixtureRequest):
     if request.config.getoption("--kmm-no-swap-setup"):
-        cow_backings.SWAP_STATE["note"] = "temporary swap set-up turned off (--no-swap-setup)"
+        backings.SWAP_STATE["note"] = "temporary swap set-up turned off (--no-swap-setup)"
         yield None
         return
     if system.swap_active():
-        cow_backings.SWAP_STATE["note"] = ""
+        backings.SWAP_STATE["note"] = ""
         yield None
         return
     try:
         dev = swap.create()
     except swap.SwapError as e:
-        cow_backings.SWAP_STATE["note"] = f"no temporary swap: {e}"
+        backings.SWAP_STATE["note"] = f"no temporary swap: {e}"
         yield None
         return
-    cow_backings.SWAP_STATE["note"] = f"temporary swap {dev.describe()}"
+    backings.SWAP_STATE["note"] = f"temporary swap {dev.describe()}"
     try:
         yield dev
     finally:
@@ -49,7 +50,7 @@ def _swap_for_swapped_variants(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def gup_test():
-    g = cow_gup.probe()
+    g = gup.probe()
     try:
         yield g
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.cow_backings import anon_backings, non_anon_backings
+from cases.cow.backings import anon_backings, non_anon_backings
 
 ANON = anon_backings()
 NON_ANON = non_anon_backings()

@@ -5,7 +5,7 @@ cow.c's message ("Leak from parent into child", "Leak from child into parent",
 "Longterm R/W pin is not reliable", "Longterm R/O pin is not reliable", "Other mapping
 modified").  Errors of the machinery (a child that crashed, a syscall that failed) raise.
 
-The parent/child handshake is cow.c's comm pipes (lib.child.CommPipes); a child's verdict
+The parent/child handshake is cow.c's comm pipes (lib.kernel.tasks.CommPipes); a child's verdict
 travels as its exit status (0 = it saw the old content, 1 = it did not, 2 = it failed).
 """
 
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, caps, child, libc, setup_step, system
-from lib.cow_backings import Snapshot
-from lib.cow_gup import GupTest, Pin
-from lib.cow_iouring import IoUringUnavailable, Ring
-from lib.pagemap import Entry, Pagemap, clear_soft_dirty
+from cases.cow.backings import Snapshot
+from cases.cow.gup import GupTest, Pin
+from cases.cow.iouring import IoUringUnavailable, Ring
+from lib.kernel import abi, caps, libc, setup_step, system, tasks
+from lib.kernel.pagemap import Entry, Pagemap, clear_soft_dirty
 
 RW = abi.PROT_READ | abi.PROT_WRITE
 MODIFY = 0xFF  # cow.c: "modify" is memset(mem, 0xff, size)
@@ -49,7 +49,7 @@ class NotReady(Exception):
     """The child exited before it signalled child_ready (it is reaped by finish_child)."""
 
 
-def wait_child_ready(comm: child.CommPipes, pid: int, timeout: float = TIMEOUT) -> None:
+def wait_child_ready(comm: tasks.CommPipes, pid: int, timeout: float = TIMEOUT) -> None:
     """Wait for the child's ready signal; a child that exits first raises NotReady (no hang)."""
     pidfd = libc.pidfd_open(pid)
     try:
@@ -67,13 +67,13 @@ def wait_child_ready(comm: child.CommPipes, pid: int, timeout: float = TIMEOUT) 
         os.close(pidfd)
 
 
-def not_ready_error(res: child.ChildResult) -> AssertionError:
+def not_ready_error(res: tasks.ChildResult) -> AssertionError:
     if res.exit_code == LOST:
         return AssertionError(FORK_LOST)
     return AssertionError(f"child failed before it was ready: {res.describe()}")
 
 
-def fork_waiting_child(comm: child.CommPipes) -> int:
+def fork_waiting_child(comm: tasks.CommPipes) -> int:
     """fork() a child that signals it is ready and waits for the parent (finish_child), so the
     parent's pages stay shared with it meanwhile; returns once it is ready.  A child that
     exits first is reaped here and NotReady raised."""
@@ -82,7 +82,7 @@ def fork_waiting_child(comm: child.CommPipes) -> int:
         comm.parent_ready.wait(TIMEOUT)
         return True
 
-    pid = child.fork_call(wait_in_child)
+    pid = tasks.fork_call(wait_in_child)
     try:
         wait_child_ready(comm, pid)
     except BaseException:
@@ -91,19 +91,19 @@ def fork_waiting_child(comm: child.CommPipes) -> int:
     return pid
 
 
-def finish_child(comm: child.CommPipes, pid: int) -> child.ChildResult:
+def finish_child(comm: tasks.CommPipes, pid: int) -> tasks.ChildResult:
     """Release the child (parent_ready) and reap it."""
     try:
         comm.parent_ready.signal()
     except OSError:
         pass
-    return child.reap(pid, TIMEOUT)
+    return tasks.reap(pid, TIMEOUT)
 
 
 LOST = 3  # child exit status: it did not see the parent's content right after fork()
 
 
-def child_verdict(res: child.ChildResult) -> bool:
+def child_verdict(res: tasks.ChildResult) -> bool:
     """True: the child saw the old content; False: it did not; raises when it failed."""
     if res.exit_code in (0, 1):
         return res.exit_code == 0
@@ -143,7 +143,7 @@ def map_ro_then_rw(addr: int, size: int) -> None:
 # A1-A4: the child checks, the parent modifies
 
 
-def child_memcmp(mem: int, size: int, comm: child.CommPipes, expect: int | None = None) -> bool | int:
+def child_memcmp(mem: int, size: int, comm: tasks.CommPipes, expect: int | None = None) -> bool | int:
     """Snapshot, let the parent modify, check the snapshot still holds (cow.c child_memcmp_fn).
 
     Beyond cow.c: with ``expect`` (the byte the parent filled the range with) the snapshot
@@ -156,7 +156,7 @@ def child_memcmp(mem: int, size: int, comm: child.CommPipes, expect: int | None 
     return old.matches(mem)
 
 
-def child_vmsplice_memcmp(mem: int, size: int, comm: child.CommPipes, expect: int | None = None) -> bool | int:
+def child_vmsplice_memcmp(mem: int, size: int, comm: tasks.CommPipes, expect: int | None = None) -> bool | int:
     """vmsplice() the range into a pipe (a R/O GUP reference), unmap it, let the parent
     modify, then the pipe must still give the old content (cow.c child_vmsplice_memcmp_fn;
     CVE-2020-29374).  The pipe is read only after the parent modified the memory."""
@@ -178,9 +178,9 @@ def cow_in_parent(mem: int, size: int, do_mprotect: bool,
     """fork(); the child checks with ``child_fn``; the parent modifies (after mprotect()
     R/O and back R/W when ``do_mprotect``).  cow.c do_test_cow_in_parent.  ``expect``: the
     byte the range holds before fork() (checked in the child, see child_memcmp)."""
-    comm = child.CommPipes()
+    comm = tasks.CommPipes()
     try:
-        pid = child.fork_call(lambda: child_fn(mem, size, comm, expect))
+        pid = tasks.fork_call(lambda: child_fn(mem, size, comm, expect))
         ready = False
         try:
             wait_child_ready(comm, pid)
@@ -211,7 +211,7 @@ def vmsplice_in_parent(mem: int, size: int, before_fork: bool, expect: int | Non
     do_test_vmsplice_in_parent).  ``expect`` as for cow_in_parent: the child checks it
     inherited the content before it modifies."""
     old = Snapshot.take(mem, size)
-    comm = child.CommPipes()
+    comm = tasks.CommPipes()
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         transferred = libc.vmsplice(w, mem, size) if before_fork else 0
@@ -223,7 +223,7 @@ def vmsplice_in_parent(mem: int, size: int, before_fork: bool, expect: int | Non
             libc.fill(mem, MODIFY, size)
             return LOST if lost else True
 
-        pid = child.fork_call(modify_in_child)
+        pid = tasks.fork_call(modify_in_child)
         try:
             if not before_fork:
                 transferred = libc.vmsplice(w, mem, size)
@@ -303,7 +303,7 @@ def iouring(mem: int, size: int, use_fork: bool, after_register: Callable[[], No
         if after_register is not None:
             after_register()
         sink = libc.memfd_create("kmm-cow-iouring")
-        comm = child.CommPipes()
+        comm = tasks.CommPipes()
         pid = None
         try:
             if use_fork:
@@ -360,7 +360,7 @@ def ro_pin(mem: int, size: int, test: str, fast: bool, gup: GupTest) -> str:
     do_test_ro_pin).  Skips without gup_test, or when START fails with EINVAL."""
     if gup.path is None:
         pytest.skip(gup.reason)
-    comm = child.CommPipes()
+    comm = tasks.CommPipes()
     pid = None
     try:
         if test in (RO_PIN_SHARED, RO_PIN_PREVIOUSLY_SHARED):
@@ -419,7 +419,7 @@ def observe_cow(mem: int, size: int, write: Callable[[], None] | None = None) ->
     the range (the child keeps its mapping untouched).  ``write`` replaces the write of the
     whole range (a hook for the negative controls in tests/test_cow_negative.py)."""
     n = size // libc.PAGE_SIZE
-    comm = child.CommPipes()
+    comm = tasks.CommPipes()
     with Pagemap() as pm:
         before = pm.entries(mem, n)
         pid = None

@@ -10,8 +10,8 @@ Reference: tools/testing/selftests/mm/cow.c test_cow_in_parent{,_mprotect}.
 """
 
 from cases.cow import oracles
+from cases.cow.backings import FILL
 from cases.cow.matrix import anon_cases
-from lib.cow_backings import FILL
 
 
 @anon_cases("Basic COW after fork()")

@@ -13,8 +13,8 @@ Reference: tools/testing/selftests/mm/cow.c test_vmsplice_*.
 import pytest
 
 from cases.cow import oracles
+from cases.cow.backings import FILL
 from cases.cow.matrix import anon_cases
-from lib.cow_backings import FILL
 
 
 def verdict(leak: str, hugetlb: bool) -> None:

@@ -18,8 +18,9 @@ unasserted and says so).  See cases/cow/oracles.py exclusivity_problems.
 import pytest
 
 from cases.cow import oracles
-from lib import abi, child, libc, needs, system
-from lib.cow_backings import AnonBacking
+from cases.cow.backings import AnonBacking
+from lib import check
+from lib.kernel import abi, libc, needs, system
 
 BACKINGS = [AnonBacking("base")]
 if system.pmd_size():
@@ -39,10 +40,10 @@ def test_pagemap_exclusive(backing) -> None:
         libc.madvise(m.addr, m.size, abi.Madv.NOHUGEPAGE)
         obs = oracles.observe_cow(m.addr, m.size)
     for line in oracles.summarize(obs):
-        child.diag(f"{backing.suffix}: {line}")
+        check.diag(f"{backing.suffix}: {line}")
     exact = True if backing.run == "base" else oracles.per_page_mapcount()
     if exact is None:
-        child.diag("kernel config unreadable: the other process's bit 56 after the COW is not asserted "
+        check.diag("kernel config unreadable: the other process's bit 56 after the COW is not asserted "
                    "(it depends on CONFIG_NO_PAGE_MAPCOUNT)")
     problems = oracles.exclusivity_problems(obs, other_mapcount_exact=bool(exact))
     assert not problems, "; ".join(problems)

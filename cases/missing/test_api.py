@@ -11,8 +11,9 @@ import errno
 
 import pytest
 
-from lib import abi, check, needs
-from lib.uffd import Userfaultfd
+from lib import check
+from lib.kernel import abi, needs
+from lib.kernel.uffd import Userfaultfd
 
 
 @pytest.mark.parametrize("via", ["syscall", "dev"],

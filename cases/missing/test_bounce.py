@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lib import abi, check, libc, memory, system
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.uffd import Msg, UffdError, Userfaultfd, open_for
+from cases.missing import support as uut
+from lib import check
+from lib.kernel import abi, libc, memory, system
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.uffd import Msg, UffdError, Userfaultfd, open_for
 
 BOUNCE_RANDOM, BOUNCE_RACING, BOUNCE_VERIFY, BOUNCE_POLL = 1, 2, 4, 8
 BOUNCES = 16
@@ -330,7 +331,7 @@ def test_bounce(bm: BounceMem) -> None:
     uut.need_type(mt, npages=2 * bm.nr_pages)
     if bm.nr_pages < nr_cpus():
         pytest.skip("fewer pages than CPUs")
-    from lib.child import note
+    from lib.check import note
 
     for line in run_bounce(mt, bm.nr_pages):
         note(line)

@@ -28,11 +28,13 @@ import threading
 
 import pytest
 
-from lib import abi, check, libc
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.child import Pipe, note, reap, task_state, task_wchan, wait_task_state
-from lib.uffd import Userfaultfd, open_for
+from cases.missing import support as uut
+from lib import check
+from lib.check import note
+from lib.kernel import abi, libc
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.tasks import Pipe, reap, task_state, task_wchan, wait_task_state
+from lib.kernel.uffd import Userfaultfd, open_for
 
 MEMS = mem_types()
 

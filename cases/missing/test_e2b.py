@@ -15,7 +15,7 @@ present.
 Loads (TestSerialMissing..., 4 KiB anon, 2 pages, page 0), e2b's counts: 1,000,000 serial or
 parallel reads or writes; after one prefaulting op, 10,000 parallel reads or 1,000,000 parallel
 writes.  Each read compares the whole page with the source.  Each writer stores its own tags
-in its slice of the page (lib.write_load): every round of its writes must hold, and after the
+in its slice of the page (cases.missing.write_load): every round of its writes must hold, and after the
 load the page must hold exactly the writers' last tags and the handler's source bytes
 elsewhere (a write lost, or a page re-installed over written data, shows).  Afterwards also:
 the handler has no errors and only page 0 installed, every fault message was for page 0.
@@ -27,12 +27,14 @@ import threading
 
 import pytest
 
-from lib import abi, check, handler, libc, memory, needs, write_load
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.child import wait_until
-from lib.pagemap import Pagemap
-from lib.serve import served
+from cases.missing import support as uut
+from cases.missing import write_load
+from lib import check
+from lib.kernel import abi, handler, libc, memory, needs
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.serve import served
+from lib.kernel.tasks import wait_until
 
 HUGE = [m for m in mem_types(("hugetlb-private",))]
 ANON = MemType("anon")
@@ -183,7 +185,7 @@ def run_load(op: str, parallel: bool, n: int, prefault: bool, options: handler.O
              writer: type[write_load.Writer] = write_load.Writer) -> None:
     """The load on page 0 of a 2-page area served from another process.
 
-    Reads: each compares the whole page with the source.  Writes (lib.write_load): each writer
+    Reads: each compares the whole page with the source.  Writes (cases.missing.write_load): each writer
     stores its own tags in its slice of the page and checks every round of them held; after
     the load the page must hold exactly the writers' last tags in their slices and the
     handler's source bytes elsewhere.  ``writer`` is a hook for the negative controls."""

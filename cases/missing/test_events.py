@@ -2,7 +2,7 @@
 
 The area is registered MISSING (plus WP for events-wp, pages installed write-protected) on a
 uffd with EVENT_FORK, EVENT_REMAP and EVENT_REMOVE; the monitor runs in its own process
-(lib.handler's FaultServer: it serves the child's mm through the uffd that arrives in the FORK
+(lib.kernel.handler's FaultServer: it serves the child's mm through the uffd that arrives in the FORK
 message).  A forked child ("faulting process"):
 
 1. reads and writes back the counters of the first half of the pages (missing faults, served
@@ -24,11 +24,13 @@ from collections import Counter
 
 import pytest
 
-from lib import abi, check, handler, libc
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.child import CommPipes, note
-from lib.serve import flush, served
+from cases.missing import support as uut
+from lib import check
+from lib.check import note
+from lib.kernel import abi, handler, libc
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.serve import flush, served
+from lib.kernel.tasks import CommPipes
 
 MEMS = mem_types()
 EVENT_FEATURES = abi.Feature.EVENT_FORK | abi.Feature.EVENT_REMAP | abi.Feature.EVENT_REMOVE

@@ -16,10 +16,11 @@ import os
 
 import pytest
 
-from lib import abi, check, libc, needs
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.serve import served
+from cases.missing import support as uut
+from lib import check
+from lib.kernel import abi, libc, needs
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.serve import served
 
 MEMS = mem_types()
 DATA = b"kernel-mode fault " * 16
@@ -61,7 +62,7 @@ def run_kernel_mode(mt: MemType, op: str, user_mode_only: bool, open_user_mode_o
 
 
 class _src:
-    """The area's src as a lib.handler source (the thread handler only needs .addr)."""
+    """The area's src as a lib.kernel.handler source (the thread handler only needs .addr)."""
 
     def __init__(self, a: uut.Area) -> None:
         self.addr, self.size = a.src.addr, a.size

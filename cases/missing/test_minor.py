@@ -21,11 +21,12 @@ import os
 
 import pytest
 
-from lib import abi, check, libc, setup_step, system
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.pagemap import Pagemap, smaps_kb
-from lib.uffd import open_for
+from cases.missing import support as uut
+from lib import check
+from lib.kernel import abi, libc, setup_step, system
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.pagemap import Pagemap, smaps_kb
+from lib.kernel.uffd import open_for
 
 MEMS = [m for m in mem_types(("shmem", "hugetlb"))]
 MINOR_FEATURES = abi.Feature.MINOR_HUGETLBFS | abi.Feature.MINOR_SHMEM

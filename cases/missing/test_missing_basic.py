@@ -11,11 +11,12 @@ case runs unprivileged as well.
 
 import pytest
 
-from lib import abi, check, libc, needs
-from lib.backing import MemType
-from lib.handler import Options, Source
-from lib.pagemap import Pagemap
-from lib.serve import served
+from lib import check
+from lib.kernel import abi, libc, needs
+from lib.kernel.backing import MemType
+from lib.kernel.handler import Options, Source
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.serve import served
 
 BACKINGS = [MemType("anon"), MemType("hugetlb-private", 2 * 1024 * 1024)]
 OPS = ["read", "write"]

@@ -17,11 +17,12 @@ import threading
 
 import pytest
 
-from lib import abi, check, libc, memory
-from lib import missing_uut as uut
-from lib.backing import MemType
-from lib.child import wait_task_state, wait_until
-from lib.uffd import Userfaultfd, open_for
+from cases.missing import support as uut
+from lib import check
+from lib.kernel import abi, libc, memory
+from lib.kernel.backing import MemType
+from lib.kernel.tasks import wait_task_state, wait_until
+from lib.kernel.uffd import Userfaultfd, open_for
 
 FEATURES = (abi.Feature.EVENT_REMOVE | abi.Feature.MOVE | abi.Feature.POISON | abi.Feature.MINOR_SHMEM
             | abi.Feature.MISSING_SHMEM)

@@ -17,9 +17,10 @@ import errno
 
 import pytest
 
-from lib import abi, check, libc, memory, needs, system
-from lib import missing_uut as uut
-from lib.uffd import Msg, UffdError, Userfaultfd, open_for
+from cases.missing import support as uut
+from lib import check
+from lib.kernel import abi, libc, memory, needs, system
+from lib.kernel.uffd import Msg, UffdError, Userfaultfd, open_for
 
 PS = memory.PAGE_SIZE
 NPAGES = 2048  # 8 MiB: four PMDs

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from lib import abi, check
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.child import note
-from lib.uffd import Msg, Userfaultfd, open_for
+from cases.missing import support as uut
+from lib import check
+from lib.check import note
+from lib.kernel import abi
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.uffd import Msg, Userfaultfd, open_for
 
 MEMS = mem_types()
 BUS_MCEERR_AR = 4

@@ -20,10 +20,11 @@ from collections.abc import Callable
 
 import pytest
 
-from lib import abi, check
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.uffd import Userfaultfd, open_for
+from cases.missing import support as uut
+from lib import check
+from lib.kernel import abi
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.uffd import Userfaultfd, open_for
 
 MEMS = mem_types()
 B = abi.IoctlBit

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import pytest
 
-from lib import abi, check
-from lib import missing_uut as uut
-from lib.backing import MemType, mem_types
-from lib.serve import flush, served
+from cases.missing import support as uut
+from lib import check
+from lib.kernel import abi
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.serve import flush, served
 
 MEMS = mem_types()
 SIGBUS_FEATURES = abi.Feature.SIGBUS | abi.Feature.EVENT_FORK

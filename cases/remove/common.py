@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, check, libc, memory, needs, pagemap, system
-from lib.backing import missing_feature_for, wp_feature_for
-from lib.child import Deadline, task_state, task_wchan, wait_until
-from lib.handler import Options, Source, Stats
+from lib import check
+from lib.kernel import abi, libc, memory, needs, pagemap, system
+from lib.kernel.backing import missing_feature_for, wp_feature_for
+from lib.kernel.handler import Options, Source, Stats
+from lib.kernel.tasks import Deadline, task_state, task_wchan, wait_until
 
 PAGE = libc.PAGE_SIZE
 MiB, GiB = system.MiB, system.GiB
@@ -234,7 +235,7 @@ def check_no_errors(st: Stats) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# callers in threads (they touch memory only through lib.libc: docs/ARCHITECTURE.md rule 1)
+# callers in threads (they touch memory only through lib.kernel.libc: docs/ARCHITECTURE.md rule 1)
 
 
 class Async:

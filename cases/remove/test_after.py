@@ -35,10 +35,11 @@ from cases.remove.common import (
     ranges_of,
     read_async,
 )
-from lib import abi, check, libc
-from lib.handler import REMOVED, ZERO, Options, Stats
-from lib.pagemap import Pagemap
-from lib.serve import flush, served
+from lib import check
+from lib.kernel import abi, libc
+from lib.kernel.handler import REMOVED, ZERO, Options, Stats
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.serve import flush, served
 
 MARK = 0x5A
 

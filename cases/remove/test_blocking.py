@@ -36,11 +36,13 @@ from cases.remove.common import (
     read_async,
     write_async,
 )
-from lib import abi, check, libc
-from lib.child import note, task_state
-from lib.handler import BEFORE_RESOLVE
-from lib.serve import flush, served
-from lib.uffd import UffdError, open_for
+from lib import check
+from lib.check import note
+from lib.kernel import abi, libc
+from lib.kernel.handler import BEFORE_RESOLVE
+from lib.kernel.serve import flush, served
+from lib.kernel.tasks import task_state
+from lib.kernel.uffd import UffdError, open_for
 
 MARK = b"written while the REMOVE was unread"
 

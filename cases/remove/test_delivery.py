@@ -40,10 +40,11 @@ from cases.remove.common import (
     matrix,
     read_async,
 )
-from lib import abi, check, libc, memory
-from lib.child import Deadline
-from lib.serve import served
-from lib.uffd import Userfaultfd, open_for
+from lib import check
+from lib.kernel import abi, libc, memory
+from lib.kernel.serve import served
+from lib.kernel.tasks import Deadline
+from lib.kernel.uffd import Userfaultfd, open_for
 
 MISSING, WP = abi.RegisterMode.MISSING, abi.RegisterMode.WP
 

@@ -34,9 +34,10 @@ from cases.remove.common import (
     read_async,
     write_async,
 )
-from lib import check, libc
-from lib.handler import Options
-from lib.serve import flush, served
+from lib import check
+from lib.kernel import libc
+from lib.kernel.handler import Options
+from lib.kernel.serve import flush, served
 
 MARK = b"gated write"
 

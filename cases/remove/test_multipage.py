@@ -28,9 +28,10 @@ from cases.remove.common import (
     ranges_of,
     read_async,
 )
-from lib import check, libc
-from lib.handler import Options
-from lib.serve import flush, served
+from lib import check
+from lib.kernel import libc
+from lib.kernel.handler import Options
+from lib.kernel.serve import flush, served
 
 NPAGES, TOUCHED, SPAN = 6, (0, 2), (1, 5)
 MARK = 0x5A

@@ -1,6 +1,6 @@
 """Deterministic races between a fault being served and a REMOVE, driven by handler barriers.
 
-No sleeps: a worker serving page 1 is parked at a barrier point of lib.handler (``before_lock``:
+No sleeps: a worker serving page 1 is parked at a barrier point of lib.kernel.handler (``before_lock``:
 before it enters the install gate; ``before_resolve``: about to fetch its source page, still
 outside the gate), the racing madvise is issued, then the worker is released.  The handler runs two
 workers so the serve loop keeps reading the uffd while one worker is parked.
@@ -47,10 +47,12 @@ from cases.remove.common import (
     read_async,
     returns_within,
 )
-from lib import check, libc
-from lib.child import note, wait_until
-from lib.handler import BEFORE_LOCK, BEFORE_RESOLVE, REMOVED, Options
-from lib.serve import Served, flush, served
+from lib import check
+from lib.check import note
+from lib.kernel import libc
+from lib.kernel.handler import BEFORE_LOCK, BEFORE_RESOLVE, REMOVED, Options
+from lib.kernel.serve import Served, flush, served
+from lib.kernel.tasks import wait_until
 
 NPAGES = 2  # the racing page is the last one (the only one of a 1 GiB backing)
 MADVISE_BUDGET = WAIT  # madvise must not wait for the parked worker (e2b allows it 2 s; we judge by state)

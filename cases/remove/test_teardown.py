@@ -38,10 +38,11 @@ from cases.remove.common import (
     read_async,
     returns_within,
 )
-from lib import abi, check, handler, libc
-from lib.child import note
-from lib.serve import flush, served
-from lib.uffd import open_for
+from lib import check
+from lib.check import note
+from lib.kernel import abi, handler, libc
+from lib.kernel.serve import flush, served
+from lib.kernel.uffd import open_for
 
 UNMAP = int(abi.Feature.EVENT_UNMAP)
 MARK = 0x5A

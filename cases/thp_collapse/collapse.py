@@ -42,8 +42,10 @@ import pytest
 
 from cases.thp_collapse import khwait, probes
 from cases.thp_collapse.scratchfs import ScratchFs, Unavailable
-from lib import abi, check, child, libc, system
-from lib.pagemap import Pagemap, folio_order
+from lib import check
+from lib.kernel import abi, libc, system, tasks
+from lib.kernel.pagemap import Pagemap, folio_order
+from lib.runner import isolation
 
 PS = libc.PAGE_SIZE
 PMD = system.pmd_size()
@@ -377,7 +379,7 @@ _BLOCK = 1024  # folios up to order 9 lie inside one 1024-aligned PFN block (nat
 
 
 def _folio_order(fd: int, pfn: int) -> int:
-    """lib.pagemap.folio_order with one pread per folio (same COMPOUND_HEAD/TAIL walk) over the
+    """lib.kernel.pagemap.folio_order with one pread per folio (same COMPOUND_HEAD/TAIL walk) over the
     folio's 1024-aligned PFN block and the page after it (where a folio ending at the block's
     end shows its end); falls back to it for folios larger than the block."""
     base = pfn & ~(_BLOCK - 1)
@@ -530,7 +532,7 @@ def khugepaged_running() -> bool:
 
 
 def khugepaged_pid() -> int:
-    for pid, comm, fields in child.proc_stats():
+    for pid, comm, fields in tasks.proc_stats():
         if comm == "khugepaged" and int(fields[1]) == 2:  # a kernel thread (child of kthreadd)
             return pid
     return 0
@@ -589,7 +591,7 @@ def collapse(v: Variant, area: Area, nwin: int, expect: bool, what: str, sanity:
             # the PMD mapping appears on the next fault (khugepaged.c refaults after the wait)
             libc.madvise(area.addr, length, MADV.POPULATE_READ)
         libc.madvise(area.addr, length, MADV.NOHUGEPAGE)
-        child.note(f"{what}: khugepaged collapsed={r.collapsed} after {r.scans} full scans, "
+        check.note(f"{what}: khugepaged collapsed={r.collapsed} after {r.scans} full scans, "
                    f"pages_collapsed +{r.pages_collapsed}, {r.seconds:.2f}s")
     else:
         libc.madvise(area.addr, length, MADV.HUGEPAGE)  # clear VM_NOHUGEPAGE
@@ -629,15 +631,15 @@ def require(v: Variant) -> None:
         if not v.khugepaged:
             raise RuntimeError(f"{v.name}: MADV_COLLAPSE collapses to the PMD size only; no such variant exists")
         ok, why = probes.mthp_khugepaged(v.size // system.KiB, system.THP)
-        child.note(why)
+        check.note(why)
         if not ok:
             pytest.skip(why)
     if v.mem in FILES:
         ok, why = probes.file_collapse(v.mem, system.kernel_config())
-        child.note(why)
+        check.note(why)
         if not ok:
             pytest.skip(why)
-        child.note(f"file on {fs_type(file_dir())}")
+        check.note(f"file on {fs_type(file_dir())}")
 
 
 def fs_type(path: str) -> str:
@@ -658,7 +660,7 @@ def fs_type(path: str) -> str:
 
 def in_child(fn, timeout: float = KH_DEADLINE - 20) -> None:
     """Run ``fn`` in a forked, isolated child; its failure becomes this process's failure."""
-    o = child.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,))
+    o = isolation.run_isolated(fn, timeout, skip_types=(pytest.skip.Exception,))
     if o.kind == "skip":
         pytest.skip(o.message)
     if o.kind == "error" and o.message.startswith(check.CANNOT_TEST_PREFIX):
@@ -668,7 +670,7 @@ def in_child(fn, timeout: float = KH_DEADLINE - 20) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# userfaultfd helpers (rule 1: registered memory is touched only through lib.libc, from a
+# userfaultfd helpers (rule 1: registered memory is touched only through lib.kernel.libc, from a
 # thread that does not hold the GIL while blocked)
 
 

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 
-from lib import system
+from lib.kernel import system
 
 PREFIX = "kmm-collapse-fs-"
 IMAGE_MIB = 320  # mkfs.xfs refuses filesystems below 300 MiB; the image is sparse

@@ -14,8 +14,8 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse.collapse import ANON, PS, SHMEM, Variant
-from lib import libc
-from lib.pagemap import Pagemap
+from lib.kernel import libc
+from lib.kernel.pagemap import Pagemap
 
 EVERY = 3  # pages 0, 3, 6, ... are populated
 MAGIC = 0x6B6D6D2D636F6C6C

@@ -20,9 +20,10 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse.collapse import ANON, PS, SHMEM, Variant
-from lib import abi, child, libc, needs
-from lib.pagemap import Pagemap
-from lib.uffd import open_for
+from lib import check
+from lib.kernel import abi, libc, needs
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.uffd import open_for
 
 F = abi.Feature
 MODE = abi.RegisterMode
@@ -64,7 +65,7 @@ def do_collapse(v: Variant, area: C.Area) -> str:
         e = C.madvise_collapse(area.addr, area.size)
         what = f"MADV_COLLAPSE: {C.check.errname(e or None)}"
     libc.madvise(area.addr, area.size, C.MADV.NOHUGEPAGE)
-    child.note(f"{what}; {C.describe(area.addr, area.size, area.mem)}")
+    check.note(f"{what}; {C.describe(area.addr, area.size, area.mem)}")
     return what
 
 

@@ -21,8 +21,9 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse.collapse import MADV, PS
-from lib import abi, child, libc, system
-from lib.child import CommPipes
+from lib import check
+from lib.kernel import abi, libc, system, tasks
+from lib.kernel.tasks import CommPipes
 
 CASES = {
     "unshared": "Basic COW after fork() when collapsing before fork()",
@@ -66,18 +67,18 @@ def leak_check(addr: int, size: int, child_part: tuple[int, int], between, modif
     child") otherwise; a refusal raised by ``between`` is passed on after releasing the child."""
     pipes = CommPipes()
     off, length = child_part
-    pid = child.fork_call(lambda: child_memcmp(addr + off, length, pipes))
+    pid = tasks.fork_call(lambda: child_memcmp(addr + off, length, pipes))
     try:
         pipes.child_ready.wait()
         try:
             between()
         except BaseException:
             pipes.parent_ready.signal()
-            child.reap(pid, 5)
+            tasks.reap(pid, 5)
             raise
         (modify or (lambda: libc.fill(addr, 0xFF, size)))()
         pipes.parent_ready.signal()
-        r = child.reap(pid)
+        r = tasks.reap(pid)
     finally:
         pipes.close()
     if r.exit_code != 0:
@@ -93,7 +94,7 @@ def collapse_or_skip(addr: int, size: int, when: str) -> None:
         pytest.skip(f"MADV_COLLAPSE failed: {e.strerror} ({when}; {C.describe(addr, size)})")
     if not C.pmd_mapped_thp(addr, size):
         raise AssertionError(f"after MADV_COLLAPSE {when}: range is not one PMD-mapped THP ({C.describe(addr, size)})")
-    child.note(f"PMD-mapped after MADV_COLLAPSE {when}: {C.describe(addr, size)}")
+    check.note(f"PMD-mapped after MADV_COLLAPSE {when}: {C.describe(addr, size)}")
 
 
 @pytest.mark.parametrize("p", params())
@@ -118,7 +119,7 @@ def test_cow_collapse(p: CowSize) -> None:
             break
     else:
         raise AssertionError(f"prelude: THP is not PTE-mapped ({C.describe(r.addr, size)})")
-    child.note(f"PTE-mapped before the collapse: {C.describe(r.addr, size)}")
+    check.note(f"PTE-mapped before the collapse: {C.describe(r.addr, size)}")
     half = size // 2
     if p.test == "unshared":
         collapse_or_skip(r.addr, size, "before fork()")

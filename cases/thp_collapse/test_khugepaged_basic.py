@@ -13,7 +13,7 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant, file_fs, scratch_fs
-from lib import libc
+from lib.kernel import libc
 
 ALL_MEMS = (ANON, FILE, FILE_RW, SHMEM)
 

@@ -11,7 +11,7 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse.collapse import ANON, FILE, FILE_RW, MADV, PS, SHMEM, Variant, file_fs, scratch_fs
-from lib import abi, libc
+from lib.kernel import abi, libc
 
 FIXTURES = (file_fs, scratch_fs)  # the file contexts' scratch filesystem (pytest fixtures)
 

@@ -11,7 +11,7 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse.collapse import ANON, MADV, PS, Variant
-from lib import libc
+from lib.kernel import libc
 
 
 @pytest.mark.parametrize("v", C.variants("collapse_fork"))

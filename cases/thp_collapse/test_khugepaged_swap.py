@@ -3,7 +3,7 @@
 Upstream: tools/testing/selftests/mm/khugepaged.c (collapse_swapin_single_pte,
 collapse_max_ptes_swap); Documentation/admin-guide/mm/transhuge.rst (max_ptes_swap: how many
 swapped-out pages khugepaged swaps in for a collapse; MADV_COLLAPSE ignores it).  Needs swap:
-a temporary zram swap device (lib.swap) is set up for this module when none is active, and
+a temporary zram swap device (lib.kernel.swap) is set up for this module when none is active, and
 removed after it; without one the cases SKIP ("no swap").
 """
 
@@ -11,7 +11,7 @@ import pytest
 
 from cases.thp_collapse import collapse as C
 from cases.thp_collapse.collapse import ANON, MADV, PS, Variant
-from lib import libc, system
+from lib.kernel import libc, system
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def swap(request):
         yield None
         return
     try:
-        from lib import swap as swapmod
+        from lib.kernel import swap as swapmod
     except ImportError:
         yield None
         return

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from lib import abi, check, child, libc
-from lib.memory import Region
-from lib.pagemap import Pagemap
-from lib.uffd import Msg, Userfaultfd, open_for
+from lib import check
+from lib.kernel import abi, libc, tasks
+from lib.kernel.memory import Region
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.uffd import Msg, Userfaultfd, open_for
 
 F = abi.Feature
 WP = abi.RegisterMode.WP
@@ -94,11 +95,11 @@ class Toucher:
         while True:
             if self.join(0.002):
                 return True
-            if child.task_state(self.tid) in "DS" and "userfault" in child.task_wchan(self.tid):
+            if tasks.task_state(self.tid) in "DS" and "userfault" in tasks.task_wchan(self.tid):
                 return False
             if time.monotonic() > deadline:
                 raise check.CannotTest(f"thread {self.tid} neither finished its access nor blocked in a "
-                                       f"userfault within {timeout:g}s (state {child.task_state(self.tid)!r})")
+                                       f"userfault within {timeout:g}s (state {tasks.task_state(self.tid)!r})")
 
 
 def read_does_not_fault(u: Userfaultfd, addr: int, length: int) -> tuple[bool, list[Msg]]:
@@ -153,7 +154,7 @@ def sync_wp_write(
     obs = SyncObservation()
     base = addr & ~(unit - 1)
     w = Toucher(lambda: libc.write(addr, data)).start()
-    d = child.Deadline(timeout)
+    d = tasks.Deadline(timeout)
     while not u.wait(0.002):
         if w.done():
             obs.writer_done_early = True
@@ -161,20 +162,20 @@ def sync_wp_write(
         if d.expired():
             raise check.CannotTest(f"the writer neither faulted nor finished within {timeout:g}s")
     obs.fault = u.read_msgs(1)[0]
-    obs.writer_state = child.wait_task_state(w.tid, "SD", timeout)
+    obs.writer_state = tasks.wait_task_state(w.tid, "SD", timeout)
     obs.writer_done_early = w.done()
     obs.content_while_blocked = libc.read(addr, len(data))
     with Pagemap() as pm:
         obs.wp_while_blocked = pm.entry(addr).uffd_wp
     resolve(u, base, unit)
-    d = child.Deadline(timeout)
+    d = tasks.Deadline(timeout)
     while True:
         if w.join(0.002):
             break
         if u.wait(0):
             obs.refaults += u.read_msgs()
             break
-        if (child.task_state(w.tid) in "DS" and "userfault" in child.task_wchan(w.tid) and not u.wait(0)
+        if (tasks.task_state(w.tid) in "DS" and "userfault" in tasks.task_wchan(w.tid) and not u.wait(0)
                 and not w.done()):
             break  # still blocked in the fault with nothing to read: the resolution did not wake it
         if d.expired():

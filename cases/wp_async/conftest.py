@@ -1,6 +1,6 @@
 """Fixtures of the write-protect area (pytest process).
 
-``wp_swap``: where no swap is active, a temporary zram swap device (lib.swap, the facility
+``wp_swap``: where no swap is active, a temporary zram swap device (lib.kernel.swap, the facility
 the COW area uses too) for the MADV_PAGEOUT + swap-in cases; removed at the end of the run
 (journalled against SIGKILL).  ``--kmm-no-swap-setup`` turns it off and those cases skip.
 Its value is a note for skip reasons ("" when swap is active).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib import swap, system
+from lib.kernel import swap, system
 
 
 @pytest.fixture(scope="session")

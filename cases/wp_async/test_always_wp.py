@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, check, child, libc, system
-from lib.handler import Options, Source
-from lib.pagemap import Pagemap
-from lib.serve import served
-from lib.wp_async_backing import WpBacking
+from cases.wp_async.backings import WpBacking
+from lib import check
+from lib.kernel import abi, libc, system, tasks
+from lib.kernel.handler import Options, Source
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.serve import served
 
 NPAGES = 4
 MARK = b"e2b-dirty-write!"
@@ -117,7 +118,7 @@ def run_sequence(b: WpBacking, ops, options: Options, sync: bool):
                 libc.write(addr, MARK)
                 written.add(i)
         # the handler counts a fault after the ioctl that woke the toucher: wait for the tally
-        st = child.wait_until(lambda: _settled(s.stats()), 5, "the handler to account every fault")
+        st = tasks.wait_until(lambda: _settled(s.stats()), 5, "the handler to account every fault")
         with Pagemap() as pm:
             entries = pm.entries(r.addr, NPAGES, unit)
         final = [libc.read(r.page(i), 64) if e.present else b"" for i, e in enumerate(entries)]

@@ -12,10 +12,11 @@ subpages become written; on hugetlb the unit is the huge page.
 
 import pytest
 
+from cases.wp_async.backings import backings
 from cases.wp_async.common import wp_bits, wp_uffd
-from lib import abi, check, libc
-from lib.pagemap import Pagemap
-from lib.wp_async_backing import backings
+from lib import check
+from lib.kernel import abi, libc
+from lib.kernel.pagemap import Pagemap
 
 BACKINGS = backings()
 WRITTEN = int(abi.PageIs.WRITTEN)

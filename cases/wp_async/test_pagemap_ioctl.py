@@ -1,6 +1,6 @@
 """tools/testing/selftests/mm/pagemap_ioctl.c, result for result (117, upstream order and names).
 
-What each result checks is the upstream check (see cases/wp_async/pmi.py and
+What each result checks is the upstream check (see cases/wp_async/pagemap_ioctl.py and
 tools/testing/selftests/mm/pagemap_ioctl.c): PAGEMAP_SCAN argument validation, region merging and counts,
 max_pages / vec_len / walk_end, PM_SCAN_WP_MATCHING get-and-reset, WP_ASYNC dirty tracking on
 anon, THP, hugetlb (SysV, MAP_HUGETLB, memfd) and file memory, mprotect interplay, concurrent
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from cases.wp_async import pmi
-from lib import needs, setup_step, system
+from cases.wp_async import pagemap_ioctl
+from lib.kernel import needs, setup_step, system
 
 HUGETLB_2M = 2 * system.MiB
 
@@ -60,11 +60,11 @@ def _steps() -> list[Step]:
     add("sd_two_regions", [sd + "Two regions"])
     add("sd_smaller_max_pages", [sd + "Smaller max_pages"])
     add("sd_smaller_vec", ["Smaller vec"])
-    add("sd_walk_end", pmi.WALK_END_NAMES)
-    for kind in pmi.BASE_BACKINGS:
+    add("sd_walk_end", pagemap_ioctl.WALK_END_NAMES)
+    for kind in pagemap_ioctl.BASE_BACKINGS:
         need = "thp" if kind.startswith("Huge page") else ("hugetlb" if kind.startswith("Hugetlb") else "")
         prefix = kind.replace(" (2)", "")
-        add("base:" + kind, [f"{prefix} {n}" for n in pmi.BASE_NAMES], need)
+        add("base:" + kind, [f"{prefix} {n}" for n in pagemap_ioctl.BASE_NAMES], need)
     hp = "hpage_unit_tests "
     add("hpage_block1", [hp + n for n in (
         "all new huge page must not be written (dirty)", "all the huge page must not be written",
@@ -105,27 +105,27 @@ STEPS = _steps()
 assert len(STEPS) == 117, len(STEPS)
 
 
-def block(ctx: pmi.Ctx, name: str):
+def block(ctx: pagemap_ioctl.Ctx, name: str):
     """The generator of a block, its memory set up on demand."""
     if name.startswith("base:"):
         kind = name.removeprefix("base:")
-        addr, size, _cleanup = pmi.base_backing(kind)
-        return pmi.base_tests(ctx, addr, size)
-    return getattr(pmi, name)(ctx)
+        addr, size, _cleanup = pagemap_ioctl.base_backing(kind)
+        return pagemap_ioctl.base_tests(ctx, addr, size)
+    return getattr(pagemap_ioctl, name)(ctx)
 
 
 def probe(step: Step) -> None:
     """Every skip of a step comes from here: probes that are not the operation under test
     (uffd features, PAGEMAP_SCAN, THP, the hugetlb size, its pool, privilege)."""
-    needs.uffd_features(pmi.FEATURES, user_mode_only=True)
-    if not pmi.pagemap_supported():
+    needs.uffd_features(pagemap_ioctl.FEATURES, user_mode_only=True)
+    if not pagemap_ioctl.pagemap_supported():
         pytest.skip("PAGEMAP_SCAN not supported (probe did not give EFAULT)")
     if step.needs == "hugetlb":
         needs.hugetlb_size(HUGETLB_2M)
     if step.block.startswith("hpage"):
         needs.thp(system.pmd_size())
     if step.block.startswith("base:"):
-        pmi.require_base_backing(step.block.removeprefix("base:"))
+        pagemap_ioctl.require_base_backing(step.block.removeprefix("base:"))
 
 
 def run_step(step: Step) -> tuple[bool | None, str]:
@@ -134,8 +134,8 @@ def run_step(step: Step) -> tuple[bool | None, str]:
     block sets up its memory, registers or protects it (UFFDIO_REGISTER and
     UFFDIO_WRITEPROTECT raise UffdError, an OSError) is a failure naming the block."""
     probe(step)
-    with setup_step.required(f"block {step.block} (uffd features {pmi.FEATURES:#x} offered)"):
-        ctx = pmi.Ctx()
+    with setup_step.required(f"block {step.block} (uffd features {pagemap_ioctl.FEATURES:#x} offered)"):
+        ctx = pagemap_ioctl.Ctx()
     try:
         with setup_step.required(f"block {step.block} up to result {step.index}"):
             gen = block(ctx, step.block)

@@ -12,10 +12,11 @@ without a message and keeps the protection, a write traps with UFFD_PAGEFAULT_FL
 
 import pytest
 
+from cases.wp_async.backings import WpBacking, backings
 from cases.wp_async.common import Toucher, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
-from lib import abi, check, child, libc
-from lib.pagemap import Pagemap
-from lib.wp_async_backing import WpBacking, backings
+from lib import check
+from lib.kernel import abi, libc
+from lib.kernel.pagemap import Pagemap
 
 BACKINGS = backings()
 UNPOP = int(abi.Feature.WP_UNPOPULATED)
@@ -55,7 +56,7 @@ def test_marker(b) -> None:
         u.writeprotect(r.addr, r.size, True)
         check.eq(wp_bits(r, unit), [True] * n, "bit 57 on untouched, protected units (markers)")
         with Pagemap() as pm:
-            child.diag(f"pagemap entry of a uffd-wp marker: {pm.entry(r.addr)} (anon/shmem markers read as swap|wp)")
+            check.diag(f"pagemap entry of a uffd-wp marker: {pm.entry(r.addr)} (anon/shmem markers read as swap|wp)")
         finished, msgs = read_does_not_fault(u, r.addr, 4096)
         check.eq(msgs, [], "messages raised by reading a marker unit")
         check.true(finished, "the read completes")

@@ -6,15 +6,16 @@ clears on present pages and markers alike and writes no longer trap.  Closing th
 without unregistering must do the same: before c88033efe9a3 (6.9, CVE-2024-36881) release
 only dropped the VMA flags and left uffd-wp bits in the page tables (syzbot WARN with
 page_table_check; a kernel fix e2b-dev/infra depends on).  The close case reports what this kernel does in
-its diagnostics (lib.child.diag: JUnit body, summary.json) either way and fails if bits are left behind.
+its diagnostics (lib.check.diag: JUnit body, summary.json) either way and fails if bits are left behind.
 """
 
 import pytest
 
+from cases.wp_async.backings import backings
 from cases.wp_async.common import Toucher, wp_bits
-from lib import abi, check, child, libc
-from lib.uffd import open_for
-from lib.wp_async_backing import backings
+from lib import check
+from lib.kernel import abi, libc
+from lib.kernel.uffd import open_for
 
 BACKINGS = backings()
 UNPOP = int(abi.Feature.WP_UNPOPULATED)
@@ -59,7 +60,7 @@ def test_close_clears(b) -> None:
     u.close()
     bits = wp_bits(r, b.unit)
     left = sum(bits)
-    child.diag(f"kernel behaviour: after close() without UFFDIO_UNREGISTER {left} of {n} units keep bit 57 "
+    check.diag(f"kernel behaviour: after close() without UFFDIO_UNREGISTER {left} of {n} units keep bit 57 "
                + ("(fixed: c88033efe9a3, 6.9)" if not left else "(CVE-2024-36881 not fixed on this kernel)"))
     check.eq(bits, [False] * n, "bit 57 after close() without unregister (left set = CVE-2024-36881 unfixed)")
     writes_freely(r, b.unit)

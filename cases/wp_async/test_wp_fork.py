@@ -16,13 +16,14 @@ import os
 
 import pytest
 
-from lib import abi, check, child, hugetlb_pool, libc, needs, system
-from lib.backing import MemType, mem_types
-from lib.pagemap import Pagemap
-from lib.serve import served
+from lib import check
+from lib.kernel import abi, hugetlb_pool, libc, needs, system, tasks
+from lib.kernel.backing import MemType, mem_types
+from lib.kernel.pagemap import Pagemap
+from lib.kernel.serve import served
 
 # Every uffd memory type at every hugetlb size.  The 1 GiB hugetlb ones take two pages and
-# check the spare one right before each fork (lib.hugetlb_pool), as the COW area's cases do; see
+# check the spare one right before each fork (lib.kernel.hugetlb_pool), as the COW area's cases do; see
 # .ci/known-kernel-defects for what was measured on 1 GiB (a build where a forked child read
 # wrong data) and what was not (no kernel regression).
 TYPES = mem_types()
@@ -47,9 +48,9 @@ def child_bit57(addr: int, with_event: bool, srv, pre=None, hpage: int = 0) -> b
         with Pagemap() as pm:
             return 10 if pm.entry(addr).uffd_wp else 11
 
-    res = child.reap(child.fork_call(body), 10)
+    res = tasks.reap(tasks.fork_call(body), 10)
     if with_event:
-        child.wait_until(lambda: sum(1 for e in srv.stats().events if e["event"] == "FORK") == before + 1, 5,
+        tasks.wait_until(lambda: sum(1 for e in srv.stats().events if e["event"] == "FORK") == before + 1, 5,
                          "the FORK event to be read by the monitor")
     else:
         check.eq(sum(1 for e in srv.stats().events if e["event"] == "FORK"), before, "FORK events without the feature")
@@ -63,7 +64,7 @@ def _npages(mt: MemType) -> int:
 
 def _setup(mt: MemType, features: int):
     """Map the case's memory; hugetlb takes its pages plus the spare a copy-on-write copy of the
-    protected page needs (lib.hugetlb_pool: two pages on 1 GiB, as the COW area's cases)."""
+    protected page needs (lib.kernel.hugetlb_pool: two pages on 1 GiB, as the COW area's cases)."""
     if mt.hugetlb:
         needs.hugetlb_size(mt.hpage)
         hugetlb_pool.require_before_map(mt.hpage, _npages(mt) + 1)

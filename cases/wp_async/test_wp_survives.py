@@ -5,7 +5,7 @@
   lost on THP split/migration/VMA split were real bugs).
 - MADV_PAGEOUT and swap-in: a swapped-out protected page keeps the bit in its swap entry
   (anon) or as a pte marker (shmem); swapping it back in by a read keeps it; a write traps.
-  Needs swap: a temporary zram swap device is set up for the run (lib.swap) when none is
+  Needs swap: a temporary zram swap device is set up for the run (lib.kernel.swap) when none is
   active; otherwise these cases skip with "no swap".  hugetlb cannot be paged out.
 - Page migration (move_pages(2)): fix 24bf08c4376b (6.3) made PMD migration entries carry
   uffd-wp, 44f86392bdd1 the hugetlb analogue.  A real migration needs a second NUMA node;
@@ -21,10 +21,11 @@ import os
 
 import pytest
 
+from cases.wp_async.backings import WpBacking, backings
 from cases.wp_async.common import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
-from lib import abi, check, child, libc, pagemap, setup_step, system
-from lib.pagemap import Pagemap
-from lib.wp_async_backing import WpBacking, backings
+from lib import check
+from lib.kernel import abi, libc, pagemap, setup_step, system
+from lib.kernel.pagemap import Pagemap
 
 BACKINGS = backings()
 THPS = [b for b in BACKINGS if b.kind == "thp"]
@@ -45,7 +46,7 @@ def test_pte_mapping(b: WpBacking) -> None:
         check.eq(wp_bits(r, libc.PAGE_SIZE), [True] * n, "bit 57 of every subpage after mprotect of one")
         with Pagemap() as pm:
             order = pagemap.folio_order(pm.entry(r.addr).pfn or 0)
-        child.diag(f"folio order after PTE-mapping: {order}")
+        check.diag(f"folio order after PTE-mapping: {order}")
         obs = sync_wp_write(u, sub + 8, libc.PAGE_SIZE, b"pte-mapped")
         check_sync_wp(obs, sub + 8, b"\x55" * 10, b"pte-mapped")
         bits = wp_bits(r, libc.PAGE_SIZE)
@@ -116,7 +117,7 @@ def _migrate_case(b: WpBacking, other_node: bool) -> None:
         with Pagemap() as pm:
             after = [e.pfn for e in pm.entries(r.addr, n, unit)]
         moved = sum(1 for x, y in zip(before, after) if x != y)
-        child.diag(f"move_pages to node {target}: {moved} of {n} units changed frame")
+        check.diag(f"move_pages to node {target}: {moved} of {n} units changed frame")
         if other_node:
             check.eq(moved, n, "units that changed frame (migrated)")
         check.eq(wp_bits(r, unit), [True] * n, "bit 57 per unit after move_pages")

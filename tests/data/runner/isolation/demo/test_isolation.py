@@ -5,8 +5,9 @@ import signal
 
 import pytest
 
-from lib import abi, child, libc, memory
-from lib.uffd import open_for
+from lib import check
+from lib.kernel import abi, libc, memory
+from lib.kernel.uffd import open_for
 
 
 @pytest.mark.tap("blocked on an unserved userfault")
@@ -15,7 +16,7 @@ def test_blocked():
     r = memory.anon(4096)
     u = open_for(0)
     u.register(r.addr, r.size, abi.RegisterMode.MISSING)
-    child.note(f"reading {r.addr:#x}, registered MISSING, no handler")
+    check.note(f"reading {r.addr:#x}, registered MISSING, no handler")
     libc.touch_read(r.addr)
 
 
@@ -24,7 +25,7 @@ def test_sigbus():
     r = memory.anon(4096)
     u = open_for(int(abi.Feature.SIGBUS))
     u.register(r.addr, r.size, abi.RegisterMode.MISSING)
-    child.note("touching a page registered with UFFD_FEATURE_SIGBUS")
+    check.note("touching a page registered with UFFD_FEATURE_SIGBUS")
     libc.touch_read(r.addr)
 
 

@@ -5,8 +5,8 @@ import select
 
 import pytest
 
-from lib import abi, libc, memory
-from lib.uffd import open_for
+from lib.kernel import abi, libc, memory
+from lib.kernel.uffd import open_for
 
 
 def wait_forever() -> None:

@@ -1,7 +1,7 @@
 """A SIGTERM whose KeyboardInterrupt Python swallows: the runner signals itself from an
 os.fork() hook during the third case's fork, so the signal handler runs inside that hook, where
 Python only reports an exception as "Exception ignored".  The run must still end, partial,
-before the fifth case (lib.interrupt.check at the next case boundary)."""
+before the fifth case (lib.runner.interrupt.check at the next case boundary)."""
 
 import os
 import signal

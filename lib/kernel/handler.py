@@ -1,9 +1,9 @@
 """Fault servers: the userfaultfd handler the cases talk to, in three placements.
 
 * :class:`ThreadHandler`: the serve loop in a thread of the faulting process (uffd-unit-tests'
-  poll thread).  The faulting side must touch memory only through lib.libc (docs/ARCHITECTURE.md rule 1).
+  poll thread).  The faulting side must touch memory only through lib.kernel.libc (docs/ARCHITECTURE.md rule 1).
 * :class:`ProcessHandler`: the serve loop in a forked process.
-* :class:`SpawnedHandler`: a fresh ``python -m lib.handler`` process that receives the uffd and
+* :class:`SpawnedHandler`: a fresh ``python -m lib.kernel.handler`` process that receives the uffd and
   the source memfd over a unix socket with SCM_RIGHTS, the way a VMM hands the uffd of a guest
   to its memory server (Firecracker, e2b).
 
@@ -76,9 +76,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from lib import abi, libc
-from lib.child import Deadline
-from lib.uffd import MSG_SIZE, MSG_WORDS, Msg, UffdError, Userfaultfd
+from lib.kernel import abi, libc
+from lib.kernel.tasks import Deadline
+from lib.kernel.uffd import MSG_SIZE, MSG_WORDS, Msg, UffdError, Userfaultfd
 
 # Steps of the serve/install path (barrier points and delay points).  The fault path's, in order:
 BEFORE_LOCK = "before_lock"  # the fault is in hand, before the install gate
@@ -119,7 +119,7 @@ _INSTALLED, _EXISTS, _AGAIN = "installed", "exists", "again"  # _install's outco
 # The fault path logs raw message words, rendered to text by FaultServer.snapshot():
 # (_READ, [words, ...]) for a read(2), (_DISPATCHED, words) for a fault handed to resolution.
 _READ, _DISPATCHED = "read", "dispatched"
-Words = tuple[int, int, int, int]  # one uffd_msg as (event, three argument words): lib.uffd.MSG_WORDS
+Words = tuple[int, int, int, int]  # one uffd_msg as (event, three argument words): lib.kernel.uffd.MSG_WORDS
 Resolver = Callable[[Words], None]
 DISPATCHED = _DISPATCHED  # for handlers written in tests (negative controls)
 
@@ -1126,13 +1126,13 @@ class ProcessHandler(_RemoteHandler):
         return self
 
     def _reap(self) -> None:
-        from lib.child import reap
+        from lib.kernel.tasks import reap
 
         reap(self.pid, 10)
 
 
 class SpawnedHandler(_RemoteHandler):
-    """A separate ``python -m lib.handler`` process; the uffd travels by SCM_RIGHTS."""
+    """A separate ``python -m lib.kernel.handler`` process; the uffd travels by SCM_RIGHTS."""
 
     topology = "scm_rights"
 
@@ -1144,12 +1144,12 @@ class SpawnedHandler(_RemoteHandler):
 
     def start(self) -> SpawnedHandler:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=root)
         self.proc = subprocess.Popen(
             # the running interpreter's own binary: always executable by us, whatever venv
             # symlink sys.executable names (the handler needs only the standard library)
-            [os.readlink("/proc/self/exe"), "-m", "lib.handler", str(child.fileno())],
+            [os.readlink("/proc/self/exe"), "-m", "lib.kernel.handler", str(child.fileno())],
             pass_fds=[child.fileno()], env=env, cwd=root,
         )
         child.close()

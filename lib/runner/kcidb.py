@@ -6,7 +6,7 @@ source), ``builds`` (the kernel image built from it) and ``tests`` (one per case
 ``<origin>:<rest>``, where origin matches the schema's origin pattern (``[a-z0-9_]+``); a test
 path is dot-separated components of ``[a-zA-Z0-9_-]``.
 
-:func:`submission` is a pure function of a summary (lib.report.summary) and optional kernel
+:func:`submission` is a pure function of a summary (lib.runner.report.summary) and optional kernel
 facts (:class:`KernelFacts`: a git tree, a kernel config); the fact gatherers that read the
 machine (:func:`tree_facts`, :func:`config_facts`, :func:`host_facts`) are separate.
 
@@ -49,7 +49,7 @@ from pathlib import Path
 import jsonschema
 import kcidb_io
 
-from lib import system
+from lib.kernel import system
 
 SCHEMA = kcidb_io.schema.LATEST
 ORIGIN_RE = re.compile(f"^{SCHEMA.origin_pattern}$")
@@ -60,7 +60,7 @@ NOT_RUN_STATUS = "MISS"
 SUITE_PATH = "kmm"
 #: The config options the suite's fragment (scripts/kernel.config) sets: their values in a
 #: kernel's config are the "config fragment" a build records.
-FRAGMENT = Path(__file__).resolve().parent.parent / "scripts" / "kernel.config"
+FRAGMENT = Path(__file__).resolve().parents[2] / "scripts" / "kernel.config"
 
 
 class KcidbError(ValueError):
@@ -352,7 +352,7 @@ def convert(folder: str | Path, origin: str = DEFAULT_ORIGIN, tree: str | None =
 def write(path: str | Path, data: dict) -> None:
     import json
 
-    from lib import report
+    from lib.runner import report
 
     report.write_atomic(str(path), json.dumps(data, indent=1) + "\n")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from lib import abi
+from lib.kernel import abi
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

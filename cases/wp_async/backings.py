@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, hugetlb_pool, libc, memory, needs, pagemap, system
-from lib.backing import wp_feature_for
+from lib.kernel import abi, hugetlb_pool, libc, memory, needs, pagemap, system
+from lib.kernel.backing import wp_feature_for
 
 PAGE = libc.PAGE_SIZE
 F = abi.Feature

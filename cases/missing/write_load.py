@@ -12,7 +12,7 @@ k % SLOTS.  What the kernel must preserve is then exact:
 * after the load, the page holds each writer's last round of tags in its slice and the
   handler's source bytes everywhere else (:func:`expected_page`, :func:`differences`).
 
-Every access goes through lib.libc (C calls that release the GIL, docs/ARCHITECTURE.md rule 1).
+Every access goes through lib.kernel.libc (C calls that release the GIL, docs/ARCHITECTURE.md rule 1).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import array
 from dataclasses import dataclass, field
 
-from lib import libc
+from lib.kernel import libc
 
 SLOTS = 32  # 8-byte slots a writer owns
 SLICE = SLOTS * 8

@@ -12,7 +12,7 @@ Deviations, all deliberate: duplicate upstream names get " (2)", " (3)"; printf 
 names are dropped; SysV SHM_HUGETLB uses IPC_PRIVATE instead of key 2; random writes use a
 seeded generator; transact_test is the bounded, verdict-deterministic version (below).
 No handler thread exists in this process (WP_ASYNC never sends a fault), yet every touch of
-registered memory still goes through lib.libc.
+registered memory still goes through lib.kernel.libc.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lib import abi, caps, hugetlb_pool, libc, memory, system
-from lib.pagemap import Pagemap, pagemap_scan_supported
-from lib.uffd import Userfaultfd, open_for
-from lib.wp_async_backing import require_thp
+from cases.wp_async.backings import require_thp
+from lib.kernel import abi, caps, hugetlb_pool, libc, memory, system
+from lib.kernel.pagemap import Pagemap, pagemap_scan_supported
+from lib.kernel.uffd import Userfaultfd, open_for
 
 PS = libc.PAGE_SIZE
 F = abi.Feature

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from lib import abi, libc, system
+from lib.kernel import abi, libc, system
 
 u8, u16, u32, u64, i32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 

@@ -182,7 +182,7 @@ def page(columns: list[tuple[str, dict | None]], title: str = "kmm-conformance v
 
 def write(path: str | Path, columns: list[tuple[str, dict | None]], title: str = "") -> Path:
     """Write the page (through a temporary file) and return its path."""
-    from lib import report
+    from lib.runner import report
 
     report.write_atomic(str(path), page(columns, title or "kmm-conformance verdict matrix"))
     return Path(path)

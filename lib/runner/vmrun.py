@@ -1,15 +1,15 @@
 """run_suite.py's other-kernel modes: --kernel, --kernels [--find-first-bad], --compare.
 
---kernel boots an image with virtme-ng (lib.vm) and runs the same selection inside it, against
+--kernel boots an image with virtme-ng (lib.runner.vm) and runs the same selection inside it, against
 the host's root filesystem; the guest writes its report straight into the host's results
 folder (a writable shared directory), so nothing travels over the console but live progress.
-The console watchdog (lib.vm_console) turns a panic, an Oops/BUG or a stalled guest into a
+The console watchdog (lib.runner.vm_console) turns a panic, an Oops/BUG or a stalled guest into a
 failure of the case that was running (with the console tail); the VM deadline ends the run as
 "cannot test" (the case that was running gets an ``error`` "cannot test: ..." and the cases
 never reached stay in summary.json's ``not_run``).  QEMU or vng refusing to start (no kernel
 output at all) is a harness problem, reported with what they printed.
 
-Exit codes: lib.exitcodes decides them (kselftest's, or git bisect run's with --bisect).
+Exit codes: lib.runner.exitcodes decides them (kselftest's, or git bisect run's with --bisect).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from lib import compare, exitcodes, matrix_html, report, vm
-from lib import results as folders
 from lib.check import CANNOT_TEST_PREFIX
-from lib.vm_console import BootStage, ConsoleLine, Verdict
+from lib.runner import compare, exitcodes, matrix_html, report, vm
+from lib.runner import results as folders
+from lib.runner.vm_console import BootStage, ConsoleLine, Verdict
 
 BISECT_GOOD, BISECT_BAD, BISECT_SKIP = exitcodes.BISECT_GOOD, exitcodes.BISECT_BAD, exitcodes.BISECT_SKIP
 #: The kernel died or hung: the case that was running failed.  (The VM deadline is not here:
@@ -98,7 +98,7 @@ def run_one(args: argparse.Namespace, root: Path, image: str, results: Path, liv
             boot_timeout=min(180.0, args.vm_timeout), stall_timeout=min(300.0, args.vm_timeout),
             console_log=str(results / "console.log"), cwd=str(root),
         )
-    except KeyboardInterrupt:  # the guest is gone: its reports say so (lib.report.mark_interrupted)
+    except KeyboardInterrupt:  # the guest is gone: its reports say so (lib.runner.report.mark_interrupted)
         report.mark_interrupted(str(results), "interrupted (SIGINT)", {"vm.image": image})
         raise
     return complete_summary(outcome, results, image)
@@ -188,12 +188,12 @@ def complete_summary(outcome: vm.VmOutcome, results: Path, image: str) -> dict:
 
 
 def bisect_verdict(data: dict) -> int:
-    """git bisect run's code for a run (see lib.exitcodes)."""
+    """git bisect run's code for a run (see lib.runner.exitcodes)."""
     return exitcodes.decide(data, bisect=True).code
 
 
 def plain_verdict(data: dict) -> int:
-    """kselftest's code for a run (see lib.exitcodes)."""
+    """kselftest's code for a run (see lib.runner.exitcodes)."""
     return exitcodes.decide(data, bisect=False).code
 
 
@@ -229,7 +229,7 @@ def _preflight(images: list[str]) -> str:
 
 
 class HarnessProblem(Exception):
-    """A run that judged nothing because of the harness (see lib.exitcodes): stop here."""
+    """A run that judged nothing because of the harness (see lib.runner.exitcodes): stop here."""
 
 
 def main(args: argparse.Namespace, root: Path) -> int:
@@ -268,7 +268,7 @@ def main(args: argparse.Namespace, root: Path) -> int:
 
 def _finish_run_folder(root: Path, res: Path) -> None:
     if res.parent == root / "results":
-        folders.point_latest(res)  # atomic (lib.results)
+        folders.point_latest(res)  # atomic (lib.runner.results)
 
 
 def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Processes: cow.c's comm pipes, fork with a verdict by exit status, and case isolation.
+"""Case isolation: every case body in a forked child, with a deadline and a verdict.
 
 docs/ARCHITECTURE.md rule 2: every case body runs in a forked child with a deadline.  The parent waits on a
 pidfd; at the deadline it records what every thread of the child's process group is blocked
@@ -32,233 +32,10 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lib import check, interrupt, libc
-
-# ---------------------------------------------------------------------------------------
-# deadlines
-
-
-class Deadline:
-    """A point in time; every wait in the suite is bounded by one."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.end
-
-
-def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.001) -> object:
-    """Poll ``pred`` until it returns a truthy value or ``timeout`` passes (then TimeoutError).
-
-    The poll interval grows from 1 ms to 50 ms; this is a bounded wait for an observable state,
-    not a sleep used to synchronise.
-    """
-    d = Deadline(timeout)
-    while True:
-        v = pred()
-        if v:
-            return v
-        if d.expired():
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(min(interval, d.remaining()))
-        interval = min(interval * 2, 0.05)
-
-
-# ---------------------------------------------------------------------------------------
-# comm pipes (cow.c's child_ready / parent_ready)
-
-
-class Pipe:
-    """A one-byte signalling pipe with deadline-bounded waits."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe2(os.O_CLOEXEC)
-
-    def signal(self) -> None:
-        os.write(self.w, b"0")
-
-    def wait(self, timeout: float = 30.0) -> None:
-        p = select.poll()
-        p.register(self.r, select.POLLIN)
-        if not p.poll(int(timeout * 1000)):
-            raise TimeoutError(f"peer did not signal within {timeout}s")
-        if os.read(self.r, 1) != b"0":
-            raise EOFError("peer closed the pipe without signalling")
-
-    def close(self) -> None:
-        for fd in (self.r, self.w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-class CommPipes:
-    def __init__(self) -> None:
-        self.child_ready = Pipe()
-        self.parent_ready = Pipe()
-
-    def close(self) -> None:
-        self.child_ready.close()
-        self.parent_ready.close()
-
-
-@dataclass
-class ChildResult:
-    pid: int
-    status: int
-
-    @property
-    def exit_code(self) -> int | None:
-        return os.waitstatus_to_exitcode(self.status) if os.WIFEXITED(self.status) else None
-
-    @property
-    def signal(self) -> int | None:
-        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            return f"child {self.pid} killed by {signal.Signals(self.signal).name}"
-        return f"child {self.pid} exited with status {self.exit_code}"
-
-
-def fork_call(fn: Callable[[], int | bool | None]) -> int:
-    """Fork; the child runs ``fn`` and _exits with its verdict (0 = good).
-
-    ``fn`` may return an int exit code, a bool (True = good) or None (= good).  An exception
-    in the child exits with 2 after printing the traceback to stderr.
-    """
-    pid = os.fork()
-    if pid == 0:
-        code = 2
-        try:
-            v = fn()
-            code = 0 if v is None or v is True else (1 if v is False else int(v))
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid: int, timeout: float = 30.0) -> ChildResult:
-    """Wait for ``pid`` with a deadline; SIGKILL it if the deadline passes."""
-    fd = libc.pidfd_open(pid)
-    try:
-        p = select.poll()
-        p.register(fd, select.POLLIN)
-        if not p.poll(int(timeout * 1000)):
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-            raise TimeoutError(f"child {pid} did not finish within {timeout}s (killed)")
-        _, status = os.waitpid(pid, 0)
-        return ChildResult(pid, status)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------
-# thread states (/proc/<tid>/stat) for deterministic race checks and timeout reports
-
-
-def task_state(tid: int, pid: int | None = None) -> str:
-    """The one-letter scheduler state of a task (R, S, D, T, Z, ...), '' if gone."""
-    path = f"/proc/{pid}/task/{tid}/stat" if pid else f"/proc/{tid}/stat"
-    try:
-        with open(path) as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    return stat[stat.rindex(")") + 2]
-
-
-def task_wchan(tid: int) -> str:
-    try:
-        with open(f"/proc/{tid}/wchan") as f:
-            return f.read().strip() or "-"
-    except OSError:
-        return "?"
-
-
-def wait_task_state(tid: int, states: str, timeout: float = 5.0, wchan: str | None = None) -> str:
-    """Wait until ``tid`` is in one of ``states`` (and blocked in ``wchan`` if given)."""
-
-    def ok() -> str | None:
-        s = task_state(tid)
-        if s and s in states and (wchan is None or task_wchan(tid) == wchan):
-            return s
-        return None
-
-    what = f"task {tid} in state {states}" + (f" at {wchan}" if wchan else "")
-    return str(wait_until(ok, timeout, what))
-
-
-def proc_stats():
-    """(pid, comm, fields after the comm) of every process in /proc/<pid>/stat: fields[0] is
-    the state, [1] the ppid, [2] the process group."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        yield int(d), stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-
-
-def group_tasks(pgid: int) -> list[tuple[int, int, str, str, str]]:
-    """(pid, tid, comm, state, wchan) of every task in process group ``pgid``."""
-    out = []
-    for pid, _comm, fields in proc_stats():
-        d = str(pid)
-        if int(fields[2]) != pgid:
-            continue
-        try:
-            tids = os.listdir(f"/proc/{d}/task")
-        except OSError:
-            continue
-        for t in tids:
-            try:
-                with open(f"/proc/{d}/task/{t}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = "?"
-            out.append((int(d), int(t), comm, task_state(int(t), int(d)), task_wchan(int(t))))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# notes: a case says what it is doing, so a TIMEOUT can say what it was waiting on
-
-_note_fd: int | None = None
-
-
-def note(text: str) -> None:
-    """Record what the case is about to do (reported if the case times out)."""
-    if _note_fd is not None:
-        _send(_note_fd, {"note": text})
-
-
-DIAG_PREFIX = "diag: "
-
-
-def diag(text: str) -> None:
-    """A diagnostic kept with the case's result whatever the verdict (the Outcome's details:
-    JUnit body and summary.json), e.g. which of two documented kernel behaviours was seen."""
-    note(DIAG_PREFIX + text)
-
-
-def _send(fd: int, obj: dict) -> None:
-    data = (json.dumps(obj) + "\n").encode()
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
-
+from lib import check
+from lib.kernel import libc
+from lib.kernel.tasks import ChildResult, Deadline, group_tasks
+from lib.runner import interrupt
 
 # ---------------------------------------------------------------------------------------
 # isolation
@@ -285,8 +62,8 @@ def become_subreaper() -> None:
 
 def _where(exc: BaseException) -> str:
     """The frames of the case's own code (not of this module), one line each."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.endswith("lib/child.py")]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.endswith("lib/runner/isolation.py")]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + "/"
     return "\n".join(f"at {f.filename.removeprefix(root)}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
                      for f in frames[-4:])
 
@@ -438,7 +215,7 @@ def _read_stack(pid: int, fd: int) -> str:
 def trim_stack(dump: str) -> str:
     """The dump as shown with a TIMEOUT: each thread's frames above the isolation layer (the
     runner's own frames below it say nothing about the case), paths relative to the suite."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + "/"
     out: list[str] = []
     below = False
     for line in dump.splitlines():
@@ -448,7 +225,7 @@ def trim_stack(dump: str) -> str:
             below = False
         elif below:
             continue
-        elif _FRAME.match(line) and line.rstrip().endswith(" in run_isolated") and "lib/child.py" in line:
+        elif _FRAME.match(line) and line.rstrip().endswith(" in run_isolated") and "lib/runner/isolation.py" in line:
             below = True
             continue
         out.append(line.replace(root, ""))
@@ -456,7 +233,7 @@ def trim_stack(dump: str) -> str:
 
 
 def where_in_stack(dump: str) -> str:
-    """'func (file:line)' of the main thread's innermost frame outside lib/child.py, with the
+    """'func (file:line)' of the main thread's innermost frame outside lib/runner/isolation.py, with the
     case function that called it when that is a different frame ('' when the dump has none)."""
     main = ""
     threads: dict[str, list[tuple[str, int, str]]] = {}
@@ -469,8 +246,8 @@ def where_in_stack(dump: str) -> str:
         elif cur is not None and (m := _FRAME.match(line)):
             cur.append((m.group(1), int(m.group(2)), m.group(3)))
     frames = threads.get(main) or next(iter(threads.values()), [])
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
-    own = [(f.removeprefix(root), n, fn) for f, n, fn in frames if not f.endswith("lib/child.py")]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + "/"
+    own = [(f.removeprefix(root), n, fn) for f, n, fn in frames if not f.endswith("lib/runner/isolation.py")]
     if not own:
         return ""
     f, n, fn = own[0]
@@ -496,13 +273,12 @@ def run_isolated(
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # --- child
-        global _note_fd
         os.close(r)
         os.close(gate_w)
         os.close(stack_r)
         if _watchdog is not None:  # the watchdog reads end-of-file only once the runner is gone
             _watchdog.forget()
-        _note_fd = w
+        check._note_fd = w
         try:
             os.setpgid(0, 0)
             libc.set_pdeathsig(signal.SIGKILL)
@@ -519,7 +295,7 @@ def run_isolated(
             kind, msg, where, tb = _classify(exc, skip_types, xfail_types)
             result = {"kind": kind, "message": msg, "details": where, "traceback": tb}
         try:
-            _send(w, result)
+            check._send(w, result)
         finally:
             os._exit(0)
     # --- parent
@@ -567,7 +343,7 @@ def run_isolated(
 
     try:
         # A signal that landed inside os.fork() (its KeyboardInterrupt swallowed by a fork hook)
-        # ends the run here, before the case runs, not after it (lib.interrupt)
+        # ends the run here, before the case runs, not after it (lib.runner.interrupt)
         interrupt.check()
         while not exited:
             events = p.poll(int(deadline.remaining() * 1000) + 1)
@@ -590,7 +366,7 @@ def run_isolated(
             _watchdog.watch(0)
     dur = time.monotonic() - start
     if result is not None:
-        diags = [n.removeprefix(DIAG_PREFIX) for n in notes if n.startswith(DIAG_PREFIX)]
+        diags = [n.removeprefix(check.DIAG_PREFIX) for n in notes if n.startswith(check.DIAG_PREFIX)]
         details = "\n".join(x for x in (result.get("details", ""), *diags) if x)
         return Outcome(result["kind"], result.get("message", ""), details, notes, dur,
                        result.get("traceback", ""))
@@ -608,7 +384,7 @@ def _timeout(pid: int, timeout: float, notes: list[str], start: float,
     blocked = [t for t in tasks if t[3] in "DS" and t[4] not in ("-", "?", "do_wait", "do_select", "do_sys_poll")]
     lines = [f"{p}/{t} {comm} state {st} wchan {wc}" for p, t, comm, st, wc in tasks]
     stack = read_stack()
-    steps = [n for n in notes if not n.startswith(DIAG_PREFIX)]
+    steps = [n for n in notes if not n.startswith(check.DIAG_PREFIX)]
     at = where_in_stack(stack)
     what = steps[-1] if steps else (f"in {at}" if at else "no step recorded")
     if steps and at:

@@ -1,6 +1,6 @@
 """/proc/<pid>/pagemap, /proc/kpageflags, smaps counters and the PAGEMAP_SCAN ioctl.
 
-Bit meanings: Documentation/admin-guide/mm/pagemap.rst (see lib.abi).  Reading pagemap walks
+Bit meanings: Documentation/admin-guide/mm/pagemap.rst (see lib.kernel.abi).  Reading pagemap walks
 page tables without faulting, so it is safe on userfault-registered memory.
 """
 
@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from lib import abi, libc
+from lib.kernel import abi, libc
 
 PAGE_SIZE = libc.PAGE_SIZE
 

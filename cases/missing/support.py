@@ -7,7 +7,7 @@
   type (UFFDIO_COPY reads any user memory), so a hugetlb case uses its pool for ``dst`` only.
 * :class:`PollThread`: uffd-common's poll thread (poll the uffd and a stop pipe, dispatch
   page faults to a handler function) for cases whose faulting thread touches memory only through
-  lib.libc (docs/ARCHITECTURE.md rule 1).  A handler exception is recorded and the area is unregistered, which
+  lib.kernel.libc (docs/ARCHITECTURE.md rule 1).  A handler exception is recorded and the area is unregistered, which
   wakes the faulting thread, so a broken handler fails the case instead of hanging it.
 * :func:`default_handler`: uffd-common's generic fault handler (missing: refuse a WRITE fault,
   UFFDIO_COPY from src, EEXIST -> wake; wp: unprotect; minor: invert the page through the
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lib import abi, libc, memory, needs, system
-from lib.backing import MemType
-from lib.uffd import Msg, UffdError, Userfaultfd
+from lib.kernel import abi, libc, memory, needs, system
+from lib.kernel.backing import MemType
+from lib.kernel.uffd import Msg, UffdError, Userfaultfd
 
 MUTEX_SIZE = 40  # sizeof(pthread_mutex_t) on x86_64 glibc
 COUNT_OFF = 40  # area_count(): the counter right after the mutex, 8-byte aligned
@@ -454,7 +454,7 @@ class Child:
         os.close(w)
 
     def finish(self, timeout: float = 30.0) -> str:
-        from lib.child import reap
+        from lib.kernel.tasks import reap
 
         try:
             r = reap(self.pid, timeout)
@@ -467,6 +467,6 @@ class Child:
 
 
 def uffd_probe_features() -> int:
-    from lib.uffd import probe
+    from lib.kernel.uffd import probe
 
     return probe().features

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import system
+from lib.kernel import system
 
 FORK_PAGES = 2  # the page the case maps and its copy-on-write copy (cow.c hugetlb_setup(2, ...))
 
@@ -51,6 +51,14 @@ class Pool:
 def read(size: int) -> Pool:
     c = {k: system.hugetlb_counter(size, k) for k in ("nr_hugepages", "free_hugepages", "resv_hugepages")}
     return Pool(size, c["nr_hugepages"], c["free_hugepages"], c["resv_hugepages"])
+
+
+def available(size: int) -> int:
+    """Huge pages of ``size`` a new mapping can reserve: free minus reserved, plus what
+    overcommit still allows (Documentation/admin-guide/mm/hugetlbpage.rst)."""
+    c = system.hugetlb_counter
+    over = c(size, "nr_overcommit_hugepages") - c(size, "surplus_hugepages")
+    return c(size, "free_hugepages") - c(size, "resv_hugepages") + max(0, over)
 
 
 def require_before_map(size: int, pages: int = FORK_PAGES) -> Pool:

@@ -4,7 +4,7 @@ The project's rule: a skip comes only from a probe that is not the operation und
 feature bit, a config option, a sysfs knob, privilege, a hugetlb pool size).  Once the probes
 said yes, the case's own setup -- mapping the memory the pool has pages for, UFFDIO_REGISTER
 and UFFDIO_WRITEPROTECT on a kernel that offers the feature, a move_pages() the kernel
-supports -- is part of what the kernel must do; an OSError there (lib.uffd.UffdError is one)
+supports -- is part of what the kernel must do; an OSError there (lib.kernel.uffd.UffdError is one)
 is a failure whose message names the step.  ``pytest.skip`` raised inside (a probe in the
 block) passes through unchanged.
 """

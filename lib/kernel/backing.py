@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lib import abi, memory, system
+from lib.kernel import abi, memory, system
 
 
 def missing_feature_for(hugetlb: bool, shmem: bool) -> int:

@@ -1,6 +1,6 @@
 """Preconditions of cases: each unmet one is a SKIP with a precise reason (docs/ARCHITECTURE.md rule 4).
 
-Features are found by probing a throw-away userfaultfd (lib.uffd.probe), never by kernel
+Features are found by probing a throw-away userfaultfd (lib.kernel.uffd.probe), never by kernel
 version.  These helpers call pytest.skip and so are for case bodies and fixtures only.
 """
 
@@ -10,13 +10,13 @@ import os
 
 import pytest
 
-from lib import abi, system, uffd
+from lib.kernel import abi, system, uffd
 
 
 def uffd_features(features: int = 0, user_mode_only: bool | None = None) -> uffd.Availability:
     """Skip unless a userfaultfd can be opened here and offers every bit of ``features``.
 
-    ``user_mode_only`` is how the case opens it (lib.uffd.open_for): None (default) any way
+    ``user_mode_only`` is how the case opens it (lib.kernel.uffd.open_for): None (default) any way
     this process may, True with UFFD_USER_MODE_ONLY, False without it (prefer
     :func:`kernel_faults`, which says why).  A bit the kernel offers but refuses this process
     (EVENT_FORK without CAP_SYS_PTRACE) skips with that reason.

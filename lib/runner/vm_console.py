@@ -22,7 +22,7 @@ or after a spurious line break. Kernel lines are recognised by their printk time
 (``[    1.234567]``); a guest line cut by kernel lines is re-joined with its continuation
 (see `ConsoleWatchdog.feed`).
 
-Typical use (see lib/vm.py)::
+Typical use (see lib/runner/vm.py)::
 
     wd = ConsoleWatchdog(start=t0, boot_timeout=300, stall_timeout=300, vm_timeout=900)
     for chunk, now in stream:
@@ -53,7 +53,7 @@ __all__ = [
     "parse_console",
 ]
 
-#: Printed by the guest wrapper (lib/vm.py) right before the guest command starts.
+#: Printed by the guest wrapper (lib/runner/vm.py) right before the guest command starts.
 START_SENTINEL = "KMM-GUEST-START"
 #: Printed by the guest wrapper after the guest command, as ``KMM-EXIT=<rc>``.
 EXIT_SENTINEL = "KMM-EXIT="
@@ -122,7 +122,7 @@ class Splat:
 
 @dataclass
 class ConsoleResult:
-    """What the watchdog concluded; `lib.vm.VmOutcome` is built from it."""
+    """What the watchdog concluded; `lib.runner.vm.VmOutcome` is built from it."""
 
     verdict: Verdict
     reason: str  #: one human-readable line explaining the verdict

@@ -13,7 +13,7 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-from lib import abi, libc, system
+from lib.kernel import abi, libc, system
 
 DEBUGFS = "/sys/kernel/debug"
 GUP_TEST = f"{DEBUGFS}/gup_test"

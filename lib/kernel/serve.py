@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from lib import abi, handler
-from lib.memory import Region
-from lib.uffd import Userfaultfd, open_for
+from lib.kernel import abi, handler
+from lib.kernel.memory import Region
+from lib.kernel.uffd import Userfaultfd, open_for
 
 
 @dataclass
@@ -38,7 +38,7 @@ def served(
     mode: int = abi.RegisterMode.MISSING,
     source: handler.Source | None = None,
     options: handler.Options | None = None,
-    user_mode_only: bool | None = None,  # None: as lib.uffd.open_for picks
+    user_mode_only: bool | None = None,  # None: as lib.kernel.uffd.open_for picks
 ) -> Iterator[Served]:
     u = open_for(features, user_mode_only=user_mode_only)
     h = None

@@ -1,7 +1,7 @@
 """Compare runs: what changed between two result folders, and verdict tables across kernels.
 
-Pure functions over summary.json data (lib.report.summary); the command-line side lives in
-lib.vmrun.  A regression is a case that passed (or xfailed, or skipped) in the first run and
+Pure functions over summary.json data (lib.runner.report.summary); the command-line side lives in
+lib.runner.vmrun.  A regression is a case that passed (or xfailed, or skipped) in the first run and
 fails (fail, error, xpass) in the second.
 """
 

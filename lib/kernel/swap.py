@@ -22,7 +22,7 @@ import struct
 import subprocess
 from dataclasses import asdict, dataclass
 
-from lib import abi, libc, system
+from lib.kernel import abi, libc, system
 
 ZRAM_CONTROL = "/sys/class/zram-control"
 DEFAULT_SIZE = 256 * system.MiB

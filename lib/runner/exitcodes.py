@@ -45,7 +45,7 @@ BISECT_ABORT = 255
 #: and conftest's module-import errors).
 UNJUDGED_ERRORS = ("cannot test:", "harness error:")
 
-#: Stages of the guest (lib.vm_console.BootStage names) at which the guest command had run.
+#: Stages of the guest (lib.runner.vm_console.BootStage names) at which the guest command had run.
 BOOTED_STAGES = ("GUEST", "EXITED")
 
 

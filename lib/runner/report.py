@@ -392,7 +392,7 @@ def suite_version(root: str) -> dict[str, str]:
         pass
 
     def git(*args: str) -> str:
-        from lib.system import git_output
+        from lib.kernel.system import git_output
 
         return git_output(root, *args, timeout=10) or "unknown"
 
@@ -449,7 +449,7 @@ def mark_interrupted(folder: str, reason: str, properties: dict[str, str] | None
     run's SIGINT kills the guest mid-run): its last summary.json (or an empty one) marked
     partial with ``reason``, every planned case it has no result for listed as not run, and a
     junit.xml to match."""
-    from lib import exitcodes
+    from lib.runner import exitcodes
 
     path = os.path.join(folder, "summary.json")
     try:

@@ -17,7 +17,7 @@ import select
 import struct
 from dataclasses import dataclass, field, replace
 
-from lib import abi, libc
+from lib.kernel import abi, libc
 
 _fcntl_ioctl = fcntl.ioctl
 
@@ -36,7 +36,7 @@ _PAGEFAULT, _FORK, _REMAP = abi.Event.PAGEFAULT, abi.Event.FORK, abi.Event.REMAP
 # uffd_msg as event + three 64-bit words of the argument union (the serve loop's fast decode)
 MSG_WORDS = struct.Struct("<B7xQQQ")
 _U32 = 0xFFFFFFFF
-# the resolving ioctls' arguments, packed (layouts from lib.abi)
+# the resolving ioctls' arguments, packed (layouts from lib.kernel.abi)
 _RANGE, _COPY, _ZEROPAGE = abi.packer(abi.uffdio_range), abi.packer(abi.uffdio_copy), abi.packer(abi.uffdio_zeropage)
 _WRITEPROTECT, _CONTINUE = abi.packer(abi.uffdio_writeprotect), abi.packer(abi.uffdio_continue)
 _UFFDIO_COPY, _UFFDIO_ZEROPAGE, _UFFDIO_WRITEPROTECT = abi.UFFDIO_COPY, abi.UFFDIO_ZEROPAGE, abi.UFFDIO_WRITEPROTECT
@@ -395,7 +395,7 @@ def open_for(features: int = 0, user_mode_only: bool | None = None, flags: int =
     then UFFDIO_API(``features``) unless ``handshake`` is false.
 
     ``user_mode_only``: True opens with UFFD_USER_MODE_ONLY, False without it (a case that
-    needs kernel-mode faults; it declares so with lib.needs.kernel_faults), None (default) as
+    needs kernel-mode faults; it declares so with lib.kernel.needs.kernel_faults), None (default) as
     :func:`probe` found this process may: without the flag where a uffd taking kernel-mode
     faults can be opened (as root), with it where only a user-mode-only one can (an
     unprivileged process under vm.unprivileged_userfaultfd=0).

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib import abi, hugetlb_pool, libc, system
-from lib.pagemap import Pagemap
+from lib.kernel import abi, hugetlb_pool, libc, system
+from lib.kernel.pagemap import Pagemap
 
 PAGE = system.PAGE_SIZE
 RW = abi.PROT_READ | abi.PROT_WRITE

@@ -7,7 +7,7 @@ come back through ``shared_dir``, a read-write 9p mount of a host directory.
 
 The console is driven with pexpect: virtme-ng writes the kernel's serial console to its
 stderr and the guest command's stdout/stderr to its stdout/stderr, so on the pty they
-arrive merged, and `lib.vm_console.ConsoleWatchdog` sorts them out (splats, progress,
+arrive merged, and `lib.runner.vm_console.ConsoleWatchdog` sorts them out (splats, progress,
 ``# [RUN]`` markers, time-outs). The guest command is wrapped so that it prints
 ``KMM-GUEST-START`` first and ``KMM-EXIT=<rc>`` last; that sentinel, not vng's own exit
 status (which is also 255 after a panic), gives the guest exit code.
@@ -31,15 +31,7 @@ from dataclasses import dataclass, field
 
 import pexpect
 
-from lib.vm_console import (
-    EXIT_SENTINEL,
-    START_SENTINEL,
-    BootStage,
-    ConsoleLine,
-    ConsoleWatchdog,
-    Splat,
-    Verdict,
-)
+from lib.runner.vm_console import EXIT_SENTINEL, START_SENTINEL, BootStage, ConsoleLine, ConsoleWatchdog, Splat, Verdict
 
 __all__ = [
     "VmOutcome",
@@ -88,7 +80,7 @@ class VmSetupError(RuntimeError):
 class VmOutcome:
     """Result of `run_in_kernel`."""
 
-    verdict: Verdict  #: see lib.vm_console.Verdict
+    verdict: Verdict  #: see lib.runner.vm_console.Verdict
     guest_exit_code: int | None  #: exit status of the guest command, None if unknown
     console_tail: list[str]  #: last console lines (kernel and guest), as received
     running_case: str | None  #: case running at the end / at the panic (``# [RUN]``)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from lib import abi, libc
+from lib.kernel import abi, libc
 
 PAGE_SIZE = libc.PAGE_SIZE
 RW = abi.PROT_READ | abi.PROT_WRITE

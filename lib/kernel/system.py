@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from lib import libc
+from lib.kernel import libc
 
 THP = "/sys/kernel/mm/transparent_hugepage"
 HUGETLB = "/sys/kernel/mm/hugepages"
@@ -210,7 +210,7 @@ class KernelFacts:
 
     def properties(self) -> dict[str, str]:
         """Report properties (JUnit testsuite properties, summary.json)."""
-        from lib import abi
+        from lib.kernel import abi
 
         feats = [f.name for f in abi.Feature if self.uffd_features & f]
         props = {
@@ -258,7 +258,7 @@ def hugetlb_pools_snapshot() -> dict[str, int]:
 
 
 def facts() -> KernelFacts:
-    from lib import uffd
+    from lib.kernel import uffd
 
     u = uffd.probe()
     un = os.uname()
@@ -379,8 +379,8 @@ class Settings:
     def repair(self) -> dict[str, str]:
         """Replay a leftover journal (a previous run was killed); returns what was restored.
 
-        A temporary swap device the killed run had set up has its own journal (lib.swap.repair,
-        which the runner calls first); lib.swap imports this module, never the other way."""
+        A temporary swap device the killed run had set up has its own journal (lib.kernel.swap.repair,
+        which the runner calls first); lib.kernel.swap imports this module, never the other way."""
         restored: dict[str, str] = {}
         try:
             with open(self.journal_path) as f:

@@ -1,0 +1,296 @@
+"""The memory types the suite speaks of: one name, one mapping, everywhere.
+
+A name in a case id means exactly one mapping, in every area, and follows what the mirrored
+upstream program means by it (uffd-unit-tests' mem types first: tools/testing/selftests/mm/
+uffd-common.c and uffd-unit-tests.c).  A mapping upstream has no name for gets a name of its own.
+
+==================  ===========================================================  ================
+name                mapping                                                      upstream name
+==================  ===========================================================  ================
+anon                MAP_PRIVATE|MAP_ANONYMOUS, base pages                        uffd-unit-tests
+anon-thp (N kB)     MAP_PRIVATE|MAP_ANONYMOUS aligned to N, MADV_HUGEPAGE, only  cow.c "THP (N kB)"
+                    the anon THP size N enabled
+shared-anon         MAP_SHARED|MAP_ANONYMOUS (a shmem inode of its own)           e2b "shmem"
+shmem               memfd_create(), MAP_SHARED                                   uffd-unit-tests
+shmem-private       the same mapping as shmem; upstream's test logic treats it   uffd-unit-tests
+                    as private (its ``shared`` flag is false)
+shmem-map-private   memfd_create(), MAP_PRIVATE (a private file mapping)         (none)
+hugetlb             memfd_create(MFD_HUGETLB), MAP_SHARED                        uffd-unit-tests
+hugetlb-private     memfd_create(MFD_HUGETLB), MAP_PRIVATE                       uffd-unit-tests
+hugetlb-anon        MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB                        cow.c "hugetlb
+                                                                                 (N kB)", e2b
+                                                                                 "hugepage"
+==================  ===========================================================  ================
+
+Size in the name: ``anon-thp`` always carries its THP size, ``anon-thp (64 kB)``.  The hugetlb
+types at the default huge page size keep upstream's plain name (``hugetlb``), other sizes carry
+theirs: ``hugetlb (1048576 kB)``.  A size is written ``<N> kB`` (lib.kernel.system.size_label).
+
+A MemType is a pytest parameter.  ``prepare(settings)`` runs in the pytest process before the
+case: it enables the one THP size, or grows the hugetlb pool (compacting memory once and trying
+again when a gigantic page cannot be found; a size that still fails is not tried again in the
+run).  In the case, ``require()`` skips from probes only (the size offered, the pool's free
+unreserved pages, the uffd feature bits) and ``map()`` creates the mapping; a refused hugetlb
+mmap while the pool had room is a failure (docs/ARCHITECTURE.md rule 4).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from lib.kernel import abi, hugetlb_pool, libc, memory, needs, system
+
+PAGE = system.PAGE_SIZE
+F = abi.Feature
+
+ANON = "anon"
+ANON_THP = "anon-thp"
+SHARED_ANON = "shared-anon"
+SHMEM = "shmem"
+SHMEM_PRIVATE = "shmem-private"
+SHMEM_MAP_PRIVATE = "shmem-map-private"
+HUGETLB = "hugetlb"
+HUGETLB_PRIVATE = "hugetlb-private"
+HUGETLB_ANON = "hugetlb-anon"
+
+KINDS = (ANON, ANON_THP, SHARED_ANON, SHMEM, SHMEM_PRIVATE, SHMEM_MAP_PRIVATE, HUGETLB, HUGETLB_PRIVATE,
+         HUGETLB_ANON)
+HUGETLB_KINDS = (HUGETLB, HUGETLB_PRIVATE, HUGETLB_ANON)
+SHMEM_KINDS = (SHARED_ANON, SHMEM, SHMEM_PRIVATE, SHMEM_MAP_PRIVATE)
+# uffd-unit-tests' five mem types, in its order
+UFFD_UNIT_KINDS = (ANON, SHMEM, SHMEM_PRIVATE, HUGETLB, HUGETLB_PRIVATE)
+
+_POOL_FAILED: dict[tuple[int, int], str] = {}  # (hugetlb size, pages) -> why growing failed (this run)
+
+
+def missing_feature_for(hugetlb: bool, shmem: bool) -> int:
+    """The UFFD_FEATURE_* a MISSING registration needs beyond anon memory."""
+    if hugetlb:
+        return int(F.MISSING_HUGETLBFS)
+    return int(F.MISSING_SHMEM) if shmem else 0
+
+
+def wp_feature_for(anonymous: bool) -> int:
+    """The UFFD_FEATURE_* a WP registration needs: PAGEFAULT_FLAG_WP, and for shmem/hugetlb
+    WP_HUGETLBFS_SHMEM."""
+    f = int(F.PAGEFAULT_FLAG_WP)
+    return f if anonymous else f | int(F.WP_HUGETLBFS_SHMEM)
+
+
+def compact_memory() -> bool:
+    """Ask the kernel to compact all zones (a trigger, nothing to restore); False if refused."""
+    try:
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
+
+
+def grow_pool(settings, size: int, pages: int) -> None:
+    """At least ``pages`` free ``size`` hugetlb pages for the rest of the run (restored at its
+    end), or a skip with the reason.  Gigantic pages need contiguous memory: when growing fails,
+    compact memory once and try again; a (size, pages) that still fails is not tried again."""
+    if size not in system.hugetlb_sizes():
+        return  # the case skips in require() (needs.hugetlb_size)
+    key = (size, pages)
+    if key in _POOL_FAILED:
+        pytest.skip(_POOL_FAILED[key])
+    try:
+        settings.hugetlb(size, pages)
+        return
+    except pytest.skip.Exception as e:
+        if not system.is_root() or not compact_memory():
+            _POOL_FAILED[key] = str(e.msg)
+            raise
+    try:
+        settings.hugetlb(size, pages)
+    except pytest.skip.Exception as e:
+        _POOL_FAILED[key] = f"{e.msg} (also after compacting memory)"
+        pytest.skip(_POOL_FAILED[key])
+
+
+@dataclass(frozen=True)
+class MemType:
+    """One memory type: ``kind`` (one of KINDS) and ``size`` (the THP size of anon-thp, the
+    huge page size of a hugetlb kind; 0 for base pages)."""
+
+    kind: str
+    size: int = 0
+    pages: int = 0  # hugetlb pages a case may use at most; 0: 2 for gigantic pages, else 16
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown memory type {self.kind!r}")
+        if (self.kind in HUGETLB_KINDS or self.kind == ANON_THP) != bool(self.size):
+            raise ValueError(f"{self.kind}: size {self.size}")
+
+    # -- naming ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        if self.kind == ANON_THP:
+            return f"{self.kind} ({system.size_label(self.size)})"
+        if self.hugetlb and self.size != system.default_hugetlb_size():
+            return f"{self.kind} ({system.size_label(self.size)})"
+        return self.kind
+
+    def __str__(self) -> str:
+        return self.name
+
+    # -- what the mapping is --------------------------------------------------------------
+    @property
+    def hugetlb(self) -> bool:
+        return self.kind in HUGETLB_KINDS
+
+    @property
+    def thp(self) -> bool:
+        return self.kind == ANON_THP
+
+    @property
+    def anonymous(self) -> bool:
+        """vma_is_anonymous(): private anonymous memory (a zap drops uffd-wp markers there,
+        file and hugetlb memory keep them)."""
+        return self.kind in (ANON, ANON_THP)
+
+    @property
+    def shmem(self) -> bool:
+        return self.kind in SHMEM_KINDS
+
+    @property
+    def map_shared(self) -> bool:
+        """Mapped MAP_SHARED (shmem-private is: only upstream's test logic treats it as private)."""
+        return self.kind in (SHARED_ANON, SHMEM, SHMEM_PRIVATE, HUGETLB)
+
+    @property
+    def shared(self) -> bool:
+        """uffd-unit-tests' ``shared`` flag: MAP_SHARED, except shmem-private."""
+        return self.map_shared and self.kind != SHMEM_PRIVATE
+
+    @property
+    def file_backed(self) -> bool:
+        """Has a file the suite can open again (memfd): aliases, fallocate punching, CONTINUE."""
+        return self.kind in (SHMEM, SHMEM_PRIVATE, SHMEM_MAP_PRIVATE, HUGETLB, HUGETLB_PRIVATE)
+
+    @property
+    def page_size(self) -> int:
+        """The unit faults are resolved and pages protected in: the huge page for hugetlb."""
+        return self.size if self.hugetlb else PAGE
+
+    @property
+    def discard_advice(self) -> int:
+        """The advice that discards content: MADV_REMOVE for shared memory, else MADV_DONTNEED."""
+        return int(abi.Madv.REMOVE) if self.map_shared else int(abi.Madv.DONTNEED)
+
+    @property
+    def max_pages(self) -> int:
+        if self.pages:
+            return self.pages
+        return 2 if self.size >= system.GiB else 16
+
+    # -- userfaultfd features -------------------------------------------------------------
+    @property
+    def missing_feature(self) -> int:
+        return missing_feature_for(self.hugetlb, self.shmem)
+
+    @property
+    def wp_feature(self) -> int:
+        return wp_feature_for(self.anonymous)
+
+    @property
+    def minor_feature(self) -> int:
+        """MINOR faults exist for shmem and hugetlbfs only (0 where they do not exist)."""
+        if self.hugetlb:
+            return int(F.MINOR_HUGETLBFS)
+        return int(F.MINOR_SHMEM) if self.shmem else 0
+
+    # -- pytest hooks ---------------------------------------------------------------------
+    def prepare(self, settings) -> None:
+        """In the pytest process: enable this THP size alone, or grow the hugetlb pool."""
+        if self.thp:
+            settings.thp_only_size(self.size)
+        elif self.hugetlb:
+            grow_pool(settings, self.size, self.max_pages)
+
+    def require(self, features: int = 0, pages: int = 1) -> None:
+        """In the case: skip unless the size is offered, ``pages`` huge pages are free and
+        unreserved, and the uffd ``features`` are offered (probes, never the mapping itself)."""
+        if self.thp:
+            needs.thp(self.size)
+        if self.hugetlb:
+            needs.hugetlb_size(self.size)
+            want = min(pages, self.max_pages)
+            avail = hugetlb_pool.available(self.size)
+            if avail < want:
+                pytest.skip(f"{hugetlb_pool.read(self.size)}: {want} free unreserved pages needed "
+                            "(the pool could not be grown)")
+        if features:
+            needs.uffd_features(int(features))
+
+    # -- memory ---------------------------------------------------------------------------
+    def map(self, pages: int, populate: bool = False) -> memory.Region:
+        """``pages`` pages (huge pages for hugetlb, whole THPs rounded up for anon-thp) of this
+        type, not populated unless ``populate``."""
+        if self.hugetlb and pages > self.max_pages:
+            raise ValueError(f"{pages} pages of {self.name}: at most {self.max_pages}")
+        size = pages * self.page_size
+        if self.kind == ANON:
+            r = memory.anon(size)
+        elif self.kind == ANON_THP:
+            r = memory.thp(-(-size // self.size) * self.size, self.size)
+        elif self.kind == SHARED_ANON:
+            r = memory.anon(size, shared=True)
+        elif self.kind in (SHMEM, SHMEM_PRIVATE):
+            r = memory.memfd(size, shared=True)
+        elif self.kind == SHMEM_MAP_PRIVATE:
+            r = memory.memfd(size, shared=False)
+        else:
+            r = self._map_hugetlb(pages, size)
+        r.kind = self.name
+        if populate:
+            libc.fill(r.addr, 0x5A, r.size)
+        return r
+
+    def _map_hugetlb(self, pages: int, size: int) -> memory.Region:
+        avail = hugetlb_pool.available(self.size)
+        try:
+            if self.kind == HUGETLB_ANON:
+                return memory.hugetlb(size, self.size, shared=False, via_memfd=False)
+            return memory.hugetlb(size, self.size, shared=self.kind == HUGETLB, via_memfd=True)
+        except OSError as e:
+            if e.errno != errno.ENOMEM or avail >= pages:
+                # the pool had room for the reservation: refusing it is the kernel's doing
+                raise AssertionError(f"setup step failed: mmap of {pages} {self.name} pages refused "
+                                     f"({os.strerror(e.errno or 0)}) with room in the "
+                                     f"{hugetlb_pool.read(self.size)}") from e
+            pytest.skip(f"{pages} {self.name} pages not reservable ({e.strerror}; {hugetlb_pool.read(self.size)})")
+
+
+def hugetlb_sizes_default_first() -> list[int]:
+    """The kernel's hugetlb sizes, the default size first (2 MiB when it offers none)."""
+    sizes = system.hugetlb_sizes() or (2 * system.MiB,)
+    return sorted(sizes, key=lambda s: (s != system.default_hugetlb_size(), s))
+
+
+def mem_types(kinds: tuple[str, ...] = UFFD_UNIT_KINDS, hugetlb_sizes: list[int] | None = None,
+              thp_sizes: list[int] | None = None) -> list[MemType]:
+    """Every (kind, size) pair of ``kinds``: base kinds once, hugetlb kinds once per hugetlb
+    size (default first), anon-thp once per anon THP size the kernel offers."""
+    hs = hugetlb_sizes if hugetlb_sizes is not None else hugetlb_sizes_default_first()
+    ts = thp_sizes if thp_sizes is not None else list(system.thp_sizes())
+    out: list[MemType] = []
+    for k in kinds:
+        if k in HUGETLB_KINDS:
+            out.extend(MemType(k, s) for s in hs)
+        elif k == ANON_THP:
+            out.extend(MemType(k, s) for s in ts)
+        else:
+            out.append(MemType(k))
+    return out
+
+
+def ids(items: list) -> list[str]:
+    return [str(i) for i in items]
