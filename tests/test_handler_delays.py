@@ -43,7 +43,7 @@ from cases.remove.common import (
     read_async,
 )
 from lib.kernel import abi, libc, memory, tasks
-from lib.kernel.handler import (
+from lib.kernel.handler.options import (
     AFTER_CHOOSE,
     AFTER_MARK,
     AFTER_RELEASE,
@@ -270,7 +270,7 @@ def test_source_chosen_before_the_gate_is_stale(placement):
 
 def _gateless(fn):
     def body():
-        from lib.kernel.handler import FaultServer
+        from lib.kernel.handler.serve_loop import FaultServer
 
         init = FaultServer.__init__
 

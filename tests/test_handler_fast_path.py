@@ -1,4 +1,4 @@
-"""The serve loop's inline resolver (lib.kernel.handler.FaultServer._inline_resolver) against the
+"""The serve loop's inline resolver (lib/kernel/handler/fast_path.py, built by FaultServer._inline_resolver) against the
 general path (_batch -> _resolve): the same messages must give the same ioctls, statistics and
 log, whatever the options and whatever the kernel answers (EEXIST, EAGAIN, other errors).
 
@@ -18,17 +18,17 @@ import errno
 import pytest
 
 from lib.kernel import abi
-from lib.kernel.handler import (
+from lib.kernel.handler.options import (
     AFTER_CHOOSE,
     AFTER_INSTALL,
     AFTER_MARK,
     BEFORE_LOCK,
     BEFORE_RESOLVE,
     STEPS,
-    FaultServer,
     Options,
     Stats,
 )
+from lib.kernel.handler.serve_loop import FaultServer
 from lib.kernel.uffd import UffdError
 
 BASE = 0x7F0000000000

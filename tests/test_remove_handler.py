@@ -12,7 +12,9 @@ import os
 
 from cases.remove.common import PAGE, WCHAN_EVENT, Async, madvise_async, read_async
 from lib.kernel import abi, memory, tasks
-from lib.kernel.handler import BEFORE_RESOLVE, CLEAN, REMOVED, ZERO, FaultServer, Options, Source
+from lib.kernel.handler.options import BEFORE_RESOLVE, CLEAN, REMOVED, ZERO, Options
+from lib.kernel.handler.serve_loop import FaultServer
+from lib.kernel.handler.source import Source
 from lib.kernel.serve import served
 from lib.kernel.uffd import MSG_WORDS, Msg, UffdError
 from lib.runner import isolation

@@ -20,15 +20,17 @@ from cases.remove.common import (
     returns_within,
 )
 from lib import check
-from lib.kernel import abi, libc, system
-from lib.kernel.handler import DISPATCHED, FaultServer, Options
+from lib.kernel import abi, libc, memtypes, system
+from lib.kernel.handler.messages import DISPATCHED
+from lib.kernel.handler.options import Options
+from lib.kernel.handler.serve_loop import FaultServer
 from lib.kernel.uffd import Msg
 from lib.runner import isolation
 
-ANON = Backing("anon")
-MEMFD = Backing("memfd")
-HUGE = Backing("hugetlb-private", 2 * MiB)
-HUGEFS = Backing("hugetlb", 2 * MiB)
+ANON = Backing(memtypes.ANON)
+MEMFD = Backing(memtypes.SHMEM)
+HUGE = Backing(memtypes.HUGETLB_ANON, 2 * MiB, pages=8)
+HUGEFS = Backing(memtypes.HUGETLB, 2 * MiB, pages=8)
 TOPOLOGIES = ["thread", "process", "scm_rights"]
 WRONG = {"wrong_source_before_lock": True}
 
@@ -151,7 +153,7 @@ def test_race_pagemap_oracle_catches_a_kernel_that_does_not_zap_hugetlb(hugetlb_
 
 
 def _stats(log):
-    from lib.kernel.handler import Stats
+    from lib.kernel.handler.options import Stats
 
     return Stats(log=log, faults=[{"address": 0x2000, "flags": 0, "ptid": 7}])
 
@@ -313,7 +315,7 @@ def test_zero_fill_oracle_catches_kept_content():
     """DONTNEED on shared memory keeps the data: the data-gone check says so."""
 
     def body():
-        zero, _ = test_after.refault_after(Backing("shmem"), "thread", abi.Madv.DONTNEED)
+        zero, _ = test_after.refault_after(Backing(memtypes.SHARED_ANON), "thread", abi.Madv.DONTNEED)
         check.true(zero, "page reads zeros after MADV_DONTNEED (the data is gone)")
 
     fails(body, contains="zeros")
@@ -445,13 +447,11 @@ def test_hugetlb_map_failure_with_a_pool_is_a_failure(hugetlb_pool):
     """An mmap that fails although the pool has the pages is a failure, not a skip."""
     import errno
 
-    from lib.kernel import memory
-
     def body():
         def refuse(*a, **kw):
             raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-        memory.hugetlb = refuse  # in the isolated child only
+        libc.mmap = refuse  # in the isolated child only
         HUGE.map(1)
 
     o = outcome(body)
@@ -459,11 +459,9 @@ def test_hugetlb_map_failure_with_a_pool_is_a_failure(hugetlb_pool):
 
 
 def test_hugetlb_map_skips_on_an_insufficient_pool(hugetlb_pool):
-    from cases.remove import common
-
     def body():
-        common.hugetlb_available = lambda hpage: 0  # the probe says: empty pool
+        memtypes.hugetlb_pool.available = lambda size: 0  # the probe says: empty pool (isolated child)
         HUGE.map(1)
 
     o = outcome(body)
-    assert o.kind == "skip" and "hugetlb pool: 0 free unreserved" in o.message, f"{o.kind}: {o.message}"
+    assert o.kind == "skip" and "0 available (the pool could not be grown)" in o.message, f"{o.kind}: {o.message}"

@@ -75,7 +75,7 @@ def test_dirtiness_pure_functions() -> None:
 
 def _e2b(seq: str, policy: str, options_override: dict) -> None:
     from cases.wp_async.test_always_wp import POLICIES, SEQUENCES, Arm, check_sequence, run_sequence
-    from lib.kernel.handler import Options
+    from lib.kernel.handler.options import Options
 
     arm = Arm(seq, "4k", policy, "WP_ASYNC")
     opts = Options(**{**vars(POLICIES[policy]), **options_override})
