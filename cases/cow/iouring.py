@@ -3,7 +3,8 @@
 cow.c's io_uring cases (built only with liburing upstream) need: io_uring_setup(2) with one
 entry, the SQ/CQ rings and the SQE array mmap()ed, IORING_REGISTER_BUFFERS on the range
 (a R/W longterm pin: FOLL_WRITE | FOLL_PIN | FOLL_LONGTERM), one IORING_OP_WRITE_FIXED SQE,
-io_uring_enter(2) with GETEVENTS and the CQE's result.  Layouts: include/uapi/linux/io_uring.h.
+io_uring_enter(2) with GETEVENTS and the CQE's result.  Layouts and numbers
+(include/uapi/linux/io_uring.h): lib.kernel.abi.
 
 Only ever used on memory that no userfaultfd is registered on, so ring memory is accessed
 through ctypes directly.
@@ -16,47 +17,6 @@ import os
 
 from lib.kernel import abi, libc, system
 
-u8, u16, u32, u64, i32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
-
-
-class io_sqring_offsets(ctypes.Structure):
-    _fields_ = [("head", u32), ("tail", u32), ("ring_mask", u32), ("ring_entries", u32), ("flags", u32),
-                ("dropped", u32), ("array", u32), ("resv1", u32), ("user_addr", u64)]
-
-
-class io_cqring_offsets(ctypes.Structure):
-    _fields_ = [("head", u32), ("tail", u32), ("ring_mask", u32), ("ring_entries", u32), ("overflow", u32),
-                ("cqes", u32), ("flags", u32), ("resv1", u32), ("user_addr", u64)]
-
-
-class io_uring_params(ctypes.Structure):
-    _fields_ = [("sq_entries", u32), ("cq_entries", u32), ("flags", u32), ("sq_thread_cpu", u32),
-                ("sq_thread_idle", u32), ("features", u32), ("wq_fd", u32), ("resv", u32 * 3),
-                ("sq_off", io_sqring_offsets), ("cq_off", io_cqring_offsets)]
-
-
-class io_uring_sqe(ctypes.Structure):
-    _fields_ = [("opcode", u8), ("flags", u8), ("ioprio", u16), ("fd", i32), ("off", u64), ("addr", u64),
-                ("len", u32), ("rw_flags", u32), ("user_data", u64), ("buf_index", u16), ("personality", u16),
-                ("splice_fd_in", i32), ("addr3", u64), ("pad2", u64)]
-
-
-class io_uring_cqe(ctypes.Structure):
-    _fields_ = [("user_data", u64), ("res", i32), ("flags", u32)]
-
-
-class iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-IORING_OFF_SQ_RING = 0
-IORING_OFF_CQ_RING = 0x8000000
-IORING_OFF_SQES = 0x10000000
-IORING_FEAT_SINGLE_MMAP = 1 << 0
-IORING_ENTER_GETEVENTS = 1 << 0
-IORING_REGISTER_BUFFERS = 0
-IORING_UNREGISTER_BUFFERS = 1
-IORING_OP_WRITE_FIXED = 5
 IO_URING_DISABLED = "/proc/sys/kernel/io_uring_disabled"
 
 
@@ -78,7 +38,7 @@ class Ring:
     """One io_uring with a single SQ entry."""
 
     def __init__(self, entries: int = 1) -> None:
-        self.params = io_uring_params()
+        self.params = abi.io_uring_params()
         try:
             self.fd = libc.syscall(abi.NR.io_uring_setup, entries, ctypes.addressof(self.params))
         except OSError as e:
@@ -87,16 +47,16 @@ class Ring:
         p = self.params
         self._maps: list[tuple[int, int]] = []
         sq_size = p.sq_off.array + p.sq_entries * 4
-        cq_size = p.cq_off.cqes + p.cq_entries * ctypes.sizeof(io_uring_cqe)
+        cq_size = p.cq_off.cqes + p.cq_entries * ctypes.sizeof(abi.io_uring_cqe)
         shared = abi.MAP_SHARED | abi.MAP_POPULATE
         rw = abi.PROT_READ | abi.PROT_WRITE
-        if p.features & IORING_FEAT_SINGLE_MMAP:
+        if p.features & abi.IORING_FEAT_SINGLE_MMAP:
             sq_size = cq_size = max(sq_size, cq_size)
-            self.sq = self.cq = self._mmap(sq_size, rw, shared, IORING_OFF_SQ_RING)
+            self.sq = self.cq = self._mmap(sq_size, rw, shared, abi.IORING_OFF_SQ_RING)
         else:
-            self.sq = self._mmap(sq_size, rw, shared, IORING_OFF_SQ_RING)
-            self.cq = self._mmap(cq_size, rw, shared, IORING_OFF_CQ_RING)
-        self.sqes = self._mmap(p.sq_entries * ctypes.sizeof(io_uring_sqe), rw, shared, IORING_OFF_SQES)
+            self.sq = self._mmap(sq_size, rw, shared, abi.IORING_OFF_SQ_RING)
+            self.cq = self._mmap(cq_size, rw, shared, abi.IORING_OFF_CQ_RING)
+        self.sqes = self._mmap(p.sq_entries * ctypes.sizeof(abi.io_uring_sqe), rw, shared, abi.IORING_OFF_SQES)
         self.buffers = False
 
     def _mmap(self, size: int, prot: int, flags: int, off: int) -> int:
@@ -110,14 +70,14 @@ class Ring:
     # -- fixed buffers --------------------------------------------------------------------
     def register_buffer(self, addr: int, size: int) -> None:
         """IORING_REGISTER_BUFFERS: one fixed buffer (pinned R/W, longterm)."""
-        iov = iovec(addr, size)
-        libc.syscall(abi.NR.io_uring_register, self.fd, IORING_REGISTER_BUFFERS, ctypes.addressof(iov), 1,
+        iov = abi.iovec(addr, size)
+        libc.syscall(abi.NR.io_uring_register, self.fd, abi.IoringRegister.REGISTER_BUFFERS, ctypes.addressof(iov), 1,
                      name="io_uring_register(IORING_REGISTER_BUFFERS)")
         self.buffers = True
 
     def unregister_buffers(self) -> None:
         if self.buffers:
-            libc.syscall(abi.NR.io_uring_register, self.fd, IORING_UNREGISTER_BUFFERS, 0, 0,
+            libc.syscall(abi.NR.io_uring_register, self.fd, abi.IoringRegister.UNREGISTER_BUFFERS, 0, 0,
                          name="io_uring_register(IORING_UNREGISTER_BUFFERS)")
             self.buffers = False
 
@@ -128,9 +88,9 @@ class Ring:
         tail = self._u32(self.sq + p.sq_off.tail)
         mask = self._u32(self.sq + p.sq_off.ring_mask).value
         idx = tail.value & mask
-        sqe = io_uring_sqe.from_address(self.sqes + idx * ctypes.sizeof(io_uring_sqe))
+        sqe = abi.io_uring_sqe.from_address(self.sqes + idx * ctypes.sizeof(abi.io_uring_sqe))
         ctypes.memset(ctypes.addressof(sqe), 0, ctypes.sizeof(sqe))
-        sqe.opcode = IORING_OP_WRITE_FIXED
+        sqe.opcode = abi.IoringOp.WRITE_FIXED
         sqe.fd = fd
         sqe.off = offset
         sqe.addr = addr
@@ -139,14 +99,15 @@ class Ring:
         sqe.user_data = 0x6B6D6D
         self._u32(self.sq + p.sq_off.array + 4 * idx).value = idx
         tail.value = tail.value + 1  # published to the kernel by io_uring_enter() below
-        libc.syscall(abi.NR.io_uring_enter, self.fd, 1, 1, IORING_ENTER_GETEVENTS, None, 0,
+        libc.syscall(abi.NR.io_uring_enter, self.fd, 1, 1, abi.IORING_ENTER_GETEVENTS, None, 0,
                      name="io_uring_enter")
         head = self._u32(self.cq + p.cq_off.head)
         ctail = self._u32(self.cq + p.cq_off.tail).value
         if head.value == ctail:
             raise OSError(0, "io_uring_enter returned without a completion")
         cmask = self._u32(self.cq + p.cq_off.ring_mask).value
-        cqe = io_uring_cqe.from_address(self.cq + p.cq_off.cqes + (head.value & cmask) * ctypes.sizeof(io_uring_cqe))
+        cqe_size = ctypes.sizeof(abi.io_uring_cqe)
+        cqe = abi.io_uring_cqe.from_address(self.cq + p.cq_off.cqes + (head.value & cmask) * cqe_size)
         res = int(cqe.res)
         head.value = head.value + 1
         return res

@@ -12,7 +12,7 @@
 * :func:`default_handler`: uffd-common's generic fault handler (missing: refuse a WRITE fault,
   UFFDIO_COPY from src, EEXIST -> wake; wp: unprotect; minor: invert the page through the
   unregistered mapping, CONTINUE, and require a second CONTINUE to fail with EEXIST).
-* :class:`SigbusCatcher`: a SIGBUS handler installed with sigaction(2) through ctypes.  Python's
+* :class:`SigbusCatcher`: a SIGBUS handler installed with rt_sigaction(2) (lib.kernel.libc).  Python's
   signal module cannot catch a synchronous SIGBUS raised inside a C call (its C handler only sets
   a flag and returns, so the access faults again); this one runs a Python callback on the
   faulting thread, which must make the access succeed when it returns (resolve the page with an
@@ -36,8 +36,7 @@ from lib.kernel import abi, libc, memory, needs, system
 from lib.kernel.backing import MemType
 from lib.kernel.uffd import Msg, UffdError, Userfaultfd
 
-MUTEX_SIZE = 40  # sizeof(pthread_mutex_t) on x86_64 glibc
-COUNT_OFF = 40  # area_count(): the counter right after the mutex, 8-byte aligned
+COUNT_OFF = 40  # area_count(): the counter right after the mutex (sizeof(pthread_mutex_t) on x86_64 glibc)
 UUT_MEM = 32 * system.MiB  # uffd-unit-tests' UFFD_TEST_MEM_SIZE
 BASE_PAGES = 128  # base-page areas: 512 KiB instead of 32 MiB (Python touches every page)
 
@@ -367,18 +366,7 @@ def default_handler(a: Area, u: Userfaultfd, stats: FaultStats, apply_wp: bool =
 # SIGBUS
 
 
-class _sigaction(ctypes.Structure):
-    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_uint64 * 16), ("flags", ctypes.c_int),
-                ("restorer", ctypes.c_void_p)]
-
-
 _HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-_sigaction_fn = libc._libc.sigaction
-_sigaction_fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_sigaction_fn.restype = ctypes.c_int
-SA_SIGINFO = 4
-SI_ADDR_OFF = 16  # siginfo_t.si_addr on x86_64
-SI_CODE_OFF = 8
 MAX_REPEATS = 3
 
 
@@ -396,11 +384,11 @@ class SigbusCatcher:
         self.hits: list[tuple[int, int]] = []
         self.errors: list[str] = []
         self._cb = _HANDLER(self._handle)
-        self._old = _sigaction()
+        self._old = abi.sigaction()
 
     def _handle(self, sig: int, info: int, ctx: int) -> None:
-        addr = ctypes.c_uint64.from_address(info + SI_ADDR_OFF).value
-        code = ctypes.c_int.from_address(info + SI_CODE_OFF).value
+        si = abi.siginfo.from_address(info)
+        addr, code = si.addr, si.code
         page = addr & ~(self.page_size - 1)
         self.hits.append((page, code))
         tail = self.hits[-(MAX_REPEATS + 1):]
@@ -414,13 +402,12 @@ class SigbusCatcher:
             self.errors.append(f"SIGBUS handler at {page:#x}: {type(e).__name__}: {e}")
 
     def __enter__(self) -> SigbusCatcher:
-        sa = _sigaction(ctypes.cast(self._cb, ctypes.c_void_p).value, flags=SA_SIGINFO)
-        if _sigaction_fn(7, ctypes.byref(sa), ctypes.byref(self._old)) != 0:
-            raise OSError(ctypes.get_errno(), "sigaction(SIGBUS)")
+        sa = libc.sigaction_siginfo(ctypes.cast(self._cb, ctypes.c_void_p).value)
+        libc.rt_sigaction(abi.SIGBUS, sa, self._old)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _sigaction_fn(7, ctypes.byref(self._old), None)
+        libc.rt_sigaction(abi.SIGBUS, self._old, None)
 
     def pages(self) -> list[int]:
         return [p for p, _ in self.hits]

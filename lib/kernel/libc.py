@@ -128,11 +128,38 @@ def pidfd_open(pid: int) -> int:
 
 
 def vmsplice(fd: int, addr: int, length: int, flags: int = 0) -> int:
-    class iovec(ctypes.Structure):
-        _fields_ = [("base", c_void_p), ("len", c_size_t)]
-
-    iov = iovec(addr, length)
+    iov = abi.iovec(addr, length)
     return syscall(abi.NR.vmsplice, fd, ctypes.addressof(iov), 1, flags)
+
+
+_restorer = 0
+
+
+def sigreturn_restorer() -> int:
+    """The address of this process's sa_restorer: one read+exec page holding
+    abi.RESTORE_RT_CODE (what glibc's and musl's __restore_rt do; glibc does not export it).
+    Made once; a forked child inherits it."""
+    global _restorer
+    if not _restorer:
+        page = mmap(os.sysconf("SC_PAGE_SIZE"))
+        ctypes.memmove(page, abi.RESTORE_RT_CODE, len(abi.RESTORE_RT_CODE))
+        mprotect(page, os.sysconf("SC_PAGE_SIZE"), abi.PROT_READ | abi.PROT_EXEC)
+        _restorer = page
+    return _restorer
+
+
+def rt_sigaction(sig: int, act: abi.sigaction | None, old: abi.sigaction | None = None) -> None:
+    """rt_sigaction(2) with the kernel's struct sigaction (no glibc in between: ``old`` read
+    back and passed again restores exactly what was installed, restorer included)."""
+    syscall(abi.NR.rt_sigaction, sig, ctypes.addressof(act) if act is not None else None,
+            ctypes.addressof(old) if old is not None else None, abi.SIGSET_SIZE)
+
+
+def sigaction_siginfo(handler: int) -> abi.sigaction:
+    """A struct sigaction for an SA_SIGINFO ``handler`` (a C function pointer), nothing masked
+    beyond the signal itself, returning through :func:`sigreturn_restorer`."""
+    return abi.sigaction(handler=handler, flags=abi.SA_SIGINFO | abi.SA_RESTORER,
+                         restorer=sigreturn_restorer(), mask=0)
 
 
 PR_SET_PDEATHSIG = 1
