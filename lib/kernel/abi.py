@@ -2,9 +2,11 @@
 
 Every number here comes from the kernel's UAPI headers: include/uapi/linux/userfaultfd.h,
 include/uapi/linux/fs.h (PAGEMAP_SCAN), include/uapi/asm-generic/mman-common.h,
-include/uapi/linux/memfd.h, include/uapi/linux/kernel-page-flags.h and
-Documentation/admin-guide/mm/pagemap.rst.  tests/test_abi.py checks sizes, offsets and the
-_IOC encodings against the values the kernel headers produce.
+include/uapi/linux/memfd.h, include/uapi/linux/kernel-page-flags.h,
+include/uapi/linux/io_uring.h, include/uapi/linux/uio.h, arch/x86/include/uapi/asm/signal.h,
+include/uapi/asm-generic/siginfo.h, arch/x86/entry/syscalls/syscall_64.tbl and
+Documentation/admin-guide/mm/pagemap.rst.  tests/test_abi.py checks sizes, offsets, the _IOC
+encodings and the numbers against the values the kernel headers produce.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class NR(enum.IntEnum):
     mmap = 9
     mprotect = 10
     munmap = 11
+    rt_sigaction = 13
+    rt_sigreturn = 15
     ioctl = 16
     mremap = 25
     mincore = 27
@@ -510,6 +514,112 @@ PIN_LONGTERM_TEST_STOP = io(GUP_TEST_TYPE, 8)
 PIN_LONGTERM_TEST_READ = iow(GUP_TEST_TYPE, 9, 8)
 PIN_LONGTERM_TEST_FLAG_USE_WRITE = 1
 PIN_LONGTERM_TEST_FLAG_USE_FAST = 2
+
+
+# ---------------------------------------------------------------------------------------
+# struct iovec (include/uapi/linux/uio.h)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+# ---------------------------------------------------------------------------------------
+# io_uring (include/uapi/linux/io_uring.h): what a fixed-buffer write needs
+class io_sqring_offsets(ctypes.Structure):
+    _fields_ = [
+        ("head", ctypes.c_uint32), ("tail", ctypes.c_uint32), ("ring_mask", ctypes.c_uint32),
+        ("ring_entries", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("dropped", ctypes.c_uint32),
+        ("array", ctypes.c_uint32), ("resv1", ctypes.c_uint32), ("user_addr", ctypes.c_uint64),
+    ]
+
+
+class io_cqring_offsets(ctypes.Structure):
+    _fields_ = [
+        ("head", ctypes.c_uint32), ("tail", ctypes.c_uint32), ("ring_mask", ctypes.c_uint32),
+        ("ring_entries", ctypes.c_uint32), ("overflow", ctypes.c_uint32), ("cqes", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32), ("resv1", ctypes.c_uint32), ("user_addr", ctypes.c_uint64),
+    ]
+
+
+class io_uring_params(ctypes.Structure):
+    _fields_ = [
+        ("sq_entries", ctypes.c_uint32), ("cq_entries", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+        ("sq_thread_cpu", ctypes.c_uint32), ("sq_thread_idle", ctypes.c_uint32), ("features", ctypes.c_uint32),
+        ("wq_fd", ctypes.c_uint32), ("resv", ctypes.c_uint32 * 3),
+        ("sq_off", io_sqring_offsets), ("cq_off", io_cqring_offsets),
+    ]
+
+
+class io_uring_sqe(ctypes.Structure):
+    """The 64-byte SQE; of each union the member a WRITE_FIXED uses (off, addr, rw_flags,
+    buf_index, splice_fd_in, addr3)."""
+
+    _fields_ = [
+        ("opcode", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("ioprio", ctypes.c_uint16),
+        ("fd", ctypes.c_int32), ("off", ctypes.c_uint64), ("addr", ctypes.c_uint64),
+        ("len", ctypes.c_uint32), ("rw_flags", ctypes.c_uint32), ("user_data", ctypes.c_uint64),
+        ("buf_index", ctypes.c_uint16), ("personality", ctypes.c_uint16), ("splice_fd_in", ctypes.c_int32),
+        ("addr3", ctypes.c_uint64), ("pad2", ctypes.c_uint64),
+    ]
+
+
+class io_uring_cqe(ctypes.Structure):
+    _fields_ = [("user_data", ctypes.c_uint64), ("res", ctypes.c_int32), ("flags", ctypes.c_uint32)]
+
+
+class IoringOp(enum.IntEnum):
+    """enum io_uring_op (the first six; the numbering is fixed ABI)."""
+
+    NOP = 0
+    READV = 1
+    WRITEV = 2
+    FSYNC = 3
+    READ_FIXED = 4
+    WRITE_FIXED = 5
+
+
+class IoringRegister(enum.IntEnum):
+    """io_uring_register(2) opcodes (enum io_uring_register_op)."""
+
+    REGISTER_BUFFERS = 0
+    UNREGISTER_BUFFERS = 1
+
+
+IORING_OFF_SQ_RING = 0
+IORING_OFF_CQ_RING = 0x8000000
+IORING_OFF_SQES = 0x10000000
+IORING_FEAT_SINGLE_MMAP = 1 << 0
+IORING_ENTER_GETEVENTS = 1 << 0
+
+# ---------------------------------------------------------------------------------------
+# signals (x86_64): rt_sigaction(2)'s struct sigaction is the kernel's, not glibc's
+# (arch/x86/include/uapi/asm/signal.h; the kernel's own in include/linux/signal_types.h):
+# handler, flags, restorer, then the mask last (sigset_t: _NSIG = 64 bits, one word).
+SIGBUS = 7
+SA_SIGINFO = 0x00000004
+SA_RESTORER = 0x04000000
+SIGSET_SIZE = 8  # rt_sigaction's sigsetsize argument must equal sizeof(sigset_t)
+
+
+class sigaction(ctypes.Structure):
+    _fields_ = [
+        ("handler", ctypes.c_void_p), ("flags", ctypes.c_ulong), ("restorer", ctypes.c_void_p),
+        ("mask", ctypes.c_uint64),
+    ]
+
+
+# x86_64 returns from a handler through sa_restorer, which must call rt_sigreturn(2)
+# (arch/x86/kernel/signal_64.c: no SA_RESTORER, no frame): mov $NR_rt_sigreturn, %rax; syscall
+RESTORE_RT_CODE = b"\x48\xc7\xc0" + int(NR.rt_sigreturn).to_bytes(4, "little") + b"\x0f\x05"
+
+
+class siginfo(ctypes.Structure):
+    """siginfo_t (include/uapi/asm-generic/siginfo.h, 64-bit): three ints, then the union at 16
+    (__ARCH_SI_PREAMBLE_SIZE); SIGBUS/SIGSEGV put si_addr first in it.  SI_MAX_SIZE is 128."""
+
+    _fields_ = [
+        ("signo", ctypes.c_int32), ("errno", ctypes.c_int32), ("code", ctypes.c_int32),
+        ("_pad0", ctypes.c_int32), ("addr", ctypes.c_uint64), ("_rest", ctypes.c_uint8 * 104),
+    ]
 
 
 # ---------------------------------------------------------------------------------------
