@@ -83,6 +83,7 @@ class NR(enum.IntEnum):
     io_uring_register = 427
     pidfd_open = 434
     process_madvise = 440
+    mbind = 237
 
 
 # ---------------------------------------------------------------------------------------
@@ -491,6 +492,11 @@ FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
 
 SPLICE_F_GIFT = 8
+
+# mbind(2) (include/uapi/linux/mempolicy.h), clone(2) (include/uapi/linux/sched.h)
+MPOL_LOCAL = 4
+MPOL_MF_MOVE = 1 << 1
+CLONE_VM = 0x00000100
 
 # clear_refs values (fs/proc/task_mmu.c)
 CLEAR_REFS_SOFT_DIRTY = 4
