@@ -85,7 +85,7 @@ CASES = _cases()  # gup_longterm.c test_cases[], in its order
 def judge(case: PinCase, f_type: int, err: int) -> None:
     """The verdict of one pin attempt: ``err`` 0 (pinned) or the errno it failed with."""
     should = case.should_work(f_type)
-    where = (f"{'MAP_SHARED' if case.shared else 'MAP_PRIVATE'} mapping of a {fstype.name(f_type)} file")
+    where = f"{'MAP_SHARED' if case.shared else 'MAP_PRIVATE'} mapping of a file on {fstype.name(f_type)}"
     if err == 0:
         if not should:
             raise AssertionError(f"Should have failed: {case.what} succeeded on a {where} "
