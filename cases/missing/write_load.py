@@ -65,10 +65,6 @@ class Writer:
         return {k % SLOTS: tag(self.ident, k) for k in range(max(0, self.n - SLOTS), self.n)}
 
 
-def page_size_needed(writers: list[Writer]) -> int:
-    return max(w.offset for w in writers) + SLICE
-
-
 def expected_page(source: bytes, writers: list[Writer]) -> bytes:
     """The page after the load: the source bytes, with each writer's final slots."""
     out = bytearray(source)

@@ -525,12 +525,6 @@ def khugepaged_diag() -> str:
             + (", ".join(f"pid {p} {c} {m} MiB" for p, c, m in big) or "none"))
 
 
-def khugepaged_running() -> bool:
-    """Whether the khugepaged kernel thread exists (it is stopped when no THP order it serves
-    is enabled: hugepage_pmd_enabled() in mm/khugepaged.c)."""
-    return khugepaged_pid() != 0
-
-
 def khugepaged_pid() -> int:
     for pid, comm, fields in tasks.proc_stats():
         if comm == "khugepaged" and int(fields[1]) == 2:  # a kernel thread (child of kthreadd)

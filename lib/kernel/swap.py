@@ -27,7 +27,6 @@ from lib.kernel import abi, libc, system
 ZRAM_CONTROL = "/sys/class/zram-control"
 DEFAULT_SIZE = 256 * system.MiB
 SWAP_MAGIC = b"SWAPSPACE2"
-SWAP_FLAG_PREFER = 0x8000
 
 
 class SwapError(Exception):

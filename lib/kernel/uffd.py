@@ -123,7 +123,6 @@ class Userfaultfd:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.features = 0
-        self.api_ioctls = 0
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -183,7 +182,6 @@ class Userfaultfd:
         a = abi.uffdio_api(api=api, features=int(features))
         self._ioctl(abi.UFFDIO_API, a, "UFFDIO_API")
         self.features = a.features
-        self.api_ioctls = a.ioctls
         return a
 
     def has(self, feature: int) -> bool:

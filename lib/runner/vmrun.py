@@ -192,11 +192,6 @@ def bisect_verdict(data: dict) -> int:
     return exitcodes.decide(data, bisect=True).code
 
 
-def plain_verdict(data: dict) -> int:
-    """kselftest's code for a run (see lib.runner.exitcodes)."""
-    return exitcodes.decide(data, bisect=False).code
-
-
 def results_for(root: Path, args: argparse.Namespace, image: str, suffix: str = "") -> Path:
     if args.results:
         base = Path(args.results)
