@@ -496,6 +496,10 @@ SPLICE_F_GIFT = 8
 # mbind(2) (include/uapi/linux/mempolicy.h), clone(2) (include/uapi/linux/sched.h)
 MPOL_LOCAL = 4
 MPOL_MF_MOVE = 1 << 1
+MPOL_MF_MOVE_ALL = 1 << 2
+# prctl(2) (include/uapi/linux/prctl.h)
+PR_SET_MEMORY_MERGE = 67
+PR_GET_MEMORY_MERGE = 68
 CLONE_VM = 0x00000100
 
 # clear_refs values (fs/proc/task_mmu.c)
