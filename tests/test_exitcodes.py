@@ -110,12 +110,30 @@ def test_decision_line_names_the_failed_cases():
 
 
 def test_kselftest_code_is_what_the_runner_writes():
-    """The runner's summary exit_code (the root conftest.py) comes from the same function."""
-    import importlib.util
-    from pathlib import Path
+    """The runner plugin writes summary.json's exit_code with exitcodes.decide, which for a run on
+    this kernel is kselftest_code of its totals (interrupted: 1)."""
+    from lib.runner import plugin
 
-    spec = importlib.util.spec_from_file_location("kmm_root_conftest", Path(__file__).parent.parent / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.kselftest_exit is exitcodes.kselftest_code
+    assert plugin.exitcodes is exitcodes
+    for cases, partial in [((OK,), ""), ((OK, SKIP), ""), ((SKIP,), ""), ((), ""), ((OK,), "interrupted"),
+                           ((case("f", "fail", "leak"),), ""), ((case("x", "xpass", "gone"),), "")]:
+        s = run(*cases, partial=partial)
+        assert exitcodes.decide(s, bisect=False).code == exitcodes.kselftest_code(s["totals"], bool(partial))
+
+
+@pytest.mark.parametrize(("name", "kwargs", "plain", "bisect"), [
+    ("clean", {"summary": run(OK)}, KSFT_PASS, BISECT_GOOD),
+    ("all skipped", {"summary": run(SKIP)}, KSFT_SKIP, BISECT_SKIP),
+    ("a failure", {"summary": run(OK, case("f", "fail", "leak"))}, KSFT_FAIL, BISECT_BAD),
+    ("interrupted before the start", {"summary": None, "started": False, "pytest_code": 2}, KSFT_FAIL, BISECT_SKIP),
+    ("no report", {"summary": None, "pytest_code": 1}, KSFT_FAIL, BISECT_ABORT),
+    ("internal error", {"summary": run(OK), "pytest_code": 3}, KSFT_PASS, BISECT_ABORT),
+    ("reports not written", {"summary": run(OK), "write_failed": True}, KSFT_FAIL, BISECT_GOOD),
+    ("all skipped, reports not written", {"summary": run(SKIP), "write_failed": True}, KSFT_FAIL, BISECT_SKIP),
+    ("--kcidb not written", {"summary": run(SKIP), "kcidb_failed": True}, KSFT_FAIL, BISECT_SKIP),
+])
+def test_host_run_exit_code(name: str, kwargs: dict, plain: int, bisect: int) -> None:
+    """run_suite.py's exit code for a run on this kernel is decided by exitcodes.host_run alone."""
+    kwargs = {"pytest_code": 0, **kwargs}
+    assert exitcodes.host_run(bisect=False, **kwargs).code == plain, name
+    assert exitcodes.host_run(bisect=True, **kwargs).code == bisect, name

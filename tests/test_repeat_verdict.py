@@ -1,4 +1,4 @@
-"""--repeat: which outcome speaks for a case run several times (the root conftest.repeat_verdict).
+"""--repeat: which outcome speaks for a case run several times (lib.runner.plugin.repeat_verdict).
 
 A repeat that could not judge the kernel (``cannot test:``) must neither make a case flaky nor
 hide a failure; repeats that judged differently are flaky.
@@ -6,17 +6,10 @@ hide a failure; repeats that judged differently are flaky.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from lib.runner.isolation import Outcome
-
-_spec = importlib.util.spec_from_file_location("kmm_root_conftest_rv", Path(__file__).parent.parent / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
+from lib.runner.plugin import repeat_verdict
 
 P = Outcome("pass")
 F = Outcome("fail", "leak")
@@ -42,5 +35,5 @@ E = Outcome("error", "case process exited with status 3 without a verdict")
          "cannot-test, fail, pass", "all cannot test", "other error is judged", "all skip"],
 )
 def test_repeat_verdict(outcomes: list[Outcome], kind: str, message: str, flaky: bool) -> None:
-    final, is_flaky = _root.repeat_verdict(outcomes)
+    final, is_flaky = repeat_verdict(outcomes)
     assert (final.kind, final.message, is_flaky) == (kind, message, flaky)

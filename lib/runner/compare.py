@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BAD = ("fail", "error", "xpass")
-GOOD = ("pass", "xfail")
+from lib.runner.verdict import BAD, Verdict
 
 
 def load(run: str | Path) -> dict:
@@ -24,8 +23,8 @@ def load(run: str | Path) -> dict:
         return json.load(f)
 
 
-def verdicts(summary: dict) -> dict[str, str]:
-    return {c["name"]: c["verdict"] for c in summary["cases"]}
+def verdicts(summary: dict) -> dict[str, Verdict]:
+    return {c["name"]: Verdict(c["verdict"]) for c in summary["cases"]}
 
 
 @dataclass
@@ -57,7 +56,7 @@ def compare(a: dict, b: dict) -> Comparison:
             c.regressed.append((name, old, new))
         elif old in BAD and new not in BAD:
             c.fixed.append((name, old, new))
-        elif new == "skip":
+        elif new is Verdict.SKIP:
             c.newly_skipped.append((name, old, new))
         else:
             c.newly_run.append((name, old, new))
@@ -84,7 +83,8 @@ def format_comparison(c: Comparison, label_a: str, label_b: str) -> str:
     return "\n".join(lines)
 
 
-SHORT = {"pass": "ok", "fail": "FAIL", "error": "ERR", "xfail": "xfail", "xpass": "XPASS", "skip": "skip"}
+SHORT = {Verdict.PASS: "ok", Verdict.FAIL: "FAIL", Verdict.ERROR: "ERR", Verdict.XFAIL: "xfail",
+         Verdict.XPASS: "XPASS", Verdict.SKIP: "skip"}
 
 
 def verdict_table(runs: list[tuple[str, dict | None]]) -> str:
@@ -110,7 +110,7 @@ def verdict_table(runs: list[tuple[str, dict | None]]) -> str:
             totals.append("no run".ljust(w))
             continue
         t = s["totals"]
-        totals.append(f"{t['pass']}/{t['fail'] + t['error']}/{t['skip']}".ljust(w))
+        totals.append(f"{t[Verdict.PASS]}/{t[Verdict.FAIL] + t[Verdict.ERROR]}/{t[Verdict.SKIP]}".ljust(w))
     out.append("pass/fail/skip".ljust(width) + "  " + "  ".join(totals))
     return "\n".join(out)
 

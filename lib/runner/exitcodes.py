@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lib.runner.verdict import BAD, Verdict, of
+
 KSFT_PASS = 0
 KSFT_FAIL = 1
 USAGE = 2
@@ -51,19 +53,19 @@ BOOTED_STAGES = ("GUEST", "EXITED")
 
 def case_failed(case: Mapping[str, Any]) -> bool:
     """Does this case result (summary.json's ``cases`` entry) judge the kernel bad?"""
-    verdict = case.get("verdict")
-    if verdict in ("fail", "xpass"):
-        return True
-    return verdict == "error" and not str(case.get("message", "")).startswith(UNJUDGED_ERRORS)
+    verdict = of(str(case.get("verdict")))
+    if verdict is Verdict.ERROR:
+        return not str(case.get("message", "")).startswith(UNJUDGED_ERRORS)
+    return verdict is not None and verdict.failed
 
 
 def kselftest_code(totals: Mapping[str, int], partial: bool) -> int:
     """kselftest exit code from verdict totals: 1 on any failure or an interrupted run, 4 if
     everything skipped (or nothing ran), else 0."""
-    if totals.get("fail") or totals.get("error") or totals.get("xpass") or partial:
+    if any(totals.get(v) for v in BAD) or partial:
         return KSFT_FAIL
     ran = sum(totals.values())
-    if ran == 0 or totals.get("skip", 0) == ran:
+    if ran == 0 or totals.get(Verdict.SKIP, 0) == ran:
         return KSFT_SKIP
     return KSFT_PASS
 
@@ -105,7 +107,7 @@ def _unjudged(summary: Mapping[str, Any]) -> str:
     if vm.get("verdict") == "timeout":
         return f"VM deadline: {vm.get('reason')}"
     for c in summary.get("cases", []):
-        if c.get("verdict") == "error":
+        if c.get("verdict") == Verdict.ERROR:
             return f"{c.get('name')}: {c.get('message')}"
     if summary.get("partial"):
         return f"interrupted: {summary.get('partial_reason') or 'the run did not finish'}"
@@ -115,7 +117,7 @@ def _unjudged(summary: Mapping[str, Any]) -> str:
     ran = sum(totals.values())
     if ran == 0:
         return "no case ran"
-    if totals.get("skip", 0) == ran:
+    if totals.get(Verdict.SKIP, 0) == ran:
         return "every case skipped"
     return ""
 
@@ -140,6 +142,37 @@ def decide(summary: Mapping[str, Any] | None, *, bisect: bool, harness_problem: 
     code = kselftest_code(totals, died)
     verdict = {KSFT_PASS: "pass", KSFT_FAIL: "fail", KSFT_SKIP: "skip"}[code]
     return Decision(code, verdict, unjudged if code == KSFT_FAIL and not failed else "", failed)
+
+
+#: pytest.main's code for an internal error (pytest.ExitCode.INTERNAL_ERROR): a bug of ours.
+PYTEST_INTERNAL_ERROR = 3
+
+
+def host_run(summary: Mapping[str, Any] | None, *, bisect: bool, pytest_code: int, started: bool = True,
+             write_failed: bool = False, kcidb_failed: bool = False) -> Decision:
+    """The exit code of run_suite.py for a run on this kernel (the one place it is decided).
+
+    ``summary``: the run's final summary.json data (None when the run wrote none);
+    ``started``: the run got as far as its first report (an interrupt before that ran nothing);
+    ``write_failed``: a report could not be written, ``kcidb_failed``: --kcidb could not be
+    written (both count as failures; git bisect run is told about the kernel only).
+    """
+    if not started:
+        why = "interrupted before the run started"
+        return Decision(BISECT_SKIP, "skip", f"cannot test: {why}") if bisect else Decision(KSFT_FAIL, "fail", why)
+    no_report = f"the run produced no report (pytest exit {pytest_code})"
+    if bisect:
+        problem = "" if summary is not None else no_report
+        if pytest_code == PYTEST_INTERNAL_ERROR:
+            problem = "internal error in the suite (pytest exit 3)"
+        return decide(summary, bisect=True, harness_problem=problem)
+    if summary is None:
+        return Decision(KSFT_FAIL, "fail", no_report)
+    d = decide(summary, bisect=False)
+    if write_failed or kcidb_failed:
+        why = "the results folder could not be written" if write_failed else "--kcidb could not be written"
+        return Decision(KSFT_FAIL, "fail", why, d.failed)
+    return d
 
 
 def usage_code(bisect: bool) -> int:

@@ -36,6 +36,7 @@ from lib import check
 from lib.kernel import libc
 from lib.kernel.tasks import ChildResult, Deadline, group_tasks
 from lib.runner import interrupt
+from lib.runner.verdict import Verdict
 
 # ---------------------------------------------------------------------------------------
 # isolation
@@ -45,12 +46,15 @@ from lib.runner import interrupt
 class Outcome:
     """How an isolated call ended."""
 
-    kind: str  # pass, fail, skip, xfail, timeout, signal, error
+    kind: Verdict  # PASS, FAIL, SKIP, XFAIL, TIMEOUT, SIGNAL or ERROR
     message: str = ""
     details: str = ""
     notes: list[str] = field(default_factory=list)
     duration: float = 0.0
     traceback: str = ""
+
+    def __post_init__(self) -> None:
+        self.kind = Verdict(self.kind)  # a plain string names the same verdict
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -68,22 +72,22 @@ def _where(exc: BaseException) -> str:
                      for f in frames[-4:])
 
 
-def _classify(exc: BaseException, skip_types: tuple, xfail_types: tuple) -> tuple[str, str, str, str]:
+def _classify(exc: BaseException, skip_types: tuple, xfail_types: tuple) -> tuple[Verdict, str, str, str]:
     """(kind, message, where, full traceback) of an exception raised by a case."""
     if isinstance(exc, skip_types):
-        return "skip", str(getattr(exc, "msg", exc)), "", ""
+        return Verdict.SKIP, str(getattr(exc, "msg", exc)), "", ""
     if isinstance(exc, xfail_types):
-        return "xfail", str(getattr(exc, "msg", exc)), "", ""
+        return Verdict.XFAIL, str(getattr(exc, "msg", exc)), "", ""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     where = _where(exc)
     if isinstance(exc, check.CannotTest):
-        return "error", check.CANNOT_TEST_PREFIX + str(exc), where, tb
+        return Verdict.ERROR, check.CANNOT_TEST_PREFIX + str(exc), where, tb
     if isinstance(exc, AssertionError):
-        return "fail", str(exc).split("\n")[0] or "assertion failed", where, tb
+        return Verdict.FAIL, str(exc).split("\n")[0] or "assertion failed", where, tb
     msg = getattr(exc, "msg", None) if type(exc).__name__ == "Failed" else None
     if msg:
-        return "fail", str(msg), where, tb
-    return "fail", f"{type(exc).__name__}: {exc}", where, tb
+        return Verdict.FAIL, str(msg), where, tb
+    return Verdict.FAIL, f"{type(exc).__name__}: {exc}", where, tb
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def run_isolated(
             os.close(gate_r)
             _arm_stack_dump(stack_w)
             fn()
-            result = {"kind": "pass"}
+            result = {"kind": Verdict.PASS}
         except BaseException as exc:
             kind, msg, where, tb = _classify(exc, skip_types, xfail_types)
             result = {"kind": kind, "message": msg, "details": where, "traceback": tb}
@@ -368,14 +372,14 @@ def run_isolated(
     if result is not None:
         diags = [n.removeprefix(check.DIAG_PREFIX) for n in notes if n.startswith(check.DIAG_PREFIX)]
         details = "\n".join(x for x in (result.get("details", ""), *diags) if x)
-        return Outcome(result["kind"], result.get("message", ""), details, notes, dur,
+        return Outcome(Verdict(result["kind"]), result.get("message", ""), details, notes, dur,
                        result.get("traceback", ""))
     cr = ChildResult(pid, status)
     if cr.signal is not None:
         name = signal.Signals(cr.signal).name
         where = f" (last step: {notes[-1]})" if notes else ""
-        return Outcome("signal", f"killed by {name}{where}", "", notes, dur)
-    return Outcome("error", f"case process exited with status {cr.exit_code} without a verdict", "", notes, dur)
+        return Outcome(Verdict.SIGNAL, f"killed by {name}{where}", "", notes, dur)
+    return Outcome(Verdict.ERROR, f"case process exited with status {cr.exit_code} without a verdict", "", notes, dur)
 
 
 def _timeout(pid: int, timeout: float, notes: list[str], start: float,
@@ -394,7 +398,7 @@ def _timeout(pid: int, timeout: float, notes: list[str], start: float,
         what += f"; {len(uffd)} thread(s) blocked in {uffd[0][4]}"
     _kill_group(pid)
     return Outcome(
-        "timeout",
+        Verdict.TIMEOUT,
         f"timeout after {timeout:g}s: {what}",
         "tasks at the deadline:\n" + "\n".join(lines)
         + (f"\nPython stacks at the deadline:\n{trim_stack(stack)}" if stack else ""),

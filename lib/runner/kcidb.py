@@ -50,12 +50,16 @@ import jsonschema
 import kcidb_io
 
 from lib.kernel import system
+from lib.runner.verdict import Verdict
 
 SCHEMA = kcidb_io.schema.LATEST
 ORIGIN_RE = re.compile(f"^{SCHEMA.origin_pattern}$")
 DEFAULT_ORIGIN = "kmm"
 LOG_EXCERPT_MAX = 16384  # the schema's maxLength for log_excerpt
-STATUS = {"pass": "PASS", "fail": "FAIL", "xpass": "FAIL", "error": "ERROR", "xfail": "PASS", "skip": "SKIP"}
+STATUS = {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL", Verdict.XPASS: "FAIL", Verdict.ERROR: "ERROR",
+          Verdict.XFAIL: "PASS", Verdict.SKIP: "SKIP"}
+TAG = {Verdict.XFAIL: "XFAIL", Verdict.XPASS: "XPASS", Verdict.SKIP: "SKIP", Verdict.ERROR: "ERROR",
+       Verdict.FAIL: "FAIL"}
 NOT_RUN_STATUS = "MISS"
 SUITE_PATH = "kmm"
 #: The config options the suite's fragment (scripts/kernel.config) sets: their values in a
@@ -110,9 +114,9 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _comment(name: str, verdict: str, message: str, timeout: bool) -> str:
-    tag = {"xfail": "XFAIL", "xpass": "XPASS", "skip": "SKIP", "error": "ERROR", "fail": "FAIL"}.get(verdict, "")
-    if verdict == "fail" and timeout:
+def _comment(name: str, verdict: Verdict, message: str, timeout: bool) -> str:
+    tag = TAG.get(verdict, "")
+    if verdict is Verdict.FAIL and timeout:
         tag = "TIMEOUT"
     msg = " ".join(message.split())
     return _clean(f"{name}: {tag}: {msg}" if tag and msg else f"{name}: {tag}" if tag else name)
@@ -189,7 +193,7 @@ def submission(summary: dict, origin: str = DEFAULT_ORIGIN, facts: KernelFacts |
 
     for c in summary.get("cases", []):
         path = test_path(c["area"], c["name"])
-        verdict = c["verdict"]
+        verdict = Verdict(c["verdict"])
         timeout = bool(c.get("timeout"))
         misc = {"case_name": _clean(c["name"]), "area": c["area"], "verdict": verdict, "timeout": timeout,
                 "nodeid": c.get("nodeid", ""), "message": _clean(c.get("message", ""))}

@@ -17,11 +17,13 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from lib.runner.verdict import Verdict
+
 NOT_RUN = "notrun"
 MISSING = "none"  # no result for this case in this column
-ORDER = ("pass", "fail", "error", "xpass", "xfail", "skip", NOT_RUN, MISSING)
-SHORT = {"pass": "ok", "fail": "FAIL", "error": "ERROR", "xpass": "XPASS", "xfail": "xfail", "skip": "skip",
-         NOT_RUN: "not run", MISSING: "-"}
+ORDER = (Verdict.PASS, Verdict.FAIL, Verdict.ERROR, Verdict.XPASS, Verdict.XFAIL, Verdict.SKIP, NOT_RUN, MISSING)
+SHORT = {Verdict.PASS: "ok", Verdict.FAIL: "FAIL", Verdict.ERROR: "ERROR", Verdict.XPASS: "XPASS",
+         Verdict.XFAIL: "xfail", Verdict.SKIP: "skip", NOT_RUN: "not run", MISSING: "-"}
 
 CSS = """
 body{font:13px/1.35 system-ui,sans-serif;margin:1em;color:#222}
@@ -76,7 +78,7 @@ def _esc(text: object) -> str:
 
 def label_of(verdict: str, message: str) -> str:
     """A cell's text: the short verdict, TIMEOUT for a failure that was a timeout."""
-    return "TIMEOUT" if verdict == "fail" and message.startswith("TIMEOUT: ") else SHORT.get(verdict, verdict)
+    return "TIMEOUT" if verdict == Verdict.FAIL and message.startswith("TIMEOUT: ") else SHORT.get(verdict, verdict)
 
 
 def cells(summary: dict | None) -> dict[str, tuple[str, str]]:
@@ -90,7 +92,7 @@ def cells(summary: dict | None) -> dict[str, tuple[str, str]]:
             msg = "TIMEOUT: " + msg
         if c.get("details"):
             msg += "\n" + c["details"][:2000]
-        out[c["name"]] = (c["verdict"], msg.strip())
+        out[c["name"]] = (str(Verdict(c["verdict"])), msg.strip())
     reason = summary.get("partial_reason") or "the run ended early"
     for name in summary.get("not_run", []):
         out.setdefault(name, (NOT_RUN, f"not run: {reason}"))

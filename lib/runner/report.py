@@ -25,14 +25,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
-VERDICTS = ("pass", "fail", "xfail", "xpass", "skip", "error")
+from lib.runner.verdict import BAD, REPORTED, Verdict
+
+VERDICTS = REPORTED  # the order of the totals
 
 
 @dataclass
 class CaseResult:
     area: str
     name: str
-    verdict: str  # one of VERDICTS
+    verdict: Verdict  # one of REPORTED (a string naming one is taken as that Verdict)
     message: str = ""
     details: str = ""
     duration: float = 0.0
@@ -43,9 +45,14 @@ class CaseResult:
     traceback: str = ""  # full Python traceback: JUnit body and summary.json only, never TAP
     started: str = ""  # UTC start (iso()), '' where unknown
 
+    def __post_init__(self) -> None:
+        v = Verdict(self.verdict)
+        self.timeout = self.timeout or v is Verdict.TIMEOUT
+        self.verdict = v.reported
+
     @property
     def failed(self) -> bool:
-        return self.verdict in ("fail", "error", "xpass")
+        return Verdict(self.verdict).failed
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -61,15 +68,15 @@ def tap_name(name: str) -> str:
 def tap_result_line(number: int, r: CaseResult) -> str:
     name = tap_name(r.name)
     msg = one_line(r.message)
-    if r.verdict == "pass":
+    if r.verdict == Verdict.PASS:
         return f"ok {number} {name}"
-    if r.verdict == "skip":
+    if r.verdict == Verdict.SKIP:
         return f"ok {number} {name} # SKIP {msg}"
-    if r.verdict == "xfail":
+    if r.verdict == Verdict.XFAIL:
         return f"ok {number} {name} # XFAIL {msg}"
-    if r.verdict == "xpass":
+    if r.verdict == Verdict.XPASS:
         return f"ok {number} {name} # XPASS {msg}"
-    if r.verdict == "error":
+    if r.verdict == Verdict.ERROR:
         return f"not ok {number} {name} # error {msg}"
     if r.timeout:
         return f"not ok {number} {name} # TIMEOUT {msg}"
@@ -85,7 +92,7 @@ class Totals(dict):
         super().__init__({v: 0 for v in VERDICTS})
 
     def add(self, r: CaseResult) -> None:
-        self[r.verdict] += 1
+        self[Verdict(r.verdict).reported] += 1
 
     def line(self) -> str:
         return (
@@ -95,7 +102,7 @@ class Totals(dict):
 
     @property
     def failed(self) -> bool:
-        return bool(self["fail"] or self["error"] or self["xpass"])
+        return any(self[v] for v in BAD)
 
     @property
     def ran(self) -> int:
@@ -158,7 +165,7 @@ class TapWriter:
     def result(self, r: CaseResult) -> None:
         self.number += 1
         self.totals.add(r)
-        if r.verdict in ("fail", "error", "xpass"):
+        if r.failed:
             self.diag(r.message)
             if r.details:
                 self.diag(r.details)
@@ -215,15 +222,15 @@ def xml_text(text: str) -> str:
 def _kind(r: CaseResult) -> tuple[str, str, str] | None:
     """(element, type, message) of a result's JUnit child, None for a pass."""
     msg = one_line(r.message) or r.verdict
-    if r.verdict == "fail":
+    if r.verdict == Verdict.FAIL:
         return ("failure", "timeout" if r.timeout else "failure", msg)
-    if r.verdict == "error":
+    if r.verdict == Verdict.ERROR:
         return ("error", "cannot-test" if r.message.startswith("cannot test") else "error", msg)
-    if r.verdict == "xpass":
+    if r.verdict == Verdict.XPASS:
         return ("failure", "xpass", "XPASS: " + msg)
-    if r.verdict == "skip":
+    if r.verdict == Verdict.SKIP:
         return ("skipped", "skip", msg)
-    if r.verdict == "xfail":
+    if r.verdict == Verdict.XFAIL:
         return ("skipped", "xfail", "XFAIL: " + msg)
     return None
 
@@ -478,7 +485,10 @@ def write_summary(path: str, data: dict) -> None:
 _RESULT = re.compile(r"^(ok|not ok) (\d+) (.*?)(?: # (SKIP|XFAIL|XPASS|TIMEOUT|error)(?: (.*))?)?$")
 
 
-def parse_tap(text: str) -> list[tuple[str, str, str]]:
+_DIRECTIVE = {"SKIP": Verdict.SKIP, "XFAIL": Verdict.XFAIL, "XPASS": Verdict.XPASS, "error": Verdict.ERROR}
+
+
+def parse_tap(text: str) -> list[tuple[str, Verdict, str]]:
     """(name, verdict, message) for every result line of kselftest-style TAP."""
     out = []
     for line in text.splitlines():
@@ -486,15 +496,6 @@ def parse_tap(text: str) -> list[tuple[str, str, str]]:
         if not m:
             continue
         ok, _num, name, directive, msg = m.groups()
-        if directive == "SKIP":
-            verdict = "skip"
-        elif directive == "XFAIL":
-            verdict = "xfail"
-        elif directive == "XPASS":
-            verdict = "xpass"
-        elif directive == "error":
-            verdict = "error"
-        else:
-            verdict = "pass" if ok == "ok" else "fail"
+        verdict = _DIRECTIVE.get(directive) or (Verdict.PASS if ok == "ok" else Verdict.FAIL)
         out.append((name, verdict, msg or ""))
     return out

@@ -1,12 +1,16 @@
 """Where a run's reports go: its own results folder, a writability probe, and ``latest``.
 
-The one place that decides both (run_suite.py and the runner plugin call it):
+The one place that decides them (run_suite.py, the runner plugin and lib.runner.vmrun call it:
+:func:`open_run` for a run's folder, :func:`run_dir` for a folder of its own, :meth:`RunFolder.finish`
+and :func:`finish` for ``latest``):
 
 * every run gets a folder of its own, ``<base>/<UTC second>-<release>``, created with a single
   mkdir; when another run took that name in the same second the next free ``.1``, ``.2``, ...
   suffix is taken, so two runs never share a folder;
 * a run deletes only a folder it created itself (and only when it ended before its first case);
-* ``latest`` is replaced atomically: a symlink under a temporary name, renamed over it.
+* ``latest`` is replaced atomically: a symlink under a temporary name, renamed over it; it
+  follows only a folder under :func:`default_base` (for a run on this machine, only one this
+  module chose, never a ``--results`` one), and only for a run that wrote its reports.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ATTEMPTS = 1000
@@ -109,3 +115,56 @@ def point_latest(run_dir: Path) -> None:
             pass
         if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EISDIR):
             raise
+
+
+def run_dir(given: str | Path | None, root: Path, label: str) -> Path:
+    """A run's folder: ``given`` (the command line's ``--results``) as it is, else a new folder
+    of the run's own under :func:`default_base` named after ``label``."""
+    return Path(given) if given else new_run_dir(default_base(root), label)
+
+
+def chosen_here(folder: Path, root: Path) -> bool:
+    """Is ``folder`` one this module chose (under :func:`default_base`), so ``latest`` follows it?"""
+    return folder.parent == default_base(root)
+
+
+def finish(folder: Path, root: Path, reported: bool = True) -> None:
+    """The run in ``folder`` ended: ``latest`` moves to it when the folder is one of ours and the
+    run wrote its reports."""
+    if reported and chosen_here(folder, root):
+        point_latest(folder)
+
+
+@dataclass
+class RunFolder:
+    """A run's results folder, and whether this run created it (then only it may remove it)."""
+
+    path: Path
+    created: bool
+    latest: bool  #: a folder this module chose: ``latest`` follows it
+
+    def discard(self) -> None:
+        """The run ended before its first case: remove the folder if this run made it."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def finish(self, reported: bool) -> None:
+        """The run ended; ``reported``: it wrote its reports (then ``latest`` may move here)."""
+        if reported and self.latest:
+            point_latest(self.path)
+
+
+def open_run(given: str | None, root: Path, label: str) -> RunFolder:
+    """The folder of a run on this machine, created and probed for writes (ResultsError says
+    why it cannot be used): ``given`` (made absolute), else a new one under :func:`default_base`."""
+    if given:
+        path = Path(given).resolve()
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ResultsError(f"cannot create results folder {given}: {e.strerror}") from None
+    else:
+        path, created = run_dir(None, root, label), True
+    probe_writable(path)
+    return RunFolder(path, created, latest=not given)
