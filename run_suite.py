@@ -16,7 +16,6 @@ import argparse
 import io
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -277,16 +276,6 @@ def list_cases(argv: list[str]) -> int:
     return 0
 
 
-def bisect_code(summary: dict | None, pytest_code: int) -> int:
-    """git bisect run's code for a host run (lib.runner.exitcodes decides; never 2, which means bad)."""
-    problem = "" if summary is not None else f"the run produced no report (pytest exit {pytest_code})"
-    if pytest_code == 3:  # pytest.ExitCode.INTERNAL_ERROR: our bug, not the kernel's
-        problem = "internal error in the suite (pytest exit 3)"
-    decision = exitcodes.decide(summary, bisect=True, harness_problem=problem)
-    print(f"# bisect: {decision.line()}", flush=True)
-    return decision.code
-
-
 def resolve_paths(args: argparse.Namespace, cwd: str) -> None:
     """Make every path argument absolute against the caller's directory, before anything (the
     guest, vng, the case children) runs from another directory."""
@@ -349,18 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         return list_cases(pytest_args(args, chosen, patterns, None, None))
     from lib.runner import results as folders
 
-    existed = bool(args.results) and Path(args.results).exists()
-    try:
-        if args.results:
-            results = Path(args.results).resolve()
-            results.mkdir(parents=True, exist_ok=True)
-        else:
-            results = folders.new_run_dir(folders.default_base(ROOT), os.uname().release)
-        folders.probe_writable(results)
-    except (OSError, folders.ResultsError) as e:
-        why = e if isinstance(e, folders.ResultsError) else f"cannot create results folder {args.results}: {e.strerror}"
-        sys.stderr.write(f"run_suite.py: error: {why}\n")
+    try:  # lib.runner.results decides the folder (and `latest`, below)
+        folder = folders.open_run(args.results, ROOT, os.uname().release)
+    except folders.ResultsError as e:
+        sys.stderr.write(f"run_suite.py: error: {e}\n")
         return exitcodes.usage_code(args.bisect)
+    results = folder.path
     try:
         sys.stdout.flush()
     except BrokenPipeError:
@@ -377,28 +360,26 @@ def main(argv: list[str] | None = None) -> int:
     os.close(status_fd)
     if usage:
         sys.stderr.write(f"run_suite.py: error: {usage}\n")
-        if not existed:  # the folder is this run's own, and nothing ran: remove it
-            shutil.rmtree(results, ignore_errors=True)
+        folder.discard()  # nothing ran: a folder this run made goes
         return exitcodes.usage_code(args.bisect)
     summary = getattr(run, "final_summary", None)
-    final = getattr(run, "final_exit", None)
-    if final is None and getattr(run, "tap", None) is None and code == 2:  # pytest.ExitCode.INTERRUPTED
+    started = not (summary is None and getattr(run, "tap", None) is None and code == 2)  # pytest.ExitCode.INTERRUPTED
+    write_failed = started and run is not None and bool(run.write_failure())
+    if not started:
         sys.stderr.write("run_suite.py: interrupted before the run started (no case ran, no report)\n")
-        if not existed:
-            shutil.rmtree(results, ignore_errors=True)
-        return exitcodes.BISECT_SKIP if args.bisect else exitcodes.KSFT_FAIL
-    if summary is not None and not args.results and not run.write_failure():
-        folders.point_latest(results)  # a run's own folder under results/: `latest` moves to it
-    say(f"# results: {results}")
-    if args.kcidb and summary is not None and kcidb_failed(args, results) and not args.bisect:
-        return max(int(final or 0), 1)
-    if args.bisect:
-        return bisect_code(summary, code)
-    if final is None:
+        folder.discard()
+    else:
+        folder.finish(reported=summary is not None and not write_failed)  # `latest` (lib.runner.results)
+        say(f"# results: {results}")
+    kcidb_bad = bool(args.kcidb and summary is not None and kcidb_failed(args, results))  # bisect: not the kernel's
+    decision = exitcodes.host_run(summary, bisect=args.bisect, pytest_code=code, started=started,
+                                  write_failed=write_failed, kcidb_failed=kcidb_bad)
+    if args.bisect and started:
+        print(f"# bisect: {decision.line()}", flush=True)
+    elif summary is None and started:
         sys.stderr.write(f"run_suite.py: error: the run produced no report (pytest exit {code}); "
                          f"see {results}/run.log\n")
-        return 1
-    return int(final)
+    return decision.code
 
 
 if __name__ == "__main__":
