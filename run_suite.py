@@ -99,9 +99,11 @@ def build_parser() -> Parser:
                     help="run the selection on each kernel in turn (IMAGE `running`: this kernel, no VM); "
                          "put the selection before this option")
     vm.add_argument("--find-first-bad", action="store_true", help="with --kernels: binary search for the first bad")
+    vm.add_argument("-j", "--jobs", type=positive_int, metavar="N",
+                    help="with --kernels: up to N kernels at once (memory and CPUs split; lib/runner/parallel.py)")
     vm.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two result folders")
-    vm.add_argument("--memory", default="2G", help="guest memory (default 2G)")
-    vm.add_argument("--cpus", type=positive_int, default=2, help="guest CPUs (default 2)")
+    vm.add_argument("--memory", help="guest memory (default 2G, less to fit -j N guests in MemAvailable)")
+    vm.add_argument("--cpus", type=positive_int, help="guest CPUs (default 2, at most nproc/N with -j N)")
     vm.add_argument("--kernel-cmdline", default="", metavar="ARGS", help="extra guest kernel command line")
     vm.add_argument("--vm-timeout", type=positive_float, default=900.0, metavar="SECONDS",
                     help="overall deadline for one guest run (default 900)")
@@ -310,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.bisect = "--bisect" in (sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.jobs is not None and not args.kernels:
+        parser.error("-j/--jobs needs --kernels")
     resolve_paths(args, os.getcwd())
     _ensure_interpreter()
     sys.path.insert(0, str(ROOT))

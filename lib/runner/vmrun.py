@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from lib.check import CANNOT_TEST_PREFIX
-from lib.runner import compare, exitcodes, matrix_html, report, vm
+from lib.runner import compare, exitcodes, matrix_html, report, splats, vm
 from lib.runner import results as folders
 from lib.runner.vm_console import BootStage, ConsoleLine, Verdict
 
@@ -63,6 +63,11 @@ def run_here(args: argparse.Namespace, root: Path, results: Path) -> dict:
 
     argv = guest_argv(args, root, results)
     rc = subprocess.run(argv, cwd=root, check=False).returncode
+    return host_summary(results, rc)
+
+
+def host_summary(results: Path, rc: int) -> dict:
+    """The ``running`` entry's summary, marked as a host run (written back)."""
     try:
         data = json.loads((results / "summary.json").read_text())
     except (OSError, ValueError):
@@ -86,7 +91,7 @@ def run_one(args: argparse.Namespace, root: Path, image: str, results: Path, liv
         if not live:
             return
         if line.kernel:
-            if any(k in line.text for k in ("WARNING:", "BUG:", "Oops", "Kernel panic", "Bad page")):
+            if splats.is_splat(line.text):  # the one table (lib.runner.splats)
                 print(f"# console: {line.text}", flush=True)
         elif line.text.startswith(("ok ", "not ok ", "# ", "TAP version", "1..")):
             print(line.text, flush=True)
@@ -196,7 +201,7 @@ def results_for(root: Path, args: argparse.Namespace, image: str, suffix: str = 
     if args.results:
         base = Path(args.results)
         return base / image_label(image) if suffix else base
-    return folders.new_run_dir(root / "results", f"vm-{image_label(image)}")  # a folder of its own
+    return folders.run_dir(None, root, f"vm-{image_label(image)}")  # a folder of its own (lib.runner.results)
 
 
 def _preflight(images: list[str]) -> str:
@@ -241,6 +246,11 @@ def main(args: argparse.Namespace, root: Path) -> int:
     problem = _preflight(images)
     if problem:
         return _err(problem, args.bisect)
+    from lib.runner import parallel  # the guests' size, and how many at once with -j
+
+    plan = parallel.size_guests(args, images)
+    if plan.note:
+        print(f"# -j: {plan.note}", flush=True)
     if args.kernel:
         res = results_for(root, args, args.kernel)
         try:
@@ -262,13 +272,17 @@ def main(args: argparse.Namespace, root: Path) -> int:
 
 
 def _finish_run_folder(root: Path, res: Path) -> None:
-    if res.parent == root / "results":
-        folders.point_latest(res)  # atomic (lib.runner.results)
+    folders.finish(res, root)  # `latest` (lib.runner.results decides)
 
 
 def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
-    """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table."""
-    base = Path(args.results) if args.results else folders.new_run_dir(root / "results", "kernels")
+    """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table;
+    with -j N > 1, N at a time (lib.runner.parallel)."""
+    if (getattr(args, "jobs", None) or 1) > 1:
+        from lib.runner import parallel
+
+        return parallel.run_series(args, root, images)
+    base = folders.run_dir(args.results, root, "kernels")
     runs: dict[int, dict] = {}
 
     def run_index(i: int) -> dict:
@@ -291,6 +305,12 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     else:
         for i in range(len(images)):
             run_index(i)
+    return finish_series(args, base, images, runs, first_bad, verdict_note if args.find_first_bad else "")
+
+
+def finish_series(args: argparse.Namespace, base: Path, images: list[str], runs: dict[int, dict],
+                  first_bad: int | None, verdict_note: str) -> int:
+    """The series' table (printed, table.txt), matrix.html and exit code."""
     labels = [(f"{image_label(images[i])}", runs.get(i)) for i in range(len(images))]
     print(compare.verdict_table(labels))
     base.mkdir(parents=True, exist_ok=True)
@@ -299,7 +319,7 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     if args.find_first_bad:
         if first_bad is None:
             print(f"# first bad: none ({verdict_note})")
-            return BISECT_SKIP if "cannot" in verdict_note else 0
+            return BISECT_SKIP if verdict_note.startswith(("no kernel", "cannot")) else 0
         print(f"# first bad: {images[first_bad]} ({verdict_note})")
         return 1
     codes = [bisect_verdict(r) for r in runs.values()]
