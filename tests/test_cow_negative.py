@@ -14,10 +14,10 @@ import os
 
 import pytest
 
-from cases.cow import iouring, oracles
+from cases.cow import oracles
 from cases.cow.backings import FILL, Snapshot
-from cases.cow.iouring import IoUringUnavailable
-from lib.kernel import abi, libc, memory, system, tasks
+from lib.kernel import abi, iouring, libc, memory, system, tasks
+from lib.kernel.iouring import IoUringUnavailable
 from lib.kernel.pagemap import Entry
 from lib.runner import isolation
 
@@ -208,9 +208,7 @@ def test_iouring_register_refusal_is_a_failure_unless_memlock(err: int, no_cap: 
 
 
 def cow_iouring_ring_ok() -> None:
-    from cases.cow.iouring import Ring
-
-    with Ring():
+    with iouring.Ring():
         pass
 
 
@@ -383,7 +381,7 @@ def test_exclusivity_check_passes_on_a_private_thp_range() -> None:
 
 
 def test_ro_pin_skips_with_the_reason_without_gup_test() -> None:
-    from cases.cow.gup import GupTest
+    from lib.kernel.gup_test import GupTest
 
     def body() -> None:
         r = private_anon()

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pytest
 
 from cases.cow.backings import Snapshot
-from cases.cow.gup import GupTest, Pin
-from cases.cow.iouring import IoUringUnavailable, Ring
 from lib.kernel import abi, caps, libc, setup_step, system, tasks
+from lib.kernel.gup_test import GupTest, Pin
+from lib.kernel.iouring import IoUringUnavailable, Ring
 from lib.kernel.pagemap import Entry, Pagemap, clear_soft_dirty
 
 RW = abi.PROT_READ | abi.PROT_WRITE

@@ -5,7 +5,7 @@ table must keep mapping exactly that page.  A7: after the range is mapped R/O an
 a write through the page table must land in the pinned page.  A8: fork() must not COW-share
 the pinned page with the child, so the parent's write lands in the pinned page too.
 Checked by WRITE_FIXED of the buffer to a file: the file must equal memory.  Raw io_uring
-syscalls (cases.cow.iouring); skipped with the reason where io_uring or the registration
+syscalls (lib.kernel.iouring); skipped with the reason where io_uring or the registration
 (RLIMIT_MEMLOCK) is refused.
 Reference: tools/testing/selftests/mm/cow.c do_test_iouring.
 """

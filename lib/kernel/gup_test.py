@@ -7,9 +7,6 @@ file, unmounts it again at once; when there is one, debugfs stays mounted until
 :meth:`GupTest.close`.  :class:`Pin` is the PIN_LONGTERM_TEST_START/READ/STOP sequence
 (mm/gup_test.h) for a case body, R/O or R/W (PIN_LONGTERM_TEST_FLAG_USE_WRITE), GUP or
 GUP-fast (PIN_LONGTERM_TEST_FLAG_USE_FAST).
-
-(cases/cow/gup.py holds the same probe for the COW area, R/O pins only; it can become an
-import of this module.)
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ FOLL_LONGTERM, io_uring/rsrc.c), one IORING_OP_WRITE_FIXED SQE, io_uring_enter(2
 GETEVENTS and the CQE's result.  Layouts: lib.kernel.abi (include/uapi/linux/io_uring.h).
 
 Only ever used on memory that no userfaultfd is registered on, so ring memory is accessed
-through ctypes directly.  (cases/cow/iouring.py is the COW area's copy of this ring; it can
-become an import of this module.)
+through ctypes directly.
 """
 
 from __future__ import annotations
