@@ -1,7 +1,8 @@
 """Kernel log watch: /dev/kmsg records logged while a case ran.
 
-A WARNING, BUG, Oops, "Bad page" or similar splat logged during a case fails that case and is
-attached to its report: the kernel itself said something went wrong, whatever the case saw.
+A WARNING, BUG, Oops, "Bad page" or similar splat (the table in lib.runner.splats) logged during
+a case fails that case and is attached to its report: the kernel itself said something went
+wrong, whatever the case saw.
 /dev/kmsg semantics: Documentation/ABI/testing/dev-kmsg (one record per read, EAGAIN at the
 end with O_NONBLOCK, EPIPE when records were overwritten).
 """
@@ -9,13 +10,8 @@ end with O_NONBLOCK, EPIPE when records were overwritten).
 from __future__ import annotations
 
 import os
-import re
 
-SPLAT = re.compile(
-    r"(WARNING:|BUG:|kernel BUG at|Oops|general protection fault|Bad page|bad page|"
-    r"Kernel panic|INFO: task .* blocked for more than|list_add corruption|list_del corruption|"
-    r"UBSAN:|KASAN:|kfence)"
-)
+from lib.runner import splats
 
 
 class KmsgWatch:
@@ -56,7 +52,7 @@ class KmsgWatch:
     def splats(self) -> tuple[list[str], list[str]]:
         """(all messages, the ones that are splats)."""
         msgs = self.read()
-        return msgs, [m for m in msgs if SPLAT.search(m)]
+        return msgs, [m for m in msgs if splats.is_splat(m)]
 
     def close(self) -> None:
         if self.fd is not None:

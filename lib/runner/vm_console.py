@@ -6,7 +6,7 @@ same host pty, interleaved. This module turns that text into facts:
 
 - boot progress (`BootStage`): nothing yet, firmware/boot loader text, kernel running,
   virtme init running, our guest wrapper started, guest command exited;
-- kernel splats: ``Kernel panic - not syncing``, ``Oops``, ``BUG:`` (including
+- kernel splats (the table in lib.runner.splats): ``Kernel panic - not syncing``, ``Oops``, ``BUG:`` (including
   ``Bad page state``, soft lockups, hung tasks, RCU stalls), ``WARNING:``;
 - the guest's TAP lines (live progress only: the results themselves travel through a shared
   directory, never through this console) and the case running at any moment, from the
@@ -39,6 +39,8 @@ import collections
 import enum
 import re
 from dataclasses import dataclass, field
+
+from lib.runner import splats
 
 __all__ = [
     "EXIT_SENTINEL",
@@ -141,22 +143,6 @@ _TS = r"\[\s*\d+\.\d{6}\](?:\[\s*[TC]\d+\])?\s?"
 _TS_RE = re.compile(_TS)
 _TS_START_RE = re.compile(r"^" + _TS)
 
-_SPLAT_PATTERNS: tuple[tuple[Verdict, re.Pattern[str]], ...] = (
-    (Verdict.PANIC, re.compile(r"^Kernel panic - not syncing")),
-    (
-        Verdict.OOPS,
-        re.compile(r"^(?:Oops(?::| -)|Internal error: Oops|general protection fault)"),
-    ),
-    (
-        Verdict.BUG,
-        re.compile(
-            r"^(?:(?:watchdog: )?BUG: |kernel BUG at |INFO: task \S.* blocked for more than"
-            r"|rcu: INFO: \S+ (?:self-)?detected stall)"
-            r"|Bad page state"
-        ),
-    ),
-    (Verdict.WARNING, re.compile(r"^WARNING: ")),
-)
 _PANIC_END_RE = re.compile(r"^---\[ end Kernel panic")
 
 _RUN_RE = re.compile(r"^#\s*\[\s*RUN\s*\]\s+(?P<name>\S.*?)\s*$")
@@ -173,12 +159,10 @@ def _strip_timestamp(line: str) -> str:
 
 
 def classify_kernel_line(text: str) -> Verdict | None:
-    """Splat kind of one kernel console line (timestamp optional), or None."""
-    body = _strip_timestamp(text)
-    for kind, pattern in _SPLAT_PATTERNS:
-        if pattern.search(body):
-            return kind
-    return None
+    """Splat kind of one kernel console line (timestamp optional), or None (lib.runner.splats'
+    table)."""
+    kind = splats.classify(_strip_timestamp(text))
+    return None if kind is None else Verdict(kind.value)
 
 
 def _looks_like_guest_line_start(text: str) -> bool:
