@@ -63,11 +63,6 @@ def run_here(args: argparse.Namespace, root: Path, results: Path) -> dict:
 
     argv = guest_argv(args, root, results)
     rc = subprocess.run(argv, cwd=root, check=False).returncode
-    return host_summary(results, rc)
-
-
-def host_summary(results: Path, rc: int) -> dict:
-    """The ``running`` entry's summary, marked as a host run (written back)."""
     try:
         data = json.loads((results / "summary.json").read_text())
     except (OSError, ValueError):
@@ -246,11 +241,6 @@ def main(args: argparse.Namespace, root: Path) -> int:
     problem = _preflight(images)
     if problem:
         return _err(problem, args.bisect)
-    from lib.runner import parallel  # the guests' size, and how many at once with -j
-
-    plan = parallel.size_guests(args, images)
-    if plan.note:
-        print(f"# -j: {plan.note}", flush=True)
     if args.kernel:
         res = results_for(root, args, args.kernel)
         try:
@@ -276,12 +266,7 @@ def _finish_run_folder(root: Path, res: Path) -> None:
 
 
 def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
-    """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table;
-    with -j N > 1, N at a time (lib.runner.parallel)."""
-    if (getattr(args, "jobs", None) or 1) > 1:
-        from lib.runner import parallel
-
-        return parallel.run_series(args, root, images)
+    """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table."""
     base = folders.run_dir(args.results, root, "kernels")
     runs: dict[int, dict] = {}
 
@@ -305,12 +290,6 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     else:
         for i in range(len(images)):
             run_index(i)
-    return finish_series(args, base, images, runs, first_bad, verdict_note if args.find_first_bad else "")
-
-
-def finish_series(args: argparse.Namespace, base: Path, images: list[str], runs: dict[int, dict],
-                  first_bad: int | None, verdict_note: str) -> int:
-    """The series' table (printed, table.txt), matrix.html and exit code."""
     labels = [(f"{image_label(images[i])}", runs.get(i)) for i in range(len(images))]
     print(compare.verdict_table(labels))
     base.mkdir(parents=True, exist_ok=True)
@@ -319,7 +298,7 @@ def finish_series(args: argparse.Namespace, base: Path, images: list[str], runs:
     if args.find_first_bad:
         if first_bad is None:
             print(f"# first bad: none ({verdict_note})")
-            return BISECT_SKIP if verdict_note.startswith(("no kernel", "cannot")) else 0
+            return BISECT_SKIP if "cannot" in verdict_note else 0
         print(f"# first bad: {images[first_bad]} ({verdict_note})")
         return 1
     codes = [bisect_verdict(r) for r in runs.values()]
