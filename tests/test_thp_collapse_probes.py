@@ -13,10 +13,9 @@ import os
 
 import pytest
 
-from cases.thp_collapse import collapse as C
-from cases.thp_collapse import probes, scratchfs
+from cases.thp_collapse import areas, contexts, probes, scratchfs, variants
 from lib import check
-from lib.kernel import libc, system
+from lib.kernel import abi, libc, system
 
 THP_Y = {"CONFIG_TRANSPARENT_HUGEPAGE": "y"}
 root = pytest.mark.skipif(not system.is_root(), reason="needs root")
@@ -87,38 +86,38 @@ def _skip_reason(fn) -> str | None:
 @root
 @thp
 def test_require_skips_a_file_variant_from_the_config_alone(monkeypatch, tmp_path):
-    v = C.Variant("x", "madvise", C.FILE)
-    monkeypatch.setattr(C.system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "n"})
-    assert "CONFIG_READ_ONLY_THP_FOR_FS is not set" in (_skip_reason(lambda: C.require(v)) or "")
-    monkeypatch.setattr(C.system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "y"})
+    v = variants.Variant("x", "madvise", variants.FILE)
+    monkeypatch.setattr(system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "n"})
+    assert "CONFIG_READ_ONLY_THP_FOR_FS is not set" in (_skip_reason(lambda: variants.require(v)) or "")
+    monkeypatch.setattr(system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "y"})
     monkeypatch.setenv("KMM_FILE_DIR", str(tmp_path))
-    assert _skip_reason(lambda: C.require(v)) is None  # claimed: the case runs (and may fail)
+    assert _skip_reason(lambda: variants.require(v)) is None  # claimed: the case runs (and may fail)
 
 
 @root
 @thp
 def test_require_skips_an_mthp_khugepaged_variant_from_sysfs_alone(monkeypatch, tmp_path):
-    v = C.Variant("x", "khugepaged", C.ANON, 16 * system.KiB)
-    monkeypatch.setattr(C.system, "THP", str(tmp_path))
-    assert "collapse_exceed_none_pte" in (_skip_reason(lambda: C.require(v)) or "")
+    v = variants.Variant("x", "khugepaged", variants.ANON, 16 * system.KiB)
+    monkeypatch.setattr(system, "THP", str(tmp_path))
+    assert "collapse_exceed_none_pte" in (_skip_reason(lambda: variants.require(v)) or "")
     stats = tmp_path / "hugepages-16kB" / "stats"
     stats.mkdir(parents=True)
     (stats / "collapse_exceed_none_pte").write_text("0\n")
-    assert _skip_reason(lambda: C.require(v)) is None
+    assert _skip_reason(lambda: variants.require(v)) is None
 
 
 def test_no_madvise_variant_of_an_mthp_size_exists():
     for case in ("collapse_full", "collapse_empty"):
-        vs = [p.values[0] for p in C.variants(case)]
-        assert all(v.size == C.PMD for v in vs if v.ctx == "madvise")
-        assert all(any(m.name == "deadline" for m in p.marks) for p in C.variants(case) if p.values[0].khugepaged)
+        vs = [p.values[0] for p in variants.params(case)]
+        assert all(v.size == variants.PMD_SIZE for v in vs if v.ctx == "madvise")
+        assert all(any(m.name == "deadline" for m in p.marks) for p in variants.params(case) if p.values[0].khugepaged)
 
 
 # -- the collapse context's verdicts after the wait -----------------------------------------------
-def _base_pages() -> C.Area:
-    a = C.setup_area(C.ANON, C.PMD)
-    libc.madvise(a.addr, C.PMD, C.MADV.NOHUGEPAGE)
-    C.fault(a, 0, C.PMD)
+def _base_pages() -> areas.Area:
+    a = areas.setup_area(variants.ANON, variants.PMD_SIZE)
+    libc.madvise(a.addr, variants.PMD_SIZE, abi.Madv.NOHUGEPAGE)
+    areas.fault(a, 0, variants.PMD_SIZE)
     return a
 
 
@@ -126,11 +125,11 @@ def _base_pages() -> C.Area:
 @thp
 def test_collapse_fails_when_khugepaged_scans_but_never_collapses(monkeypatch):
     """khugepaged completed its two full scans and the range is still base pages: a failure."""
-    monkeypatch.setattr(C, "wait_for_scan", lambda *a, **k: C.ScanResult(False, 2, 0, 0.5))
+    monkeypatch.setattr(contexts, "wait_for_scan", lambda *a, **k: contexts.ScanResult(False, 2, 0, 0.5))
     a = _base_pages()
     try:
         with pytest.raises(AssertionError, match="expected 1 of 1 2048 kB windows huge, got 0"):
-            C.collapse(C.Variant("t", "khugepaged"), a, 1, True, "t")
+            contexts.collapse(variants.Variant("t", "khugepaged"), a, 1, True, "t")
     finally:
         a.close()
 
@@ -141,11 +140,11 @@ def test_collapse_hands_cannot_test_on_unchanged(monkeypatch):
     def starved(*a, **k):
         raise check.CannotTest("khugepaged made no progress for 20s")
 
-    monkeypatch.setattr(C, "wait_for_scan", starved)
+    monkeypatch.setattr(contexts, "wait_for_scan", starved)
     a = _base_pages()
     try:
         with pytest.raises(check.CannotTest):
-            C.collapse(C.Variant("t", "khugepaged"), a, 1, True, "t")
+            contexts.collapse(variants.Variant("t", "khugepaged"), a, 1, True, "t")
     finally:
         a.close()
 
@@ -155,13 +154,13 @@ def test_in_child_keeps_cannot_test_and_fails_a_failure():
         raise check.CannotTest("starved")
 
     with pytest.raises(check.CannotTest, match="in the child: starved"):
-        C.in_child(starved, timeout=10)
+        contexts.in_child(starved, timeout=10)
 
     def broken() -> None:
         raise AssertionError("bad")
 
     with pytest.raises(AssertionError, match="in the child: bad"):
-        C.in_child(broken, timeout=10)
+        contexts.in_child(broken, timeout=10)
 
 
 # -- the scratch filesystem -------------------------------------------------------------------------
@@ -186,24 +185,25 @@ def test_scratch_fs_maps_a_large_folio_by_pmd_and_leaves_nothing_behind():
     top = fs.top
     try:
         assert fs.ensure() == d  # made once
-        assert C.fs_type(d).startswith(fs.fstype)
+        assert scratchfs.fs_type(d).startswith(fs.fstype)
         dev = next(ln.split()[0] for ln in system.read_text("/proc/mounts").splitlines() if ln.split()[1] == d)
         assert system.read_text(f"/sys/block/{os.path.basename(dev)}/queue/read_ahead_kb").strip() == "0"
         path = os.path.join(d, "f")
         with open(path, "wb") as f:
-            f.write(C.pattern_bytes(0, C.NR))
+            f.write(areas.pattern_bytes(0, variants.PMD_PAGES))
         fd = os.open(path, os.O_RDONLY)
-        addr = C.reserve(C.PMD)
+        addr = areas.reserve(variants.PMD_SIZE)
         try:
-            libc.mmap(C.PMD, C.abi.PROT_READ, C.abi.MAP_SHARED | C.abi.MAP_FIXED, fd, 0, addr=addr)
-            libc.madvise(addr, C.PMD, C.MADV.HUGEPAGE)
-            libc.madvise(addr, C.PMD, C.MADV.POPULATE_READ)
-            orders = set(C.folio_orders(addr, C.NR))
-            if orders != {C.order_of(C.PMD)}:
+            libc.mmap(variants.PMD_SIZE, abi.PROT_READ, abi.MAP_SHARED | abi.MAP_FIXED, fd, 0, addr=addr)
+            libc.madvise(addr, variants.PMD_SIZE, abi.Madv.HUGEPAGE)
+            libc.madvise(addr, variants.PMD_SIZE, abi.Madv.POPULATE_READ)
+            orders = set(areas.folio_orders(addr, variants.PMD_PAGES))
+            if orders != {variants.order_of(variants.PMD_SIZE)}:
                 pytest.skip(f"the {fs.fstype} page cache made folio orders {orders} (no PMD-sized folio to map)")
-            assert C.pmd_mapped_kb(addr, C.PMD, C.FILE) == C.PMD // 1024, C.describe(addr, C.PMD, C.FILE)
+            mapped_kb = areas.pmd_mapped_kb(addr, variants.PMD_SIZE, variants.FILE)
+            assert mapped_kb == variants.PMD_SIZE // 1024, areas.describe(addr, variants.PMD_SIZE, variants.FILE)
         finally:
-            libc.munmap(addr, C.PMD)
+            libc.munmap(addr, variants.PMD_SIZE)
             os.close(fd)
     finally:
         fs.close()
@@ -229,9 +229,9 @@ def test_in_child_inside_a_case_under_the_runners_watchdog():
     from lib.runner import isolation
 
     def case() -> None:
-        C.in_child(lambda: None, timeout=10)
+        contexts.in_child(lambda: None, timeout=10)
         with pytest.raises(AssertionError, match="in the child: bad"):
-            C.in_child(lambda: (_ for _ in ()).throw(AssertionError("bad")), timeout=10)
+            contexts.in_child(lambda: (_ for _ in ()).throw(AssertionError("bad")), timeout=10)
 
     isolation.start_watchdog()
     try:

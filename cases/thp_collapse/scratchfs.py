@@ -11,6 +11,10 @@ unmounted and deleted when the test module ends; a mount left by a killed run (i
 directory name is gone) is removed by the next one.  When no image can be made or mounted the
 file cases skip naming the filesystem and the error (a probe of the environment, not of the
 collapse).  ``KMM_FILE_DIR`` overrides all of this with a directory of the user's choice.
+
+The ``scratch_fs``/``file_fs`` fixtures (imported into the test modules with file variants)
+mount it in the pytest process before a file case; :func:`file_dir` says where file-backed
+areas live.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import shutil
 import subprocess
 import tempfile
 
+import pytest
+
+from cases.thp_collapse import probes
 from lib.kernel import system
 
 PREFIX = "kmm-collapse-fs-"
@@ -167,3 +174,56 @@ def kernel_has(fstype: str) -> bool:
     if not listed() and shutil.which("modprobe"):
         _run(["modprobe", "-q", fstype])
     return listed()
+
+
+# ---------------------------------------------------------------------------------------
+# where file-backed areas live (the fixtures run in the pytest process, before the case forks)
+
+
+_file_dir = ""  # the scratch filesystem's mount point, set by the file_fs fixture before the case forks
+
+
+def file_dir() -> str:
+    """Where file-backed areas live: $KMM_FILE_DIR, else the scratch filesystem (file_fs)."""
+    d = os.environ.get("KMM_FILE_DIR") or _file_dir
+    if not d:
+        raise RuntimeError("a file case ran without the file_fs fixture (import it into the test module)")
+    return d
+
+
+@pytest.fixture(scope="module")
+def scratch_fs():
+    """One scratch filesystem per test module, made only when a file case is going to run."""
+    fs = ScratchFs()
+    try:
+        yield fs
+    finally:
+        fs.close()
+
+
+@pytest.fixture(autouse=True)
+def file_fs(request, scratch_fs):
+    """Before a file case the kernel claims to run (probes.file_collapse), in the pytest process:
+    mount the scratch filesystem (skip naming it when it cannot be made)."""
+    global _file_dir
+    cs = getattr(request.node, "callspec", None)
+    mem = getattr(cs.params.get("v") if cs else None, "mem", None)
+    if mem in (probes.FILE, probes.FILE_RW) and not os.environ.get("KMM_FILE_DIR") and system.is_root() and \
+            probes.file_collapse(mem, system.kernel_config())[0]:
+        try:
+            _file_dir = scratch_fs.ensure()
+        except Unavailable as e:
+            pytest.skip(str(e))
+    yield
+
+
+def fs_type(path: str) -> str:
+    """'xfs (/tmp/kmm-collapse-fs-1-x/mnt)': the filesystem type of the mount holding ``path``."""
+    best, fstype = "", "?"
+    real = os.path.realpath(path)
+    for line in system.read_text("/proc/mounts", "").splitlines():
+        parts = line.split()
+        if len(parts) > 2 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) and \
+                len(parts[1]) >= len(best):
+            best, fstype = parts[1], parts[2]
+    return f"{fstype} ({path})"

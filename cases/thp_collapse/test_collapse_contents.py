@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from cases.thp_collapse import collapse as C
-from cases.thp_collapse.collapse import ANON, PS, SHMEM, Variant
+from cases.thp_collapse import areas, contexts, variants
+from cases.thp_collapse.variants import ANON, PAGE_SIZE, SHMEM, Variant
 from lib.kernel import libc
 from lib.kernel.pagemap import Pagemap
 
@@ -29,7 +29,7 @@ def populate_sparse(addr: int, npages: int, every: int = EVERY) -> set[int]:
     """Write a page-specific marker into every ``every``-th page; returns their indices."""
     done = set(range(0, npages, every))
     for i in sorted(done):
-        libc.write(addr + i * PS, marker(i))
+        libc.write(addr + i * PAGE_SIZE, marker(i))
     return done
 
 
@@ -39,12 +39,12 @@ def check_filled(addr: int, npages: int, populated: set[int]) -> None:
         absent = [i for i, e in enumerate(pm.entries(addr, npages)) if not e.present]
     if absent:
         raise AssertionError(f"{len(absent)} page(s) not present after the collapse, first {absent[:8]}")
-    data = libc.read(addr, npages * PS)
-    zero = bytes(PS)
+    data = libc.read(addr, npages * PAGE_SIZE)
+    zero = bytes(PAGE_SIZE)
     for i in range(npages):
-        page = data[i * PS:(i + 1) * PS]
+        page = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
         if i in populated:
-            want = marker(i) + bytes(PS - 16)
+            want = marker(i) + bytes(PAGE_SIZE - 16)
             if page != want:
                 raise AssertionError(f"populated page {i} changed: starts {page[:16].hex()}")
         elif page != zero:
@@ -59,11 +59,11 @@ def check_presence(addr: int, npages: int, populated: set[int], what: str) -> No
         raise AssertionError(f"{what}: present pages {len(present)}, expected exactly the {len(populated)} populated")
 
 
-@pytest.mark.parametrize("v", C.variants("collapse fills holes with zeros", mems=(ANON, SHMEM)))
+@pytest.mark.parametrize("v", variants.params("collapse fills holes with zeros", mems=(ANON, SHMEM)))
 def test_collapse_fills_holes(v: Variant) -> None:
-    C.require(v)
-    area = C.setup_area(v.mem, v.size)
+    variants.require(v)
+    area = areas.setup_area(v.mem, v.size)
     populated = populate_sparse(area.addr, v.nr)
     check_presence(area.addr, v.nr, populated, "before the collapse")
-    C.collapse(v, area, 1, True, "Collapse a range with every third page populated")
+    contexts.collapse(v, area, 1, True, "Collapse a range with every third page populated")
     check_filled(area.addr, v.nr, populated)

@@ -18,11 +18,12 @@ import os
 
 import pytest
 
-from cases.thp_collapse import collapse as C
-from cases.thp_collapse.collapse import ANON, PS, SHMEM, Variant
+from cases.thp_collapse import areas, contexts, uffd_checks, variants
+from cases.thp_collapse.variants import ANON, PAGE_SIZE, SHMEM, Variant
 from lib import check
 from lib.kernel import abi, libc, needs
 from lib.kernel.pagemap import Pagemap
+from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import open_for
 
 F = abi.Feature
@@ -39,11 +40,11 @@ def features(mem: str, mode: int) -> int:
 
 
 @contextlib.contextmanager
-def registered(area: C.Area, mode: int):
+def registered(area: areas.Area, mode: int):
     feats = features(area.mem, mode)
     needs.uffd_features(feats)
     u = open_for(feats)
-    toucher = C.Toucher()
+    toucher = Toucher("collapse-toucher", pollable=True)
     try:
         u.register(area.addr, area.size, mode)
         yield u, toucher
@@ -54,77 +55,77 @@ def registered(area: C.Area, mode: int):
         u.close()
 
 
-def do_collapse(v: Variant, area: C.Area) -> str:
+def do_collapse(v: Variant, area: areas.Area) -> str:
     """The context's collapse without an expectation; returns what happened (for notes)."""
-    libc.madvise(area.addr, area.size, C.MADV.HUGEPAGE)
+    libc.madvise(area.addr, area.size, abi.Madv.HUGEPAGE)
     if v.khugepaged:
-        C.register_with_khugepaged()
-        r = C.wait_for_scan(lambda: C.huge_windows(area.addr, 1, v.size, area.mem) == 1, min_scans=1)
+        contexts.register_with_khugepaged()
+        r = contexts.wait_for_scan(lambda: areas.huge_windows(area.addr, 1, v.size, area.mem) == 1, min_scans=1)
         what = f"khugepaged: collapsed={r.collapsed} after {r.scans} full scans"
     else:
-        e = C.madvise_collapse(area.addr, area.size)
-        what = f"MADV_COLLAPSE: {C.check.errname(e or None)}"
-    libc.madvise(area.addr, area.size, C.MADV.NOHUGEPAGE)
-    check.note(f"{what}; {C.describe(area.addr, area.size, area.mem)}")
+        e = contexts.madvise_collapse(area.addr, area.size)
+        what = f"MADV_COLLAPSE: {check.errname(e or None)}"
+    libc.madvise(area.addr, area.size, abi.Madv.NOHUGEPAGE)
+    check.note(f"{what}; {areas.describe(area.addr, area.size, area.mem)}")
     return what
 
 
 def in_page_cache(fd: int, npages: int) -> set[int]:
     """Pages of a shmem file that hold data (SEEK_DATA/SEEK_HOLE walk)."""
     out: set[int] = set()
-    off, end = 0, npages * PS
+    off, end = 0, npages * PAGE_SIZE
     while off < end:
         try:
             d = os.lseek(fd, off, os.SEEK_DATA)
         except OSError:
             break
         h = os.lseek(fd, d, os.SEEK_HOLE)
-        out.update(range(d // PS, min(h, end) // PS))
+        out.update(range(d // PAGE_SIZE, min(h, end) // PAGE_SIZE))
         off = h
     return out
 
 
-def missing_kept(u, area: C.Area, holes: list[int], toucher: C.Toucher) -> None:
+def missing_kept(u, area: areas.Area, holes: list[int], toucher: Toucher) -> None:
     """Oracle: every hole is still unpopulated (pagemap; for shmem also not in the page cache)
     and a read of it raises a MISSING fault (resolved with a zero page)."""
     with Pagemap() as pm:
-        entries = pm.entries(area.addr, area.size // PS)
+        entries = pm.entries(area.addr, area.size // PAGE_SIZE)
     filled = [i for i in holes if entries[i].present]
     if area.mem == SHMEM:
-        cached = in_page_cache(area.fd, area.size // PS)
+        cached = in_page_cache(area.fd, area.size // PAGE_SIZE)
         filled += [i for i in holes if i in cached and i not in filled]
     if filled:
         raise AssertionError(f"{len(filled)} hole(s) of the MISSING-registered range got populated, first {filled[:8]}")
     for i in holes:
         a = area.page(i)
-        m = C.touch_outcome(u, toucher, "r", a)
+        m = uffd_checks.touch_outcome(u, toucher, "r", a)
         if m is None:
             raise AssertionError(f"read of hole {i} raised no MISSING fault")
-        if m.is_wp or (m.address & ~(PS - 1)) != a:
+        if m.is_wp or (m.address & ~(PAGE_SIZE - 1)) != a:
             raise AssertionError(f"read of hole {i}: unexpected uffd message {m}")
-        u.zeropage(a, PS)
-        C.wait_done(toucher)
+        u.zeropage(a, PAGE_SIZE)
+        uffd_checks.wait_done(toucher)
 
 
 MEMS = (ANON, SHMEM)
 
 
 def uvariants(case: str, ctxs=("madvise", "khugepaged")) -> list:
-    return C.variants(case, ctxs=ctxs, mems=MEMS, sizes=False)
+    return variants.params(case, ctxs=ctxs, mems=MEMS, sizes=False)
 
 
 @pytest.mark.parametrize("v", uvariants("collapse of MISSING-registered range with holes"))
 def test_collapse_missing_holes(v: Variant) -> None:
-    C.require(v)
-    area = C.setup_area(v.mem, v.size)
-    C.fault(area, 0, v.size)
+    variants.require(v)
+    area = areas.setup_area(v.mem, v.size)
+    areas.fault(area, 0, v.size)
     holes = list(range(1, v.nr, 2))
     for i in holes:  # punch the holes (anon: zap; shmem: drop from the page cache)
-        libc.madvise(area.page(i), PS, C.MADV.REMOVE if v.mem == SHMEM else C.MADV.DONTNEED)
+        libc.madvise(area.page(i), PAGE_SIZE, abi.Madv.REMOVE if v.mem == SHMEM else abi.Madv.DONTNEED)
     with registered(area, MODE.MISSING) as (u, toucher):
         do_collapse(v, area)
         for i in range(0, v.nr, 2):
-            C.validate(area.addr, i * PS, (i + 1) * PS)
+            areas.validate(area.addr, i * PAGE_SIZE, (i + 1) * PAGE_SIZE)
         missing_kept(u, area, holes, toucher)
 
 
@@ -132,36 +133,36 @@ def test_collapse_missing_holes(v: Variant) -> None:
 def test_collapse_missing_full(v: Variant) -> None:
     """No hole: the collapse may proceed (it does on 6.18); contents must be kept and, if it
     collapsed, the range is one PMD-mapped THP."""
-    C.require(v)
-    area = C.setup_area(v.mem, v.size)
-    C.fault(area, 0, v.size)
+    variants.require(v)
+    area = areas.setup_area(v.mem, v.size)
+    areas.fault(area, 0, v.size)
     with registered(area, MODE.MISSING):
         do_collapse(v, area)
-        C.validate(area.addr, 0, v.size)
-        if C.madvise_collapse(area.addr, area.size) == 0:
-            C.check_huge(area, 1, v.size, "MISSING-registered range after a successful MADV_COLLAPSE")
+        areas.validate(area.addr, 0, v.size)
+        if contexts.madvise_collapse(area.addr, area.size) == 0:
+            areas.check_huge(area, 1, v.size, "MISSING-registered range after a successful MADV_COLLAPSE")
 
 
 def wp_case(v: Variant, protect_pages: int) -> None:
-    area = C.setup_area(v.mem, v.size)
-    C.fault(area, 0, v.size)
+    area = areas.setup_area(v.mem, v.size)
+    areas.fault(area, 0, v.size)
     with registered(area, MODE.WP) as (u, toucher):
-        u.writeprotect(area.addr, protect_pages * PS, True)
+        u.writeprotect(area.addr, protect_pages * PAGE_SIZE, True)
         do_collapse(v, area)
-        C.validate(area.addr, 0, v.size)
-        C.wp_kept(u, area.addr, v.nr, [i < protect_pages for i in range(v.nr)], toucher)
-        C.validate(area.addr, 0, v.size)
+        areas.validate(area.addr, 0, v.size)
+        uffd_checks.wp_kept(u, area.addr, v.nr, [i < protect_pages for i in range(v.nr)], toucher)
+        areas.validate(area.addr, 0, v.size)
 
 
 @pytest.mark.parametrize("v", uvariants("collapse of uffd-wp protected range"))
 def test_collapse_wp(v: Variant) -> None:
     """Every subpage protected: after the collapse attempt each still has bit 57 and traps."""
-    C.require(v)
+    variants.require(v)
     wp_case(v, v.nr)
 
 
 @pytest.mark.parametrize("v", uvariants("collapse of partly uffd-wp protected range"))
 def test_collapse_wp_partial(v: Variant) -> None:
     """The lower half protected: those pages stay protected, the upper half stays writable."""
-    C.require(v)
+    variants.require(v)
     wp_case(v, v.nr // 2)

@@ -19,10 +19,11 @@ collapses to the PMD size only (cases/thp_collapse/probes.py).
 
 import pytest
 
-from cases.thp_collapse import collapse as C
-from cases.thp_collapse.collapse import MADV, PS
+from cases.thp_collapse import areas, variants
+from cases.thp_collapse.variants import PAGE_SIZE
 from lib import check
 from lib.kernel import abi, libc, system, tasks
+from lib.kernel.pagemap import Pagemap
 from lib.kernel.tasks import CommPipes
 
 CASES = {
@@ -40,16 +41,17 @@ class CowSize:
         self.test, self.size = test, size
 
     def prepare(self, settings) -> None:
-        if C.PMD:
+        if variants.PMD_SIZE:
             settings.thp_only_size(self.size, "always")
 
     @property
     def name(self) -> str:
-        return CASES[self.test] + ("" if self.size == C.PMD else f" with THP ({system.size_label(self.size)})")
+        suffix = "" if self.size == variants.PMD_SIZE else f" with THP ({system.size_label(self.size)})"
+        return CASES[self.test] + suffix
 
 
 def params() -> list:
-    return [pytest.param(CowSize(t, C.PMD), id=CowSize(t, C.PMD).name) for t in CASES]
+    return [pytest.param(CowSize(t, variants.PMD_SIZE), id=CowSize(t, variants.PMD_SIZE).name) for t in CASES]
 
 
 def child_memcmp(addr: int, size: int, pipes: CommPipes) -> int:
@@ -89,54 +91,55 @@ def collapse_or_skip(addr: int, size: int, when: str) -> None:
     """MADV_COLLAPSE (no retry, as cow.c); SKIP with the errno when the kernel refuses, else
     confirm the range is now one PMD-mapped THP."""
     try:
-        libc.madvise(addr, size, MADV.COLLAPSE)
+        libc.madvise(addr, size, abi.Madv.COLLAPSE)
     except OSError as e:
-        pytest.skip(f"MADV_COLLAPSE failed: {e.strerror} ({when}; {C.describe(addr, size)})")
-    if not C.pmd_mapped_thp(addr, size):
-        raise AssertionError(f"after MADV_COLLAPSE {when}: range is not one PMD-mapped THP ({C.describe(addr, size)})")
-    check.note(f"PMD-mapped after MADV_COLLAPSE {when}: {C.describe(addr, size)}")
+        pytest.skip(f"MADV_COLLAPSE failed: {e.strerror} ({when}; {areas.describe(addr, size)})")
+    if not areas.pmd_mapped_thp(addr, size):
+        raise AssertionError(f"after MADV_COLLAPSE {when}: range is not one PMD-mapped THP "
+                             f"({areas.describe(addr, size)})")
+    check.note(f"PMD-mapped after MADV_COLLAPSE {when}: {areas.describe(addr, size)}")
 
 
 @pytest.mark.parametrize("p", params())
 def test_cow_collapse(p: CowSize) -> None:
     size = p.size
-    v = C.Variant("cow", "madvise", C.ANON, size)
-    C.require(v)
-    r = C.setup_area(C.ANON, size)
-    libc.madvise(r.addr, size, MADV.HUGEPAGE)
+    v = variants.Variant("cow", "madvise", variants.ANON, size)
+    variants.require(v)
+    r = areas.setup_area(variants.ANON, size)
+    libc.madvise(r.addr, size, abi.Madv.HUGEPAGE)
     libc.touch_write(r.addr, 0)
-    with C.Pagemap() as pm:
-        if not pm.entry(r.addr + size - PS).populated:
+    with Pagemap() as pm:
+        if not pm.entry(r.addr + size - PAGE_SIZE).populated:
             pytest.skip("Did not get a THP populated")
     libc.fill(r.addr, 0x01, size)
     # PTE-map the THP: mprotect the 2nd subpage R/O and back (cow.c prelude).  khugepaged,
     # woken when prepare() enabled this size, may collapse the range right back (a
     # precondition race, not the behaviour under test): PTE-map again, at most three times.
     for _ in range(3):
-        libc.mprotect(r.addr + PS, PS, abi.PROT_READ)
-        libc.mprotect(r.addr + PS, PS, C.RW)
-        if C.pte_mapped_thp(r.addr, size):
+        libc.mprotect(r.addr + PAGE_SIZE, PAGE_SIZE, abi.PROT_READ)
+        libc.mprotect(r.addr + PAGE_SIZE, PAGE_SIZE, areas.PROT_RW)
+        if areas.pte_mapped_thp(r.addr, size):
             break
     else:
-        raise AssertionError(f"prelude: THP is not PTE-mapped ({C.describe(r.addr, size)})")
-    check.note(f"PTE-mapped before the collapse: {C.describe(r.addr, size)}")
+        raise AssertionError(f"prelude: THP is not PTE-mapped ({areas.describe(r.addr, size)})")
+    check.note(f"PTE-mapped before the collapse: {areas.describe(r.addr, size)}")
     half = size // 2
     if p.test == "unshared":
         collapse_or_skip(r.addr, size, "before fork()")
         leak_check(r.addr, size, (0, size), lambda: None)
         return
     if p.test == "lower shared":
-        libc.madvise(r.addr + half, half, MADV.DONTFORK)
+        libc.madvise(r.addr + half, half, abi.Madv.DONTFORK)
         part = (0, half)
     elif p.test == "upper shared":
-        libc.madvise(r.addr, half, MADV.DONTFORK)
+        libc.madvise(r.addr, half, abi.Madv.DONTFORK)
         part = (half, half)
     else:
         part = (0, size)
 
     def after_fork() -> None:
         if p.test != "fully shared":
-            libc.madvise(r.addr, size, MADV.DOFORK)  # merge the VMAs again so the range can collapse
+            libc.madvise(r.addr, size, abi.Madv.DOFORK)  # merge the VMAs again so the range can collapse
         collapse_or_skip(r.addr, size, f"after fork() ({p.test})")
 
     leak_check(r.addr, size, part, after_fork)

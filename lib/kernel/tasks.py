@@ -1,5 +1,6 @@
 """Processes and threads as the kernel shows them: deadlines, cow.c's comm pipes, fork with a
-verdict by exit status, and task states read from /proc/<tid>/stat and wchan.
+verdict by exit status (fork_call/reap) or with the child's failure relayed (run_in_child), and
+task states read from /proc/<tid>/stat and wchan.
 
 Races are judged from these states, never from the clock (docs/ARCHITECTURE.md, "Races and
 waits"): a wait ends when a thread reaches the state, or at a deadline.
@@ -7,6 +8,7 @@ waits"): a wait ends when a thread reaches the state, or at a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -15,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lib.check import CannotTest
 from lib.kernel import libc
 
 # ---------------------------------------------------------------------------------------
@@ -142,6 +145,77 @@ def reap(pid: int, timeout: float = 30.0) -> ChildResult:
         return ChildResult(pid, status)
     finally:
         os.close(fd)
+
+
+def _verdict_of(exc: BaseException, skip_types: tuple[type[BaseException], ...]) -> tuple[str, str]:
+    """(kind, message) of an exception raised by a run_in_child function."""
+    if isinstance(exc, skip_types):
+        return "skip", str(getattr(exc, "msg", exc))
+    if isinstance(exc, CannotTest):
+        return "cannot_test", str(exc)
+    if isinstance(exc, AssertionError):
+        return "fail", str(exc).split("\n")[0] or "assertion failed"
+    return "fail", f"{type(exc).__name__}: {exc}"
+
+
+def run_in_child(
+    fn: Callable[[], object],
+    timeout: float,
+    skip_types: tuple[type[BaseException], ...] = (),
+    skip: Callable[[str], object] | None = None,
+) -> None:
+    """Run ``fn`` in a forked child and make its verdict this process's: a failure raises
+    AssertionError("in the child: ..."), lib.check.CannotTest stays CannotTest, an exception of
+    ``skip_types`` calls ``skip(message)`` (e.g. pytest.skip; without ``skip``, a failure).
+
+    The child sends its verdict through a pipe and exits; the parent reads it and reaps the
+    child within ``timeout`` (then SIGKILLs it: a failure naming the deadline).  The child dies
+    with its parent (PR_SET_PDEATHSIG) and stays in its process group."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+
+    def child() -> int:
+        os.close(r)
+        libc.set_pdeathsig()
+        kind, message = "pass", ""
+        try:
+            fn()
+        except BaseException as e:  # the verdict travels to the parent
+            kind, message = _verdict_of(e, skip_types)
+        os.write(w, json.dumps({"kind": kind, "message": message[:2000]}).encode())
+        return 0
+
+    pid = fork_call(child)
+    os.close(w)
+    d = Deadline(timeout)
+    raw = b""
+    try:
+        p = select.poll()
+        p.register(r, select.POLLIN)
+        while not d.expired():
+            if not p.poll(int(d.remaining() * 1000) + 1):
+                continue
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        os.close(r)
+    try:
+        result = reap(pid, d.remaining())
+    except TimeoutError:
+        raise AssertionError(f"in the child: no verdict within {timeout:g}s (child {pid} killed)") from None
+    if not raw:
+        raise AssertionError(f"in the child: no verdict ({result.describe()})")
+    verdict = json.loads(raw)
+    kind, message = verdict["kind"], verdict["message"]
+    if kind == "pass":
+        return
+    if kind == "skip" and skip is not None:
+        skip(message)
+        return
+    if kind == "cannot_test":
+        raise CannotTest(f"in the child: {message}")
+    raise AssertionError(f"in the child: {message}")
 
 
 # ---------------------------------------------------------------------------------------
