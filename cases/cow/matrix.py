@@ -23,6 +23,15 @@ def anon_cases(desc: str):
     return pytest.mark.parametrize("backing", ANON, ids=[name(desc, b) for b in ANON])
 
 
+def anon_case_table(cases: list[tuple], argnames: str):
+    """Parametrise a test over cow.c's test cases x every anonymous backing, in cow.c's order
+    (each case over all backings).  ``cases`` rows are (description, *args) and ``argnames``
+    names the args; the test also receives ``backing``."""
+    rows = [(*args, b) for desc, *args in cases for b in ANON]
+    ids = [name(desc, b) for desc, *_ in cases for b in ANON]
+    return pytest.mark.parametrize(f"{argnames},backing", rows, ids=ids)
+
+
 def non_anon_cases(desc: str):
     """Parametrise a test over every non-anonymous backing (cow.c run_non_anon_test_case)."""
     return pytest.mark.parametrize("backing", NON_ANON, ids=[name(desc, b) for b in NON_ANON])

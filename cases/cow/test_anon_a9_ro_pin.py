@@ -11,7 +11,7 @@ Reference: tools/testing/selftests/mm/cow.c do_test_ro_pin.
 import pytest
 
 from cases.cow import oracles
-from cases.cow.matrix import anon_cases
+from cases.cow.matrix import anon_case_table
 
 CASES = [
     ("R/O GUP pin on R/O-mapped shared page", oracles.RO_PIN_SHARED, False),
@@ -23,39 +23,10 @@ CASES = [
 ]
 
 
-def run(backing, gup_test, test: str, fast: bool) -> None:
+@anon_case_table(CASES, "test,fast")
+def test_ro_pin(backing, gup_test, test: str, fast: bool) -> None:
     if gup_test.path is None:  # before setting up (a 1 GiB page) for nothing
         pytest.skip(gup_test.reason)
     with backing.setup() as m:
         bad = oracles.ro_pin(m.addr, m.size, test, fast, gup_test)
     assert not bad, bad
-
-
-@anon_cases(CASES[0][0])
-def test_ro_pin_on_shared(backing, gup_test) -> None:
-    run(backing, gup_test, *CASES[0][1:])
-
-
-@anon_cases(CASES[1][0])
-def test_ro_fast_pin_on_shared(backing, gup_test) -> None:
-    run(backing, gup_test, *CASES[1][1:])
-
-
-@anon_cases(CASES[2][0])
-def test_ro_pin_on_ro_previously_shared(backing, gup_test) -> None:
-    run(backing, gup_test, *CASES[2][1:])
-
-
-@anon_cases(CASES[3][0])
-def test_ro_fast_pin_on_ro_previously_shared(backing, gup_test) -> None:
-    run(backing, gup_test, *CASES[3][1:])
-
-
-@anon_cases(CASES[4][0])
-def test_ro_pin_on_ro_exclusive(backing, gup_test) -> None:
-    run(backing, gup_test, *CASES[4][1:])
-
-
-@anon_cases(CASES[5][0])
-def test_ro_fast_pin_on_ro_exclusive(backing, gup_test) -> None:
-    run(backing, gup_test, *CASES[5][1:])

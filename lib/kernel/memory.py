@@ -100,16 +100,23 @@ def hugetlb(size: int, hpage: int, shared: bool = False, via_memfd: bool | None 
     return Region(addr, size, hpage, "hugetlb-private", -1, False, True, [(addr, size)])
 
 
-def aligned_anon(size: int, align: int, shared: bool = False) -> Region:
-    """Anonymous memory whose start is aligned to ``align`` (over-map, then trim)."""
-    flags = (abi.MAP_SHARED if shared else abi.MAP_PRIVATE) | abi.MAP_ANONYMOUS
-    raw = libc.mmap(size + align, RW, flags)
+def aligned_mmap(size: int, align: int, prot: int = RW,
+                 flags: int = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS) -> int:
+    """An anonymous mapping of ``size`` bytes whose start is aligned to ``align`` (a power of
+    two): map ``size + align``, then unmap the unaligned head and the tail."""
+    raw = libc.mmap(size + align, prot, flags)
     start = (raw + align - 1) & ~(align - 1)
     if start > raw:
         libc.munmap(raw, start - raw)
     tail = raw + size + align - (start + size)
     if tail:
         libc.munmap(start + size, tail)
+    return start
+
+
+def aligned_anon(size: int, align: int, shared: bool = False) -> Region:
+    """Anonymous memory whose start is aligned to ``align`` (over-map, then trim)."""
+    start = aligned_mmap(size, align, RW, (abi.MAP_SHARED if shared else abi.MAP_PRIVATE) | abi.MAP_ANONYMOUS)
     return Region(start, size, PAGE_SIZE, "anon", shared=shared, _maps=[(start, size)])
 
 

@@ -123,28 +123,27 @@ def thp_enabled_global() -> str:
 @functools.cache
 def thp_sizes() -> tuple[int, ...]:
     """Anonymous THP sizes the kernel offers: the PMD size plus every per-size (mTHP) control."""
-    sizes = set()
-    if pmd_size():
-        sizes.add(pmd_size())
-    try:
-        entries = os.listdir(THP)
-    except OSError:
-        entries = []
-    for e in entries:
-        m = re.fullmatch(r"hugepages-(\d+)kB", e)
-        if m and os.path.exists(f"{THP}/{e}/enabled"):
-            sizes.add(int(m.group(1)) * KiB)
-    return tuple(sorted(sizes))
+    return tuple(sorted({pmd_size(), *_per_size_controls("enabled")} - {0}))
 
 
 @functools.cache
 def shmem_thp_sizes() -> tuple[int, ...]:
+    """Shmem THP sizes with a per-size control (hugepages-<size>kB/shmem_enabled)."""
+    return tuple(sorted(_per_size_controls("shmem_enabled")))
+
+
+def _per_size_controls(knob: str) -> set[int]:
+    """The sizes whose /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/ holds ``knob``."""
+    try:
+        entries = os.listdir(THP)
+    except OSError:
+        return set()
     sizes = set()
-    for e in os.listdir(THP) if os.path.isdir(THP) else []:
+    for e in entries:
         m = re.fullmatch(r"hugepages-(\d+)kB", e)
-        if m and os.path.exists(f"{THP}/{e}/shmem_enabled"):
+        if m and os.path.exists(f"{THP}/{e}/{knob}"):
             sizes.add(int(m.group(1)) * KiB)
-    return tuple(sorted(sizes))
+    return sizes
 
 
 @functools.cache
