@@ -10,12 +10,13 @@ from __future__ import annotations
 import errno
 import os
 
-from cases.remove.common import PAGE, WCHAN_EVENT, Async, madvise_async, read_async
+from cases.remove.common import PAGE, WCHAN_EVENT, madvise_async, read_async
 from lib.kernel import abi, memory, tasks
 from lib.kernel.handler.options import BEFORE_RESOLVE, CLEAN, REMOVED, ZERO, Options
 from lib.kernel.handler.serve_loop import FaultServer
 from lib.kernel.handler.source import Source
 from lib.kernel.serve import served
+from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import MSG_WORDS, Msg, UffdError
 from lib.runner import isolation
 
@@ -133,7 +134,7 @@ def test_wrong_source_is_chosen_before_the_first_barrier():
     buggy e2b serve loop did), so a REMOVE landing while it is parked there is missed."""
     srv, u = server(wrong_source_before_lock=True)
     tok = srv.install_barrier(1, "before_lock")
-    t = Async(lambda: srv._resolve(u, fault(1)), "worker")
+    t = Toucher.call(lambda: srv._resolve(u, fault(1)), "worker")
     srv.wait_held(tok, 5)
     srv._apply_remove(remove(PAGE, 2 * PAGE))
     srv.release(tok)
@@ -144,7 +145,7 @@ def test_wrong_source_is_chosen_before_the_first_barrier():
 def test_correct_source_sees_a_remove_landing_before_the_lock():
     srv, u = server()
     tok = srv.install_barrier(1, "before_lock")
-    t = Async(lambda: srv._resolve(u, fault(1)), "worker")
+    t = Toucher.call(lambda: srv._resolve(u, fault(1)), "worker")
     srv.wait_held(tok, 5)
     srv._apply_remove(remove(PAGE, 2 * PAGE))
     srv.release(tok)
@@ -157,7 +158,7 @@ def test_remove_read_while_a_worker_is_parked_before_the_gate_is_seen_by_its_cho
     the worker then chooses inside the gate and serves zeros."""
     srv, u = server(workers=1)
     tok = srv.install_barrier(1, "before_resolve")
-    t = Async(lambda: srv._resolve(u, fault(1)), "worker")
+    t = Toucher.call(lambda: srv._resolve(u, fault(1)), "worker")
     srv.wait_held(tok, 5)
     gated_read_of_remove(srv, PAGE, 2 * PAGE)  # with workers the read marks the pages
     assert 1 in srv.removed
@@ -182,9 +183,9 @@ def test_the_serve_loop_cannot_read_while_an_install_is_in_the_gate():
     r, w = os.pipe2(os.O_NONBLOCK)
     os.write(w, bytes(32))  # one (empty) uffd_msg
     tok = srv.install_barrier(1, "after_choose")
-    t = Async(lambda: srv._resolve(u, fault(1)), "worker")
+    t = Toucher.call(lambda: srv._resolve(u, fault(1)), "worker")
     srv.wait_held(tok, 5)
-    reader = Async(lambda: srv._read_marking(r, 32), "serve loop")
+    reader = Toucher.call(lambda: srv._read_marking(r, 32), "serve loop")
     tasks.wait_until(lambda: srv.gate._writers_waiting == 1, 5, "the serve loop to wait for the gate")
     assert not reader.done()
     srv.release(tok)

@@ -20,7 +20,6 @@ MADV_REMOVE for shared memory (DONTNEED on shared memory only zaps the page tabl
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +29,8 @@ from lib import check
 from lib.kernel import abi, libc, memory, needs, pagemap, system
 from lib.kernel.backing import missing_feature_for, wp_feature_for
 from lib.kernel.handler import Options, Source, Stats
-from lib.kernel.tasks import Deadline, task_state, task_wchan, wait_until
+from lib.kernel.tasks import Deadline, task_state, task_wchan
+from lib.kernel.toucher import Toucher
 
 PAGE = libc.PAGE_SIZE
 MiB, GiB = system.MiB, system.GiB
@@ -235,78 +235,28 @@ def check_no_errors(st: Stats) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# callers in threads (they touch memory only through lib.kernel.libc: docs/ARCHITECTURE.md rule 1)
+# callers in threads (lib.kernel.toucher: memory touched only through lib.kernel.libc,
+# docs/ARCHITECTURE.md rule 1; the kernel tid known when the thread is made)
 
 
-class Async:
-    """Run ``fn`` in a thread; its kernel tid is known when the constructor returns."""
-
-    def __init__(self, fn: Callable[[], object], name: str = "caller") -> None:
-        self.fn, self.name = fn, name
-        self.tid = 0
-        self.result: object = None
-        self.error: BaseException | None = None
-        self._started = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-        if not self._started.wait(WAIT):
-            raise TimeoutError(f"{name}: thread did not start")
-
-    def _run(self) -> None:
-        self.tid = libc.gettid()
-        self._started.set()
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # re-raised by join()
-            self.error = e
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def join(self, timeout: float = WAIT) -> object:
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            if task_state(self.tid) == "R":  # runnable, never blocked: starved, not hung
-                raise check.CannotTest(f"{self.name} (tid {self.tid}) still running after {timeout}s")
-            raise AssertionError(f"{self.name} (tid {self.tid}) still blocked after {timeout}s, state "
-                                 f"{task_state(self.tid)} wchan {task_wchan(self.tid)}")
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-    def wait_blocked(self, wchan: str, timeout: float = WAIT) -> str:
-        """Wait until the thread sleeps in ``wchan``; returns its /proc state letter."""
-
-        def blocked() -> str | None:
-            if self.done():
-                raise AssertionError(f"{self.name} finished instead of blocking in {wchan}")
-            s, w = task_state(self.tid), task_wchan(self.tid)
-            if s in "DS" and (w == wchan or (w in ("0", "?", "-") and s == "D")):
-                return s
-            return None
-
-        return str(wait_until(blocked, timeout, f"{self.name} (tid {self.tid}) blocked in {wchan}"))
+def madvise_async(addr: int, length: int, advice: int) -> Toucher:
+    return Toucher.call(lambda: libc.madvise(addr, length, advice), f"madvise({abi.Madv(advice).name})")
 
 
-def madvise_async(addr: int, length: int, advice: int) -> Async:
-    return Async(lambda: libc.madvise(addr, length, advice), f"madvise({abi.Madv(advice).name})")
+def read_async(addr: int, length: int) -> Toucher:
+    return Toucher.call(lambda: libc.read(addr, length), f"read@{addr:#x}")
 
 
-def read_async(addr: int, length: int) -> Async:
-    return Async(lambda: libc.read(addr, length), f"read@{addr:#x}")
-
-
-def write_async(addr: int, data: bytes) -> Async:
-    return Async(lambda: libc.write(addr, data), f"write@{addr:#x}")
+def write_async(addr: int, data: bytes) -> Toucher:
+    return Toucher.call(lambda: libc.write(addr, data), f"write@{addr:#x}")
 
 
 def returns_within(fn: Callable[[], object], seconds: float, what: str) -> object:
     """Run ``fn`` in a thread; it must return within ``seconds`` (the liveness oracle): a call
     still sleeping then (state S/D, its wchan named) fails; one still runnable (R) was starved
     of CPU, which no kernel guarantee bounds: cannot test."""
-    a = Async(fn, what)
-    a.thread.join(Deadline(seconds).remaining())
-    if a.thread.is_alive():
+    a = Toucher.call(fn, what)
+    if not a.wait(Deadline(seconds).remaining()):
         if task_state(a.tid) == "R":
             raise check.CannotTest(f"{what} still running after {seconds}s")
         raise AssertionError(f"{what} did not return within {seconds}s (state {task_state(a.tid)} "

@@ -29,13 +29,13 @@ from cases.remove.common import (
     EV,
     PRIVATE,
     SHARED,
-    Async,
     Backing,
     check_ranges_cover,
     drain,
     fault_records,
     fmt_ranges,
     header,
+    madvise_async,
     make_source,
     matrix,
     read_async,
@@ -51,7 +51,7 @@ MISSING, WP = abi.RegisterMode.MISSING, abi.RegisterMode.WP
 
 def advise_collect(u: Userfaultfd, addr: int, length: int, advice: int, timeout: float = 5.0):
     """Run madvise in a thread, reading ``u`` until it returns: (messages, OSError or None)."""
-    a = Async(lambda: libc.madvise(addr, length, advice), f"madvise({abi.Madv(advice).name})")
+    a = madvise_async(addr, length, advice)
     msgs = []
     d = Deadline(timeout)
     while not a.done() and not d.expired():

@@ -12,8 +12,6 @@ which removes the protection and wakes it.  A read never faults.  /proc/pid/page
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +19,7 @@ from lib import check
 from lib.kernel import abi, libc, tasks
 from lib.kernel.memory import Region
 from lib.kernel.pagemap import Pagemap
+from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import Msg, Userfaultfd, open_for
 
 F = abi.Feature
@@ -49,69 +48,22 @@ def wp_bits(r: Region, unit: int, units: int | None = None, pid: int | str = "se
 
 
 # ---------------------------------------------------------------------------------------
-# threads that touch memory (libc only: rule 1) with bounded joins
+# threads that touch memory (lib.kernel.toucher: libc only, rule 1) with bounded waits
 
 
-SETTLE_TIMEOUT = 120.0  # a generous bound for a thread to finish or block (see Toucher.settle)
-
-
-class Toucher:
-    """A thread doing one libc access; records its tid and whether it finished."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.fn = fn
-        self.tid = 0
-        self.result: object = None
-        self.error: BaseException | None = None
-        self._tid_ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.tid = libc.gettid()
-        self._tid_ready.set()
-        try:
-            self.result = self.fn()
-        except BaseException as e:
-            self.error = e
-
-    def start(self) -> Toucher:
-        self.thread.start()
-        if not self._tid_ready.wait(5):
-            raise TimeoutError("toucher thread did not start")
-        return self
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def join(self, timeout: float) -> bool:
-        self.thread.join(timeout)
-        return self.done()
-
-    def settle(self, timeout: float = SETTLE_TIMEOUT) -> bool:
-        """Wait until the access finished (True) or the thread is blocked in handle_userfault
-        (False), reading its state from /proc/<tid>/stat and wchan.  How fast a thread gets
-        the CPU is no kernel guarantee: one that does neither by ``timeout`` is "cannot test"."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.join(0.002):
-                return True
-            if tasks.task_state(self.tid) in "DS" and "userfault" in tasks.task_wchan(self.tid):
-                return False
-            if time.monotonic() > deadline:
-                raise check.CannotTest(f"thread {self.tid} neither finished its access nor blocked in a "
-                                       f"userfault within {timeout:g}s (state {tasks.task_state(self.tid)!r})")
+SETTLE_TIMEOUT = 120.0  # a generous bound for a thread to finish or block (lib.kernel.toucher.Toucher.settle)
 
 
 def read_does_not_fault(u: Userfaultfd, addr: int, length: int) -> tuple[bool, list[Msg]]:
     """Read ``length`` bytes at ``addr`` from a thread; (finished without blocking in a
     userfault, messages raised)."""
-    t = Toucher(lambda: libc.read(addr, length)).start()
-    finished = t.settle()
+    t = Toucher.call(lambda: libc.read(addr, length), "reader")
+    finished = t.settle(SETTLE_TIMEOUT)
     msgs = u.read_msgs()
     if not finished:  # a fault is pending: release it so the case can end
         for m in msgs:
             u.writeprotect(m.address & ~(libc.PAGE_SIZE - 1), libc.PAGE_SIZE, False)
-        t.join(SETTLE_TIMEOUT)
+        t.wait(SETTLE_TIMEOUT)
     return finished, msgs
 
 
@@ -153,7 +105,7 @@ def sync_wp_write(
     bounds a starved thread, which is "cannot test"."""
     obs = SyncObservation()
     base = addr & ~(unit - 1)
-    w = Toucher(lambda: libc.write(addr, data)).start()
+    w = Toucher.call(lambda: libc.write(addr, data), "writer")
     d = tasks.Deadline(timeout)
     while not u.wait(0.002):
         if w.done():
@@ -170,7 +122,7 @@ def sync_wp_write(
     resolve(u, base, unit)
     d = tasks.Deadline(timeout)
     while True:
-        if w.join(0.002):
+        if w.wait(0.002):
             break
         if u.wait(0):
             obs.refaults += u.read_msgs()
@@ -183,7 +135,7 @@ def sync_wp_write(
     obs.writer_done = w.done()
     if not obs.writer_done:  # a bad resolver left it blocked: release it
         u.writeprotect(base, unit, False)
-        w.join(timeout)
+        w.wait(timeout)
     obs.refaults += u.read_msgs()
     obs.content_after = libc.read(addr, len(data))
     with Pagemap() as pm:

@@ -13,10 +13,11 @@ without a message and keeps the protection, a write traps with UFFD_PAGEFAULT_FL
 import pytest
 
 from cases.wp_async.backings import WpBacking, backings
-from cases.wp_async.common import Toucher, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from cases.wp_async.common import SETTLE_TIMEOUT, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
 from lib import check
 from lib.kernel import abi, libc
 from lib.kernel.pagemap import Pagemap
+from lib.kernel.toucher import Toucher
 
 BACKINGS = backings()
 UNPOP = int(abi.Feature.WP_UNPOPULATED)
@@ -88,6 +89,6 @@ def test_dontneed(b) -> None:
             check.true(obs.fault is not None and obs.fault.is_wp, "a write after the zap still traps with the WP flag")
             check.true(obs.writer_done, "the write completes after mode 0")
         else:
-            t = Toucher(lambda: libc.write(r.addr, b"after-zap")).start()
-            check.true(t.settle(), "a write after the zap completes without the monitor (no userfault)")
+            t = Toucher.call(lambda: libc.write(r.addr, b"after-zap"), "writer")
+            check.true(t.settle(SETTLE_TIMEOUT), "a write after the zap completes without the monitor (no userfault)")
             check.eq(u.read_msgs(), [], "messages (protection is gone)")

@@ -12,9 +12,10 @@ its diagnostics (lib.check.diag: JUnit body, summary.json) either way and fails 
 import pytest
 
 from cases.wp_async.backings import backings
-from cases.wp_async.common import Toucher, wp_bits
+from cases.wp_async.common import SETTLE_TIMEOUT, wp_bits
 from lib import check
 from lib.kernel import abi, libc
+from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import open_for
 
 BACKINGS = backings()
@@ -34,8 +35,8 @@ def protected_region(b):
 
 
 def writes_freely(r, unit: int) -> None:
-    t = Toucher(lambda: (libc.write(r.addr, b"free"), libc.write(r.end - unit, b"free"))).start()
-    check.true(t.settle(), "writes complete without a monitor (not blocked in a userfault)")
+    t = Toucher.call(lambda: (libc.write(r.addr, b"free"), libc.write(r.end - unit, b"free")), "writer")
+    check.true(t.settle(SETTLE_TIMEOUT), "writes complete without a monitor (not blocked in a userfault)")
     check.true(libc.compare(r.addr, b"free") and libc.compare(r.end - unit, b"free"), "the writes landed")
 
 
