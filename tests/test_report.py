@@ -210,3 +210,38 @@ def test_suite_version_in_this_tree():
                               text=True)
     assert v["commit"] == head.stdout.strip()
     assert v["describe"] == describe.stdout.strip()
+
+
+def test_one_verdict_vocabulary():
+    """lib.runner.verdict.Verdict is what isolation produces and the reports read: TIMEOUT and
+    SIGNAL are reported as failures (a timeout flagged), strings from a summary.json are the same
+    verdicts, and the totals keep kselftest's order."""
+    from lib.runner.verdict import REPORTED, Verdict
+
+    assert [str(v) for v in REPORTED] == ["pass", "fail", "xfail", "xpass", "skip", "error"]
+    assert list(report.Totals()) == list(REPORTED)
+    t = report.CaseResult("a", "t", Verdict.TIMEOUT, "timeout after 1s")
+    assert t.verdict is Verdict.FAIL and t.timeout and t.failed
+    assert report.tap_result_line(1, t) == "not ok 1 t # TIMEOUT timeout after 1s"
+    s = report.CaseResult("a", "s", Verdict.SIGNAL, "killed by SIGBUS")
+    assert s.verdict is Verdict.FAIL and not s.timeout
+    assert report.CaseResult("a", "x", "xfail").verdict is Verdict.XFAIL  # as read back from summary.json
+    assert [v.failed for v in Verdict] == [False, True, False, True, False, True, True, True]
+    assert json.loads(json.dumps(vars(t)))["verdict"] == "fail"
+    with pytest.raises(ValueError):
+        report.CaseResult("a", "n", "notrun")
+
+
+def test_reported_message_of_an_outcome():
+    """The plugin passes the isolation's outcome through: a failure's message on one line, a
+    skip's and an expected failure's reason as given."""
+    from lib.runner.isolation import Outcome
+    from lib.runner.plugin import reported_message
+
+    assert reported_message(Outcome("pass")) == ""
+    assert reported_message(Outcome("fail", "one\ntwo")) == "one two"
+    assert reported_message(Outcome("timeout", "x" * 400)) == "x" * 297 + "..."
+    assert reported_message(Outcome("skip", "")) == "skipped"
+    assert reported_message(Outcome("skip", "no THP")) == "no THP"
+    assert reported_message(Outcome("xfail", "upstream documents it")) == "upstream documents it"
+    assert reported_message(Outcome("error", "")) == "error"

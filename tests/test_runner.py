@@ -336,6 +336,33 @@ def test_run_folders_are_unique_within_a_second(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_run_folder_given_and_chosen(tmp_path, monkeypatch):
+    """lib.runner.results decides a run's folder and `latest`: a --results folder is used as it is
+    (removed after a usage error only when this run created it) and `latest` never follows it; a
+    folder of the run's own under the base is, once the run wrote its reports."""
+    from lib.runner import results
+
+    monkeypatch.setenv("KMM_RESULTS_BASE", str(tmp_path / "base"))
+    given = results.open_run(str(tmp_path / "given"), ROOT, "6.18")
+    assert given.created and not given.latest and given.path == tmp_path / "given"
+    given.finish(reported=True)
+    assert not (tmp_path / "latest").exists()
+    given.discard()
+    assert not given.path.exists()
+    (tmp_path / "kept").mkdir()
+    kept = results.open_run(str(tmp_path / "kept"), ROOT, "6.18")
+    assert not kept.created
+    kept.discard()
+    assert kept.path.is_dir()  # never deletes a folder it did not make
+    own = results.open_run(None, ROOT, "6.18")
+    assert own.created and own.latest and own.path.parent == tmp_path / "base"
+    own.finish(reported=False)
+    assert not (tmp_path / "base" / "latest").exists()  # no reports: `latest` stays
+    own.finish(reported=True)
+    assert os.readlink(tmp_path / "base" / "latest") == own.path.name
+    assert results.run_dir(None, ROOT, "vm-x").parent == tmp_path / "base"  # vmrun's folders too
+
+
 @root_only
 def test_two_runs_at_once_get_their_own_folders(tmp_path):
     """Two runs started together: one waits for the run lock; each has its own complete report."""
