@@ -1,0 +1,1017 @@
+"""Every userfaultfd operation x every memory type it accepts x every documented outcome.
+
+The cases are the rows of cases/uffd_ops/matrix.py (one table: operation, variant, outcome,
+memory kinds, expected result, where it is documented) crossed with the memory types of
+lib.kernel.memtypes; each row names the scenario below that checks it.  A case's name says all:
+``UFFDIO_COPY MODE_WP on shmem: maps the page write-protected; the next write raises a WP fault``.
+
+How a case observes (oracles in cases/uffd_ops/oracles.py): errno and the kernel-written result
+field of the ioctl; the content a user-mode access reads; pagemap bits (PM_PRESENT, PM_UFFD_WP,
+PM_FILE); which userfault message the next access raises (an access is made by a thread of
+ours through lib.kernel.libc's GIL-releasing primitives: docs/ARCHITECTURE.md rule 1; the case
+itself reads the message and answers it with the operation under test, so no handler of
+lib.kernel.handler stands between them); and the signal a child process's access dies of.
+Every wait has a deadline; a blocked thread is recognised by its state and wchan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import select
+import signal
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from cases.uffd_ops import matrix as M
+from cases.uffd_ops import oracles as O
+from lib import check
+from lib.kernel import abi, libc, memory, memtypes, system
+from lib.kernel.memtypes import MemType
+from lib.kernel.pagemap import Pagemap, kpageflags
+from lib.kernel.tasks import Pipe, fork_call, reap, task_state, task_wchan, wait_task_state
+from lib.kernel.uffd import UffdError, Userfaultfd, open_for
+
+PAGE = system.PAGE_SIZE
+WAIT = 10.0  # seconds any single wait may take
+B = abi.IoctlBit
+THP_SIZES = sorted({system.pmd_size() or 2 * system.MiB, 64 * system.KiB})
+
+
+# ---------------------------------------------------------------------------------------
+# the matrix
+
+
+def mem_types_of(row: M.Row) -> list[MemType | None]:
+    """The row's kinds at every size: anon-thp at THP_SIZES, hugetlb kinds at the default size
+    and, as the row's ``big`` says, at the other hugetlb sizes."""
+    if not row.kinds:
+        return [None]
+    default = system.default_hugetlb_size()
+    return [mt for mt in memtypes.mem_types(row.kinds, thp_sizes=THP_SIZES)
+            if not mt.hugetlb or mt.size == default or mt.kind in M.BIG_KINDS[row.big]]
+
+
+def cells() -> list:
+    out = []
+    for row in M.ROWS:
+        for mt in mem_types_of(row):
+            out.append(pytest.param(row, mt or MemType(memtypes.ANON), id=row.case_name(mt.name if mt else None)))
+    return out
+
+
+def features_of(row: M.Row, mt: MemType) -> int:
+    f = row.features
+    for w in row.registration_wants:
+        f |= {"missing": mt.missing_feature, "wp": mt.wp_feature, "minor": mt.minor_feature}[w]
+    return f
+
+
+def expected_ioctls(mt: MemType, mode: int) -> int:
+    """What UFFDIO_REGISTER reports for a range (fs/userfaultfd.c userfaultfd_register():
+    UFFD_API_RANGE_IOCTLS, _BASIC for hugetlb; CONTINUE only with MODE_MINOR, WRITEPROTECT only
+    with MODE_WP)."""
+    bits = [B.WAKE, B.COPY, B.POISON]
+    if not mt.hugetlb:
+        bits += [B.ZEROPAGE, B.MOVE]
+    if mode & M.WP:
+        bits.append(B.WRITEPROTECT)
+    if mode & M.MINOR:
+        bits.append(B.CONTINUE)
+    return abi.ioctl_mask(*bits)
+
+
+# ---------------------------------------------------------------------------------------
+# accesses: a thread of ours touches registered memory through libc (rule 1)
+
+
+class Toucher:
+    """One user-mode access in a thread: a read of the head and tail samples of a page, or a
+    one-byte write at ``addr``.  It writes a byte to its pipe when done."""
+
+    def __init__(self, addr: int, page_size: int, write: bool, byte: int = 0x77) -> None:
+        self.addr, self.page_size, self.write, self.byte = addr, page_size, write, byte
+        self.data: tuple[bytes, bytes] | None = None
+        self.error: BaseException | None = None
+        self.tid = 0
+        self.r, self.w = os.pipe2(os.O_CLOEXEC)
+        self._started = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        self._started.wait(WAIT)
+
+    def _run(self) -> None:
+        self.tid = threading.get_native_id()
+        self._started.set()
+        try:
+            if self.write:
+                libc.fill(self.addr, self.byte, 1)
+            else:
+                self.data = (libc.read(self.addr, O.SAMPLE),
+                             libc.read(self.addr + self.page_size - O.SAMPLE, O.SAMPLE))
+        except BaseException as e:
+            self.error = e
+        finally:
+            os.write(self.w, b"x")
+
+    def done(self, timeout: float = 0.0) -> bool:
+        p = select.poll()
+        p.register(self.r, select.POLLIN)
+        return bool(p.poll(int(timeout * 1000)))
+
+    def where(self) -> str:
+        try:
+            return f"thread {self.tid} state {task_state(self.tid)} wchan {task_wchan(self.tid) or '-'}"
+        except OSError:
+            return f"thread {self.tid} gone"
+
+
+class Ctx:
+    """One case: the memory of its type (``region``, ``row.pages`` pages), an open uffd with the
+    row's registration, the pagemap, and the accesses still blocked (woken at the end)."""
+
+    def __init__(self, row: M.Row, mt: MemType) -> None:
+        self.row, self.mt = row, mt
+        self.ps = mt.page_size
+        self.features = features_of(row, mt)
+        mt.require(self.features, pages=row.pages)
+        self.stack = contextlib.ExitStack()
+        self.region = mt.map(row.pages)
+        self.stack.callback(self.region.close)
+        self.u = open_for(self.features)
+        self.stack.callback(self.u.close)
+        self.pm = Pagemap()
+        self.stack.callback(self.pm.close)
+        self.pending: list[Toucher] = []
+        self.registered = 0
+        if row.mode:
+            self.register(row.mode)
+
+    @property
+    def addr(self) -> int:
+        return self.region.addr
+
+    def register(self, mode: int, length: int | None = None) -> int:
+        ioctls = self.u.register(self.addr, length or self.region.size, mode)
+        self.registered = mode
+        return ioctls
+
+    def unregister(self) -> None:
+        self.u.unregister(self.addr, self.region.size)
+        self.registered = 0
+
+    def close(self) -> None:
+        """Unregister (wakes every blocked access), let the accesses finish, then unmap; an
+        access still blocked keeps its memory mapped (the case's process ends anyway)."""
+        with contextlib.suppress(OSError):
+            self.u.unregister(self.addr, self.region.size)
+        with contextlib.suppress(OSError):  # UNREGISTER wakes MISSING faults only
+            self.u.wake(self.addr, self.region.size)
+        stuck = [t for t in self.pending if not t.done(WAIT)]
+        if stuck:
+            self.stack.pop_all()
+            return
+        self.stack.close()
+
+    # -- memory helpers --------------------------------------------------------------------
+    def source(self, npages: int, byte: int, page_size: int | None = None, populate: bool = False) -> int:
+        """Private anon memory of ``npages`` pages, page i filled as expected_page(byte + i)."""
+        ps = page_size or self.ps
+        if populate and ps >= system.GiB:
+            # populated: UFFDIO_COPY then copies under the page table lock; an unpopulated source
+            # makes hugetlb allocate a temporary huge page beyond the mapping's reservation
+            r = memory.thp(npages * ps, system.pmd_size() or 2 * system.MiB)
+            libc.madvise(r.addr, r.size, abi.Madv.POPULATE_WRITE)
+        else:
+            r = memory.anon(npages * ps)
+        self.stack.callback(r.close)
+        for i in range(npages):
+            fill_sample(r.addr + i * ps, ps, byte + i)
+        return r.addr
+
+    def hole(self, size: int | None = None) -> int:
+        """An address range with nothing mapped (mapped, then unmapped)."""
+        n = size or self.ps
+        a = libc.mmap(n, abi.PROT_NONE, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_NORESERVE)
+        libc.munmap(a, n)
+        return a
+
+    def populate(self, byte: int) -> None:
+        """Fault the region in through an ordinary fault (unregistered meanwhile): anon-thp gets
+        its THP, hugetlb its huge page; then register again as before."""
+        mode = self.registered
+        if mode:
+            self.unregister()
+        if self.mt.thp:
+            libc.fill(self.addr, byte, self.region.size)
+        else:
+            for i in range(self.region.npages):
+                fill_sample(self.region.page(i), self.ps, byte)
+        if mode:
+            self.register(mode)
+        if self.mt.thp:
+            check.diag(f"{self.mt}: populated as {folio_desc(self.pm, self.addr)}")
+
+    def cache_page(self, byte: int, i: int = 0) -> None:
+        """Put page ``i`` into the page cache through a MAP_SHARED alias that is not registered."""
+        alias = self.region.alias()
+        self.stack.callback(alias.close)
+        fill_sample(alias.page(i), self.ps, byte)
+
+    def file_head(self, offset: int = 0) -> bytes:
+        return os.pread(self.region.fd, O.SAMPLE, offset)
+
+    # -- accesses --------------------------------------------------------------------------
+    def access(self, addr: int, write: bool = False, byte: int = 0x77) -> O.Access:
+        """Make one access and report whether it completed or raised a userfault message (the
+        access then stays blocked in ``pending`` until the case resolves it)."""
+        t = Toucher(addr, self.ps, write, byte)
+        self.pending.append(t)
+        p = select.poll()
+        p.register(t.r, select.POLLIN)
+        p.register(self.u.fd, select.POLLIN)
+        ready = {fd for fd, _ in p.poll(int(WAIT * 1000))}
+        if t.r in ready:
+            return self.finished(t, write)
+        if self.u.fd in ready:
+            msgs = self.u.read_msgs(1)
+            if msgs:
+                return O.Access(write, msgs[0], toucher=t)
+        raise AssertionError(f"the {'write' if write else 'read'} at {addr:#x} neither completed nor raised a "
+                             f"userfault within {WAIT}s ({t.where()})")
+
+    def finished(self, t: Toucher, write: bool) -> O.Access:
+        if t.error is not None:
+            raise AssertionError(f"the access at {t.addr:#x} failed: {t.error}")
+        return O.Access(write, None, t.data)
+
+    def finish(self, a: O.Access) -> O.Access:
+        """The blocked access of ``a`` must now complete."""
+        t = a.toucher
+        assert isinstance(t, Toucher)
+        if not t.done(WAIT):
+            raise AssertionError(f"the blocked access did not complete within {WAIT}s ({t.where()})")
+        return self.finished(t, a.write)
+
+    def still_blocked(self, a: O.Access, what: str) -> None:
+        t = a.toucher
+        assert isinstance(t, Toucher)
+        wait_task_state(t.tid, "S", WAIT, wchan="handle_userfault")
+        check.false(t.done(), f"{what}: the faulting thread completed")
+
+    def entry(self, addr: int | None = None):
+        return self.pm.entry(self.addr if addr is None else addr)
+
+
+def fill_sample(addr: int, page_size: int, byte: int) -> None:
+    """Write ``byte`` into the head and the tail samples of the page at ``addr``."""
+    libc.fill(addr, byte, O.SAMPLE)
+    libc.fill(addr + page_size - O.SAMPLE, byte, O.SAMPLE)
+
+
+def want(byte: int, page_size: int) -> tuple[bytes, bytes]:
+    return O.sample(O.expected_page(byte, page_size), page_size)
+
+
+def folio_desc(pm: Pagemap, addr: int) -> str:
+    e = pm.entry(addr)
+    if not e.present or not e.pfn:
+        return f"pagemap {e}"
+    try:
+        flags = kpageflags(e.pfn)
+    except OSError:
+        return "a present page (kpageflags unreadable)"
+    return "a THP" if flags & abi.KPF.THP else "base pages"
+
+
+def raw_ioctl(u: Userfaultfd, request: int, arg: ctypes.Structure, name: str) -> None:
+    libc.ioctl(u.fd, request, arg, name=name)
+
+
+# ---------------------------------------------------------------------------------------
+# scenarios: one per row of the matrix (its ``scenario`` field)
+
+SCENARIOS: dict[str, Callable[[Ctx], None]] = {}
+
+
+def scenario(fn: Callable[[Ctx], None]) -> Callable[[Ctx], None]:
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+def expect_completed_write(c: Ctx, addr: int, what: str) -> None:
+    O.expect_access(c.access(addr, write=True), None, what)
+
+
+# -- UFFDIO_API ------------------------------------------------------------------------------
+def _fresh() -> Userfaultfd:
+    return open_for(0, handshake=False)
+
+
+@scenario
+def api_handshake(c: Ctx) -> None:
+    with _fresh() as u:
+        a = u.api(0)
+        check.eq(a.api, abi.UFFD_API, "uffdio_api.api")
+        check.eq(a.ioctls, abi.UFFD_API_IOCTLS, "uffdio_api.ioctls (API, REGISTER, UNREGISTER)")
+        check.true(a.features, "uffdio_api.features reports what the kernel supports")
+
+
+@scenario
+def api_bad_version(c: Ctx) -> None:
+    with _fresh() as u:
+        a = abi.uffdio_api(api=0xAB, features=0, ioctls=0x1234)
+        with check.raises_errno(errno.EINVAL, "UFFDIO_API with api 0xAB"):
+            raw_ioctl(u, abi.UFFDIO_API, a, "UFFDIO_API")
+        check.eq((a.api, a.features, a.ioctls), (0, 0, 0), "uffdio_api after the failure (zeroed)")
+
+
+@scenario
+def api_unknown_feature(c: Ctx) -> None:
+    with _fresh() as u:
+        O.expect_errno(lambda: u.api(1 << 62), "EINVAL", "UFFDIO_API with feature bit 62", result=False)
+
+
+@scenario
+def api_twice(c: Ctx) -> None:
+    with _fresh() as u:
+        u.api(0)
+        O.expect_errno(lambda: u.api(0), "EINVAL", "the second UFFDIO_API", result=False)
+
+
+@scenario
+def api_missing(c: Ctx) -> None:
+    with _fresh() as u:
+        O.expect_errno(lambda: u.register(c.addr, c.ps), "EINVAL", "UFFDIO_REGISTER before UFFDIO_API",
+                       result=False)
+
+
+# -- UFFDIO_REGISTER -------------------------------------------------------------------------
+@scenario
+def register_missing(c: Ctx) -> None:
+    check.eq(c.register(M.MISSING), expected_ioctls(c.mt, M.MISSING), "UFFDIO_REGISTER ioctls")
+    O.expect_access(c.access(c.addr), "missing", "a read of a hole")
+
+
+@scenario
+def register_wp(c: Ctx) -> None:
+    c.populate(0x31)
+    check.eq(c.register(M.WP), expected_ioctls(c.mt, M.WP), "UFFDIO_REGISTER ioctls")
+    c.u.writeprotect(c.addr, c.region.size, True)
+    O.expect_access(c.access(c.addr, write=True), "wp", "a write to the protected page")
+
+
+@scenario
+def register_minor(c: Ctx) -> None:
+    if c.mt.file_backed:
+        c.cache_page(0x32)
+    check.eq(c.register(M.MINOR), expected_ioctls(c.mt, M.MINOR), "UFFDIO_REGISTER ioctls")
+    if c.mt.file_backed:
+        O.expect_access(c.access(c.addr), "minor", "a read of a page in the page cache")
+    else:
+        O.expect_access(c.access(c.addr), None, "a read of a hole (no page cache page: no MINOR fault)")
+
+
+@scenario
+def register_minor_anon(c: Ctx) -> None:
+    O.expect_errno(lambda: c.register(M.MINOR), "EINVAL", "UFFDIO_REGISTER MODE_MINOR", result=False)
+
+
+@scenario
+def register_mode_zero(c: Ctx) -> None:
+    O.expect_errno(lambda: c.register(0), "EINVAL", "UFFDIO_REGISTER mode 0", result=False)
+
+
+@scenario
+def register_mode_unknown(c: Ctx) -> None:
+    O.expect_errno(lambda: c.register(1 << 3), "EINVAL", "UFFDIO_REGISTER mode 8", result=False)
+
+
+@scenario
+def register_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.register(c.addr + 1, c.ps), "EINVAL", "UFFDIO_REGISTER at addr+1", result=False)
+
+
+@scenario
+def register_zero_len(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.register(c.addr, 0), "EINVAL", "UFFDIO_REGISTER of length 0", result=False)
+
+
+@scenario
+def register_no_vma(c: Ctx) -> None:
+    h = c.hole()
+    O.expect_errno(lambda: c.u.register(h, c.ps), "EINVAL", "UFFDIO_REGISTER of an unmapped range",
+                   result=False)
+
+
+@scenario
+def register_huge_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.register(c.addr, PAGE), "EINVAL", "UFFDIO_REGISTER of one base page",
+                   result=False)
+
+
+@scenario
+def register_busy(c: Ctx) -> None:
+    c.register(M.MISSING)
+    with open_for(c.features) as u2:
+        O.expect_errno(lambda: u2.register(c.addr, c.ps), "EBUSY", "UFFDIO_REGISTER through a second uffd",
+                       result=False)
+
+
+@scenario
+def register_readonly(c: Ctx) -> None:
+    fd = os.open(f"/proc/self/fd/{c.region.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ro = libc.mmap(c.ps, abi.PROT_READ, abi.MAP_SHARED, fd, 0)
+    finally:
+        os.close(fd)
+    try:
+        O.expect_errno(lambda: c.u.register(ro, c.ps, M.MISSING), "EPERM",
+                       "UFFDIO_REGISTER of a read-only shared file mapping", result=False)
+    finally:
+        libc.munmap(ro, c.ps)
+
+
+# -- UFFDIO_UNREGISTER -----------------------------------------------------------------------
+@scenario
+def unregister_missing(c: Ctx) -> None:
+    a = c.access(c.addr)
+    O.expect_access(a, "missing", "a read of a hole")
+    c.unregister()
+    done = c.finish(a)
+    O.expect_content(done.data, want(0, c.ps), "the woken read (an ordinary fault: zeroes)")
+    O.expect_access(c.access(c.addr), None, "a later read")
+
+
+@scenario
+def unregister_wp_blocked(c: Ctx) -> None:
+    c.populate(0x42)
+    c.u.writeprotect(c.addr, c.ps, True)
+    w = c.access(c.addr, write=True)
+    O.expect_access(w, "wp", "a write to the protected page")
+    c.unregister()
+    O.expect_pagemap(c.entry(), "after UFFDIO_UNREGISTER", present=True, uffd_wp=False)
+    c.still_blocked(w, "after UFFDIO_UNREGISTER")
+    c.u.wake(c.addr, c.ps)
+    c.finish(w)
+
+
+@scenario
+def unregister_wp(c: Ctx) -> None:
+    c.populate(0x41)
+    c.u.writeprotect(c.addr, c.region.size, True)
+    O.expect_pagemap(c.entry(), "after UFFDIO_WRITEPROTECT", present=True, uffd_wp=True)
+    c.unregister()
+    O.expect_pagemap(c.entry(), "after UFFDIO_UNREGISTER", present=True, uffd_wp=False)
+    expect_completed_write(c, c.addr, "a write after UFFDIO_UNREGISTER")
+
+
+@scenario
+def unregister_other(c: Ctx) -> None:
+    with open_for(0) as u2:
+        O.expect_errno(lambda: u2.unregister(c.addr, c.ps), "EINVAL", "UFFDIO_UNREGISTER through another uffd",
+                       result=False)
+
+
+@scenario
+def unregister_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.unregister(c.addr + 1, c.ps), "EINVAL", "UFFDIO_UNREGISTER at addr+1",
+                   result=False)
+
+
+@scenario
+def unregister_huge_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.unregister(c.addr, PAGE), "EINVAL", "UFFDIO_UNREGISTER of one base page",
+                   result=False)
+
+
+# -- UFFDIO_COPY -----------------------------------------------------------------------------
+@scenario
+def copy_plain(c: Ctx) -> None:
+    a = c.access(c.addr)
+    O.expect_access(a, "missing", "a read of a hole")
+    src = c.source(1, 0xC1)
+    check.eq(c.u.copy(c.addr, src, c.ps), c.ps, "uffdio_copy.copy")
+    O.expect_content(c.finish(a).data, want(0xC1, c.ps), "the woken read")
+    O.expect_pagemap(c.entry(), "the copied page", present=True, uffd_wp=False, file=c.mt.map_shared)
+    if c.mt.file_backed:  # shared: the page is in the file; private: an anonymous copy, the file keeps its hole
+        check.eq(c.file_head(), bytes([0xC1 if c.mt.map_shared else 0]) * O.SAMPLE, "the file's content")
+    expect_completed_write(c, c.addr, "a write to the copied page")
+
+
+@scenario
+def copy_wp(c: Ctx) -> None:
+    src = c.source(1, 0xC2)
+    check.eq(c.u.copy(c.addr, src, c.ps, int(abi.CopyMode.WP)), c.ps, "uffdio_copy.copy")
+    O.expect_pagemap(c.entry(), "the page copied with MODE_WP", present=True, uffd_wp=True)
+    r = c.access(c.addr)
+    O.expect_access(r, None, "a read")
+    O.expect_content(r.data, want(0xC2, c.ps), "the read")
+    w = c.access(c.addr, write=True)
+    O.expect_access(w, "wp", "a write")
+    c.u.writeprotect(c.addr, c.ps, False)
+    c.finish(w)
+    O.expect_pagemap(c.entry(), "after unprotecting", present=True, uffd_wp=False)
+
+
+@scenario
+def copy_dontwake(c: Ctx) -> None:
+    a = c.access(c.addr)
+    O.expect_access(a, "missing", "a read of a hole")
+    src = c.source(1, 0xC3)
+    check.eq(c.u.copy(c.addr, src, c.ps, int(abi.CopyMode.DONTWAKE)), c.ps, "uffdio_copy.copy")
+    O.expect_pagemap(c.entry(), "the copied page", present=True)
+    c.still_blocked(a, "after COPY MODE_DONTWAKE")
+    c.u.wake(c.addr, c.ps)
+    O.expect_content(c.finish(a).data, want(0xC3, c.ps), "the read woken by UFFDIO_WAKE")
+
+
+@scenario
+def copy_eexist(c: Ctx) -> None:
+    c.populate(0x21)
+    src = c.source(1, 0xC4)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "EEXIST", "UFFDIO_COPY onto a mapped page")
+    O.expect_content(c.access(c.addr).data, want(0x21, c.ps), "the page keeps its content")
+
+
+@scenario
+def copy_partial(c: Ctx) -> None:
+    src = c.source(2, 0xC5, populate=True)
+    check.eq(c.u.copy(c.region.page(1), src + c.ps, c.ps), c.ps, "UFFDIO_COPY of page 1")
+    with check.raises_errno(errno.EAGAIN, "UFFDIO_COPY of pages 0-1 with page 1 mapped") as e:
+        c.u.copy(c.addr, src, 2 * c.ps)
+    check.eq(e[0].result, c.ps, "uffdio_copy.copy: the bytes copied before the mapped page")
+    O.expect_content(c.access(c.addr).data, want(0xC5, c.ps), "page 0")
+
+
+@scenario
+def copy_unregistered(c: Ctx) -> None:
+    src = c.source(1, 0xC6)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "ENOENT", "UFFDIO_COPY into an unregistered range")
+
+
+@scenario
+def copy_cross_vma(c: Ctx) -> None:
+    c.unregister()
+    c.register(M.MISSING, c.ps)  # page 0 only: its VMA ends at page 1
+    src = c.source(2, 0xC7)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, 2 * c.ps), "ENOENT", "UFFDIO_COPY across the VMA's end")
+
+
+@scenario
+def copy_bad_src(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.copy(c.addr, c.hole(), c.ps), "EFAULT", "UFFDIO_COPY from an unmapped source")
+
+
+@scenario
+def copy_past_eof(c: Ctx) -> None:
+    src = c.source(1, 0xC8)
+    os.ftruncate(c.region.fd, 0)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "EFAULT", "UFFDIO_COPY beyond the file's end")
+
+
+@scenario
+def copy_past_eof_private(c: Ctx) -> None:
+    src = c.source(1, 0xC8)
+    os.ftruncate(c.region.fd, 0)
+    check.eq(c.u.copy(c.addr, src, c.ps), c.ps, "uffdio_copy.copy beyond the file's end")
+    O.expect_pagemap(c.entry(), "the copied page", present=True, file=False)
+
+
+def _esrch_child(c: Ctx, sock: socket.socket) -> int:
+    r = c.mt.map(1)
+    u = open_for(c.features)
+    u.register(r.addr, r.size, M.MISSING)
+    socket.send_fds(sock, [r.addr.to_bytes(8, "little")], [u.fd])
+    return 0
+
+
+@scenario
+def copy_esrch(c: Ctx) -> None:
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent, child:
+        pid = fork_call(lambda: _esrch_child(c, child))
+        msg, fds, _, _ = socket.recv_fds(parent, 8, 1)
+        res = reap(pid, WAIT)
+        O.expect_signal(res, None, "the registering child")
+        check.eq(len(fds), 1, "the child's uffd received")
+        with Userfaultfd(fds[0]) as u:
+            src = c.source(1, 0xC9)
+            dst = int.from_bytes(msg, "little")
+            O.expect_errno(lambda: u.copy(dst, src, c.ps), "ESRCH", "UFFDIO_COPY after the process exited",
+                           result=False)
+
+
+@scenario
+def copy_wp_unregistered(c: Ctx) -> None:
+    src = c.source(1, 0xCA)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps, int(abi.CopyMode.WP)), "EINVAL",
+                   "UFFDIO_COPY MODE_WP into a range registered MISSING only")
+
+
+@scenario
+def copy_bad_mode(c: Ctx) -> None:
+    src = c.source(1, 0xCB)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps, 1 << 2), "EINVAL", "UFFDIO_COPY mode 4", result=False)
+
+
+@scenario
+def copy_unaligned(c: Ctx) -> None:
+    src = c.source(1, 0xCC)
+    O.expect_errno(lambda: c.u.copy(c.addr + 1, src, c.ps), "EINVAL", "UFFDIO_COPY to addr+1", result=False)
+
+
+@scenario
+def copy_zero_len(c: Ctx) -> None:
+    src = c.source(1, 0xCD)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, 0), "EINVAL", "UFFDIO_COPY of length 0", result=False)
+
+
+@scenario
+def copy_huge_unaligned(c: Ctx) -> None:
+    src = c.source(1, 0xCE, PAGE)
+    O.expect_errno(lambda: c.u.copy(c.addr, src, PAGE), "EINVAL", "UFFDIO_COPY of one base page")
+
+
+# -- UFFDIO_ZEROPAGE -------------------------------------------------------------------------
+@scenario
+def zeropage_plain(c: Ctx) -> None:
+    a = c.access(c.addr)
+    O.expect_access(a, "missing", "a read of a hole")
+    check.eq(c.u.zeropage(c.addr, c.ps), c.ps, "uffdio_zeropage.zeropage")
+    O.expect_content(c.finish(a).data, want(0, c.ps), "the woken read")
+    O.expect_pagemap(c.entry(), "the zero-filled page", present=True, uffd_wp=False)
+    expect_completed_write(c, c.addr, "a write to the zero-filled page")
+
+
+@scenario
+def zeropage_hugetlb(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.zeropage(c.addr, c.ps), "EINVAL", "UFFDIO_ZEROPAGE on hugetlb")
+
+
+@scenario
+def zeropage_eexist(c: Ctx) -> None:
+    c.populate(0x22)
+    O.expect_errno(lambda: c.u.zeropage(c.addr, c.ps), "EEXIST", "UFFDIO_ZEROPAGE onto a mapped page")
+    O.expect_content(c.access(c.addr).data, want(0x22, c.ps), "the page keeps its content")
+
+
+@scenario
+def zeropage_bad_mode(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.zeropage(c.addr, c.ps, 1 << 1), "EINVAL", "UFFDIO_ZEROPAGE mode 2", result=False)
+
+
+@scenario
+def zeropage_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.zeropage(c.addr + 1, c.ps), "EINVAL", "UFFDIO_ZEROPAGE at addr+1", result=False)
+
+
+# -- UFFDIO_WRITEPROTECT ---------------------------------------------------------------------
+@scenario
+def wp_protect(c: Ctx) -> None:
+    c.populate(0x51)
+    c.u.writeprotect(c.addr, c.region.size, True)
+    O.expect_pagemap(c.entry(), "the protected page", present=True, uffd_wp=True)
+    r = c.access(c.addr)
+    O.expect_access(r, None, "a read of the protected page")
+    O.expect_content(r.data, want(0x51, c.ps), "the read")
+    w = c.access(c.addr, write=True, byte=0x52)
+    O.expect_access(w, "wp", "a write to the protected page")
+    c.u.writeprotect(c.addr, c.region.size, False)
+    c.finish(w)
+    O.expect_pagemap(c.entry(), "after mode 0", present=True, uffd_wp=False)
+    check.eq(c.access(c.addr).data[0][:2], bytes([0x52, 0x51]), "the write landed after the resolution")
+
+
+@scenario
+def wp_marker(c: Ctx) -> None:
+    c.u.writeprotect(c.addr, c.ps, True)
+    O.expect_pagemap(c.entry(), "the protected hole", present=False, uffd_wp=True)
+
+
+@scenario
+def wp_anon_hole(c: Ctx) -> None:
+    c.u.writeprotect(c.addr, c.ps, True)
+    O.expect_pagemap(c.entry(), "the protected anonymous hole", present=False, uffd_wp=False)
+
+
+@scenario
+def wp_anon_unpopulated(c: Ctx) -> None:
+    c.u.writeprotect(c.addr, c.ps, True)
+    O.expect_pagemap(c.entry(), "the protected anonymous hole", present=False, uffd_wp=True)
+
+
+@scenario
+def wp_dontwake(c: Ctx) -> None:
+    c.populate(0x53)
+    c.u.writeprotect(c.addr, c.ps, True)
+    w = c.access(c.addr, write=True)
+    O.expect_access(w, "wp", "a write to the protected page")
+    c.u.writeprotect(c.addr, c.ps, False, dontwake=True)
+    O.expect_pagemap(c.entry(), "after mode DONTWAKE", present=True, uffd_wp=False)
+    c.still_blocked(w, "after unprotecting with DONTWAKE")
+    c.u.wake(c.addr, c.ps)
+    c.finish(w)
+
+
+@scenario
+def wp_unregistered(c: Ctx) -> None:
+    c.populate(0x54)
+    O.expect_errno(lambda: c.u.writeprotect(c.addr, c.ps, True), "ENOENT",
+                   "UFFDIO_WRITEPROTECT of a range registered MISSING only", result=False)
+
+
+@scenario
+def wp_wp_dontwake(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.writeprotect(c.addr, c.ps, True, dontwake=True), "EINVAL",
+                   "UFFDIO_WRITEPROTECT mode WP|DONTWAKE", result=False)
+
+
+@scenario
+def wp_bad_mode(c: Ctx) -> None:
+    arg = abi.uffdio_writeprotect(abi.uffdio_range(c.addr, c.ps), 1 << 2)
+    O.expect_errno(lambda: raw_ioctl(c.u, abi.UFFDIO_WRITEPROTECT, arg, "UFFDIO_WRITEPROTECT"), "EINVAL",
+                   "UFFDIO_WRITEPROTECT mode 4", result=False)
+
+
+@scenario
+def wp_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.writeprotect(c.addr + 1, c.ps, True), "EINVAL", "UFFDIO_WRITEPROTECT at addr+1",
+                   result=False)
+
+
+@scenario
+def wp_huge_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.writeprotect(c.addr, PAGE, True), "EINVAL", "UFFDIO_WRITEPROTECT of one base page",
+                   result=False)
+
+
+# -- UFFDIO_CONTINUE -------------------------------------------------------------------------
+def _minor_fault(c: Ctx, byte: int) -> O.Access:
+    c.cache_page(byte)
+    a = c.access(c.addr)
+    O.expect_access(a, "minor", "a read of a page in the page cache")
+    return a
+
+
+@scenario
+def continue_plain(c: Ctx) -> None:
+    a = _minor_fault(c, 0xD1)
+    check.eq(c.u.cont(c.addr, c.ps), c.ps, "uffdio_continue.mapped")
+    O.expect_content(c.finish(a).data, want(0xD1, c.ps), "the woken read")
+    O.expect_pagemap(c.entry(), "the mapped page cache page", present=True, uffd_wp=False, file=True)
+    expect_completed_write(c, c.addr, "a write to it")
+    # shared: the write is the file's; private: a copy-on-write copy, the file is unchanged
+    check.eq(c.file_head()[:1], bytes([0x77 if c.mt.map_shared else 0xD1]), "the file's first byte")
+    O.expect_pagemap(c.entry(), "after the write", present=True, file=c.mt.map_shared)
+
+
+@scenario
+def continue_wp(c: Ctx) -> None:
+    a = _minor_fault(c, 0xD2)
+    check.eq(c.u.cont(c.addr, c.ps, int(abi.ContinueMode.WP)), c.ps, "uffdio_continue.mapped")
+    O.expect_content(c.finish(a).data, want(0xD2, c.ps), "the woken read")
+    O.expect_pagemap(c.entry(), "the page mapped with MODE_WP", present=True, uffd_wp=True)
+    w = c.access(c.addr, write=True)
+    O.expect_access(w, "wp", "a write")
+    c.u.writeprotect(c.addr, c.ps, False)
+    c.finish(w)
+
+
+@scenario
+def continue_no_page(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EFAULT", "UFFDIO_CONTINUE without a page cache page")
+
+
+@scenario
+def continue_eexist(c: Ctx) -> None:
+    a = _minor_fault(c, 0xD3)
+    check.eq(c.u.cont(c.addr, c.ps), c.ps, "the first UFFDIO_CONTINUE")
+    c.finish(a)
+    O.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EEXIST", "the second UFFDIO_CONTINUE")
+
+
+@scenario
+def continue_anon(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EINVAL", "UFFDIO_CONTINUE on anonymous memory")
+
+
+@scenario
+def continue_wp_unregistered(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.cont(c.addr, c.ps, int(abi.ContinueMode.WP)), "EINVAL",
+                   "UFFDIO_CONTINUE MODE_WP into a range registered MINOR only")
+
+
+@scenario
+def continue_bad_mode(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.cont(c.addr, c.ps, 1 << 2), "EINVAL", "UFFDIO_CONTINUE mode 4", result=False)
+
+
+@scenario
+def continue_huge_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.cont(c.addr, PAGE), "EINVAL", "UFFDIO_CONTINUE of one base page")
+
+
+# -- UFFDIO_POISON ---------------------------------------------------------------------------
+def _poison_child(c: Ctx, ready: Pipe) -> int:
+    """In a child: its own memory of the type, registered and poisoned, then read: the read
+    must kill it with SIGBUS (exit 3: the poisoned read returned)."""
+    r = c.mt.map(1)
+    u = open_for(c.features)
+    u.register(r.addr, r.size, M.MISSING)
+    if u.poison(r.addr, r.size) != r.size:
+        return 4
+    ready.signal()
+    libc.read(r.addr, 1)
+    return 3
+
+
+@scenario
+def poison_plain(c: Ctx) -> None:
+    check.eq(c.u.poison(c.addr, c.ps), c.ps, "uffdio_poison.updated")
+    O.expect_pagemap(c.entry(), "the poisoned page", present=False)
+    ready = Pipe()
+    try:
+        pid = fork_call(lambda: _poison_child(c, ready))
+        res = None
+        try:
+            ready.wait(WAIT)
+        finally:
+            res = reap(pid, WAIT)
+        O.expect_signal(res, signal.SIGBUS, "a read of a poisoned page (in a child)")
+    finally:
+        ready.close()
+
+
+@scenario
+def poison_eexist(c: Ctx) -> None:
+    c.populate(0x23)
+    O.expect_errno(lambda: c.u.poison(c.addr, c.ps), "EEXIST", "UFFDIO_POISON onto a mapped page")
+    O.expect_content(c.access(c.addr).data, want(0x23, c.ps), "the page keeps its content")
+
+
+@scenario
+def poison_bad_mode(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.poison(c.addr, c.ps, 1 << 1), "EINVAL", "UFFDIO_POISON mode 2", result=False)
+
+
+@scenario
+def poison_huge_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.poison(c.addr, PAGE), "EINVAL", "UFFDIO_POISON of one base page")
+
+
+# -- UFFDIO_MOVE -----------------------------------------------------------------------------
+@scenario
+def move_plain(c: Ctx) -> None:
+    src = c.source(1, 0xE1)
+    pfn = c.entry(src).pfn
+    a = c.access(c.addr)
+    O.expect_access(a, "missing", "a read of a hole")
+    check.eq(c.u.move(c.addr, src, c.ps), c.ps, "uffdio_move.move")
+    O.expect_content(c.finish(a).data, want(0xE1, c.ps), "the woken read")
+    O.expect_pagemap(c.entry(), "the destination", present=True, uffd_wp=False)
+    if pfn:  # PFNs are shown to root only
+        check.eq(c.entry().pfn, pfn, "the destination's PFN (the source page itself)")
+    O.expect_pagemap(c.entry(src), "the source", present=False)
+    expect_completed_write(c, c.addr, "a write to the moved page")
+
+
+@scenario
+def move_thp(c: Ctx) -> None:
+    size = c.region.size
+    src = c.mt.map(1)
+    c.stack.callback(src.close)
+    libc.fill(src.addr, 0xE2, size)
+    check.diag(f"{c.mt}: the source is {folio_desc(c.pm, src.addr)}")
+    check.eq(c.u.move(c.addr, src.addr, size), size, "uffdio_move.move")
+    O.expect_pagemap(c.entry(), "the destination", present=True)
+    O.expect_pagemap(c.entry(src.addr), "the source", present=False)
+    whole = bytes([0xE2]) * O.SAMPLE
+    O.expect_content(c.access(c.addr).data, (whole, whole), "the destination's first page")
+    last = c.addr + size - PAGE
+    O.expect_content(c.access(last).data, (whole, whole), "the destination's last page")
+
+
+@scenario
+def move_hole(c: Ctx) -> None:
+    src = memory.anon(c.ps)
+    c.stack.callback(src.close)
+    O.expect_errno(lambda: c.u.move(c.addr, src.addr, c.ps), "ENOENT", "UFFDIO_MOVE from a hole")
+
+
+@scenario
+def move_hole_allowed(c: Ctx) -> None:
+    src = memory.anon(c.ps)
+    c.stack.callback(src.close)
+    mode = int(abi.MoveMode.ALLOW_SRC_HOLES)
+    check.eq(c.u.move(c.addr, src.addr, c.ps, mode), c.ps, "uffdio_move.move (the hole counts as moved)")
+    O.expect_pagemap(c.entry(), "the destination", present=False)
+
+
+@scenario
+def move_eexist(c: Ctx) -> None:
+    c.populate(0x24)
+    src = c.source(1, 0xE3)
+    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EEXIST", "UFFDIO_MOVE onto a mapped page")
+    O.expect_pagemap(c.entry(src), "the source stays", present=True)
+
+
+@scenario
+def move_cow_shared(c: Ctx) -> None:
+    src = c.source(1, 0xE4)
+    go = Pipe()
+    try:
+        pid = fork_call(lambda: go.wait(WAIT))
+        try:
+            O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EBUSY", "UFFDIO_MOVE of a page shared with a child")
+        finally:
+            go.signal()
+            reap(pid, WAIT)
+    finally:
+        go.close()
+    O.expect_pagemap(c.entry(src), "the source stays", present=True)
+
+
+@scenario
+def move_not_anon(c: Ctx) -> None:
+    src = c.source(1, 0xE5)
+    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", f"UFFDIO_MOVE into {c.mt}")
+
+
+@scenario
+def move_prot_mismatch(c: Ctx) -> None:
+    src = c.source(1, 0xE6)
+    libc.mprotect(src, c.ps, abi.PROT_READ)
+    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", "UFFDIO_MOVE from a read-only VMA")
+
+
+@scenario
+def move_dst_unregistered(c: Ctx) -> None:
+    src = c.source(1, 0xE7)
+    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", "UFFDIO_MOVE into an unregistered range")
+
+
+@scenario
+def move_src_cross(c: Ctx) -> None:
+    src = c.source(2, 0xE8)
+    libc.munmap(src + c.ps, c.ps)
+    O.expect_errno(lambda: c.u.move(c.addr, src, 2 * c.ps), "EINVAL", "UFFDIO_MOVE across the source VMA's end")
+
+
+@scenario
+def move_bad_mode(c: Ctx) -> None:
+    src = c.source(1, 0xE9)
+    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps, 1 << 2), "EINVAL", "UFFDIO_MOVE mode 4", result=False)
+
+
+@scenario
+def move_unaligned(c: Ctx) -> None:
+    src = c.source(1, 0xEA)
+    O.expect_errno(lambda: c.u.move(c.addr + 1, src, c.ps), "EINVAL", "UFFDIO_MOVE to addr+1", result=False)
+
+
+# -- UFFDIO_WAKE -----------------------------------------------------------------------------
+@scenario
+def wake_refault(c: Ctx) -> None:
+    a = c.access(c.addr)
+    O.expect_access(a, "missing", "a read of a hole")
+    c.still_blocked(a, "before UFFDIO_WAKE")
+    c.u.wake(c.addr, c.ps)
+    again = c.u.read_msg(WAIT)
+    check.eq(again.address & ~(c.ps - 1), a.msg.address & ~(c.ps - 1), "the woken read faults again at the page")
+    src = c.source(1, 0xF1)
+    c.u.copy(c.addr, src, c.ps)
+    O.expect_content(c.finish(a).data, want(0xF1, c.ps), "the read after UFFDIO_COPY")
+
+
+@scenario
+def wake_unaligned(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.wake(c.addr + 1, c.ps), "EINVAL", "UFFDIO_WAKE at addr+1", result=False)
+
+
+@scenario
+def wake_zero_len(c: Ctx) -> None:
+    O.expect_errno(lambda: c.u.wake(c.addr, 0), "EINVAL", "UFFDIO_WAKE of length 0", result=False)
+
+
+# ---------------------------------------------------------------------------------------
+# the cases
+
+
+@pytest.mark.parametrize(("row", "mt"), cells())
+def test_uffd_op(row: M.Row, mt: MemType) -> None:
+    """One cell of the matrix: ``row``'s documented outcome of its operation on ``mt``
+    (the row's ``source`` says where it is documented)."""
+    check.note(f"{row.case_name(str(mt))} [{row.source}]")
+    c = Ctx(row, mt)
+    try:
+        SCENARIOS[row.scenario](c)
+    except UffdError as e:
+        raise AssertionError(f"setup or resolution step failed: {e}") from None
+    finally:
+        c.close()
