@@ -24,7 +24,6 @@ import errno
 import os
 import signal
 import socket
-import threading
 
 import pytest
 
@@ -34,6 +33,7 @@ from lib.check import note
 from lib.kernel import abi, libc
 from lib.kernel.backing import MemType, mem_types
 from lib.kernel.tasks import Pipe, reap, task_state, task_wchan, wait_task_state
+from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import Userfaultfd, open_for
 
 MEMS = mem_types()
@@ -43,33 +43,9 @@ def ids(name: str) -> list[str]:
     return [f"{name} on {m}" for m in MEMS]
 
 
-class Toucher:
-    """A thread that reads ``length`` bytes at ``addr`` (through libc: rule 1)."""
-
-    def __init__(self, addr: int, length: int = 8) -> None:
-        self.addr, self.length = addr, length
-        self.data: bytes | None = None
-        self.tid = 0
-        self._started = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.tid = threading.get_native_id()
-        self._started.set()
-        self.data = libc.read(self.addr, self.length)
-
-    def start(self) -> Toucher:
-        self._t.start()
-        self._started.wait(5)
-        return self
-
-    def join(self, timeout: float = 5.0) -> bool:
-        self._t.join(timeout)
-        return not self._t.is_alive()
-
-    @property
-    def done(self) -> bool:
-        return not self._t.is_alive()
+def reader(addr: int, length: int = 8) -> Toucher:
+    """A thread reading ``length`` bytes at ``addr`` (lib.kernel.toucher: through libc, rule 1)."""
+    return Toucher.call(lambda: libc.read(addr, length), f"read@{addr:#x}")
 
 
 def run_copy_eexist(mt: MemType, first_copy: bool = True) -> None:
@@ -96,7 +72,7 @@ def settle(u: Userfaultfd, a: uut.Area, *threads: Toucher) -> None:
     except OSError:
         pass
     for t in threads:
-        t.join(10)
+        t.wait(10)
 
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("copy-eexist"))
@@ -184,7 +160,7 @@ def run_wake(mt: MemType, wake: bool = True) -> None:
     """UFFDIO_WAKE without resolving: the thread retries and faults again at the same page."""
     with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
-        t = Toucher(a.count_addr(0)).start()
+        t = reader(a.count_addr(0))
         try:
             m1 = u.read_msg(10)
             wait_task_state(t.tid, "S", 5, wchan="handle_userfault")
@@ -193,10 +169,10 @@ def run_wake(mt: MemType, wake: bool = True) -> None:
             m2 = u.read_msg(5)
             check.eq(m2.address & ~(a.page_size - 1), m1.address & ~(a.page_size - 1),
                      "the woken thread faults again at the same page")
-            check.false(t.done, "the thread completed its read without the page")
+            check.false(t.done(), "the thread completed its read without the page")
             uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
-            check.true(t.join(10), "the reader finishes after UFFDIO_COPY")
-            check.eq(t.data, (1).to_bytes(8, "little"), "the reader's data")
+            check.true(t.wait(10), "the reader finishes after UFFDIO_COPY")
+            check.eq(t.result, (1).to_bytes(8, "little"), "the reader's data")
         finally:
             settle(u, a, t)
 
@@ -211,29 +187,29 @@ def run_copy_dontwake(mt: MemType, mode: int = abi.CopyMode.DONTWAKE) -> str:
     """COPY(DONTWAKE): the faulting thread stays in handle_userfault until UFFDIO_WAKE."""
     with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
-        t = Toucher(a.count_addr(0)).start()
+        t = reader(a.count_addr(0))
         other: Toucher | None = None
         try:
             u.read_msg(10)
             wait_task_state(t.tid, "S", 5, wchan="handle_userfault")
             check.eq(u.copy(a.dst.addr, a.src.addr, a.page_size, mode), a.page_size, "UFFDIO_COPY(DONTWAKE)")
-            check.false(t.done, "faulting thread finished although COPY was DONTWAKE")
+            check.false(t.done(), "faulting thread finished although COPY was DONTWAKE")
             check.eq((task_state(t.tid), task_wchan(t.tid)), ("S", "handle_userfault"),
                      "faulting thread state after COPY(DONTWAKE)")
             # another thread in between: kernels differ (e2b-ltp A.7 item 3); observe, then serve
-            other = Toucher(a.count_addr(0)).start()
+            other = reader(a.count_addr(0))
             seen = "another thread read the page without a fault"
-            if not other.join(2):
+            if not other.wait(2):
                 if u.wait(5):
                     u.read_msgs()
                     seen = "another thread took a MISSING fault after COPY(DONTWAKE)"
                     uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
-                check.true(other.join(10), "the other reader finishes")
+                check.true(other.wait(10), "the other reader finishes")
             note(f"copy-dontwake on {mt}: {seen}")
-            check.false(t.done, "faulting thread woke without UFFDIO_WAKE")
+            check.false(t.done(), "faulting thread woke without UFFDIO_WAKE")
             u.wake(a.dst.addr, a.page_size)
-            check.true(t.join(10), "faulting thread finishes after UFFDIO_WAKE")
-            check.eq(t.data, (1).to_bytes(8, "little"), "faulting thread's data")
+            check.true(t.wait(10), "faulting thread finishes after UFFDIO_WAKE")
+            check.eq(t.result, (1).to_bytes(8, "little"), "faulting thread's data")
         finally:
             settle(u, a, t, *([other] if other else []))
         return seen

@@ -14,8 +14,6 @@ include/uapi/linux/userfaultfd.h).
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from cases.missing import support as uut
@@ -23,6 +21,7 @@ from lib import check
 from lib.check import note
 from lib.kernel import abi, libc
 from lib.kernel.backing import MemType, mem_types
+from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import Msg, Userfaultfd, open_for
 
 MEMS = mem_types()
@@ -35,28 +34,20 @@ def ids(name: str, mems: list[MemType] = MEMS) -> list[str]:
 
 def fault_once(u: Userfaultfd, a: uut.Area, access, resolve: bool = True) -> tuple[Msg, int]:
     """Run ``access`` on a thread, read its one fault message, serve it; (message, thread id)."""
-    tid: list[int] = []
-
-    def run() -> None:
-        tid.append(threading.get_native_id())
-        access()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    t = Toucher.call(access, "access")
     try:
         m = u.read_msg(10)
         if resolve:
             uut.copy_page(u, m.address & ~(a.page_size - 1), a.src.addr, a.page_size)
     finally:
-        t.join(10 if resolve else 0)
-        if t.is_alive():
+        if not t.wait(10 if resolve else 0):
             try:
                 u.unregister(a.dst.addr, a.size)  # wakes the thread before the area goes away
             except OSError:
                 pass
-        t.join(10)
-    check.false(t.is_alive(), "the faulting thread finished after the page was served")
-    return m, tid[0]
+        t.wait(10)
+    check.true(t.done(), "the faulting thread finished after the page was served")
+    return m, t.tid
 
 
 def check_rw_flag(m: Msg, write: bool) -> None:
