@@ -10,8 +10,8 @@ import pytest
 
 from cases.missing import test_api, test_missing_basic
 from lib.kernel import uffd
-from lib.kernel.memtypes import MemType
 from lib.kernel.handler.options import Options
+from lib.kernel.memtypes import MemType
 from lib.runner import isolation
 
 ANON = MemType("anon")

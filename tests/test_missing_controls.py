@@ -13,7 +13,7 @@ import pytest
 
 from cases.missing import support as uut
 from lib.kernel import abi, handler, libc, uffd
-from lib.kernel.backing import MemType
+from lib.kernel.memtypes import MemType
 from lib.kernel.uffd import Msg, open_for
 from lib.runner.isolation import run_isolated
 

@@ -12,6 +12,25 @@ is a pytest parameter:
   "MADV_PAGEOUT did not work, is swap enabled?", "need more free huge pages").
 
 Anonymous variants fill the memory with 0x01; the test then compares against that content.
+
+The case names keep cow.c's words; in the suite's vocabulary (lib.kernel.memtypes) they are:
+
+=====================================  ==============================================
+cow.c backing                          memory type (lib.kernel.memtypes)
+=====================================  ==============================================
+base page (swapped out or not)         ``anon``
+THP (N kB), every variant              ``anon-thp (N kB)``, then PTE-mapped, cut to a
+                                       single PTE, half mremap()'ed, half shared or
+                                       swapped out as the name says
+hugetlb (N kB)                         ``hugetlb-anon``: MAP_PRIVATE|MAP_ANONYMOUS|
+                                       MAP_HUGETLB (memtypes' ``hugetlb`` is a memfd)
+shared zeropage                        ``anon``, read-faulted (a R/W and a R/O mapping)
+huge zeropage                          ``anon-thp (<PMD size>)``, read-faulted
+memfd                                  ``shmem-map-private``, plus a MAP_SHARED R/O view
+tmpfile                                none: a private mapping of an unlinked /tmp
+                                       file, plus a MAP_SHARED R/O view
+memfd hugetlb (N kB)                   ``hugetlb-private``, plus a MAP_SHARED R/O view
+=====================================  ==============================================
 """
 
 from __future__ import annotations
@@ -25,7 +44,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib.kernel import abi, hugetlb_pool, libc, system
+from lib.kernel import abi, hugetlb_pool, libc, memtypes, system
 from lib.kernel.pagemap import Pagemap
 
 PAGE = system.PAGE_SIZE
@@ -50,38 +69,13 @@ def kb(size: int) -> str:
     return f"{size // 1024} kB"
 
 
-_POOL_FAILED: dict[int, str] = {}  # hugetlb size -> why its pool could not be grown (this run)
-
-
 def grow_hugetlb_pool(settings, size: int) -> None:
-    """Two free hugetlb pages of ``size`` for the rest of the run (cow.c hugetlb_setup(2)).
-
-    Gigantic pages need contiguous memory: when growing the pool fails, compact memory once
-    (/proc/sys/vm/compact_memory, a trigger, not a setting) and try again; a size that still
-    fails is not tried again in this run (every later case skips with the same reason).
-    """
+    """Two free hugetlb pages of ``size`` for the rest of the run (cow.c hugetlb_setup(2)),
+    grown by lib.kernel.memtypes.grow_pool (one compaction retry for gigantic pages; a size
+    that still fails is not tried again in this run)."""
     if size not in system.hugetlb_sizes():
         pytest.skip(f"hugetlb size {kb(size)} not offered by this kernel")
-    if size in _POOL_FAILED:
-        pytest.skip(_POOL_FAILED[size])
-    try:
-        settings.hugetlb(size, HUGETLB_PAGES)
-        return
-    except pytest.skip.Exception as e:
-        first = str(e.msg)
-        if not system.is_root():
-            _POOL_FAILED[size] = first
-            raise
-    try:
-        with open("/proc/sys/vm/compact_memory", "w") as f:
-            f.write("1")
-    except OSError:
-        pass
-    try:
-        settings.hugetlb(size, HUGETLB_PAGES)
-    except pytest.skip.Exception as e:
-        _POOL_FAILED[size] = f"{e.msg} (also after compacting memory)"
-        pytest.skip(_POOL_FAILED[size])
+    memtypes.grow_pool(settings, size, HUGETLB_PAGES)
 
 
 def _swap_skip(what: str) -> None:

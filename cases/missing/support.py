@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lib.kernel import abi, libc, memory, needs, system
-from lib.kernel.backing import MemType
+from lib.kernel import abi, libc, memory, system
+from lib.kernel.memtypes import HUGETLB_PRIVATE, MemType
 from lib.kernel.uffd import Msg, UffdError, Userfaultfd
 
 COUNT_OFF = 40  # area_count(): the counter right after the mutex (sizeof(pthread_mutex_t) on x86_64 glibc)
@@ -45,19 +45,18 @@ def area_pages(mt: MemType) -> int:
     """uffd-unit-tests' nr_pages, bounded by the hugetlb pool the suite grows for the type."""
     if not mt.hugetlb:
         return BASE_PAGES
-    return min(max(UUT_MEM, 2 * mt.hpage) // mt.hpage, mt.pool_pages)
+    return min(max(UUT_MEM, 2 * mt.size) // mt.size, mt.max_pages)
 
 
 def need_type(mt: MemType, features: int = 0, npages: int | None = None) -> None:
     """Skip unless the type, its hugetlb size and pool, and the uffd features are available."""
+    n = 1
     if mt.hugetlb:
-        needs.hugetlb_size(mt.hpage)
-        needs.memfd_hugetlb(mt.hpage)
         n = npages if npages is not None else area_pages(mt)
-        if n > mt.pool_pages:
-            pytest.skip(f"needs {n} hugetlb pages of {system.size_label(mt.hpage)}, "
-                        f"the suite's pool for that size holds {mt.pool_pages}")
-    needs.uffd_features(int(features) | mt.missing_feature)
+        if n > mt.max_pages:
+            pytest.skip(f"needs {n} hugetlb pages of {system.size_label(mt.size)}, "
+                        f"the suite's pool for that size holds {mt.max_pages}")
+    mt.require(int(features) | mt.missing_feature, pages=n)
 
 
 def features_for(mt: MemType, *extra: int) -> int:
@@ -98,8 +97,9 @@ class Area:
         return self.src.addr + nr * self.page_size
 
     def release(self, addr: int | None = None) -> None:
-        """uffd-common's release_pages: DONTNEED for anon and hugetlb-private, REMOVE otherwise."""
-        advice = abi.Madv.DONTNEED if self.mt.kind in ("anon", "hugetlb-private") else abi.Madv.REMOVE
+        """uffd-common's release_pages: DONTNEED for anon and hugetlb-private, REMOVE otherwise
+        (shmem-private is MAP_SHARED)."""
+        advice = self.mt.discard_advice
         libc.madvise(self.dst.addr if addr is None else addr, self.size, advice)
 
     def close(self) -> None:
@@ -124,28 +124,10 @@ def write_count(addr: int, value: int) -> None:
 
 def map_dst(mt: MemType, npages: int, align: int = 0) -> memory.Region:
     """The registered area of a type; ``align`` places it at an aligned address (mremap target,
-    MADV_COLLAPSE).  Hugetlb mappings are aligned to their page size by the kernel."""
-    if mt.hugetlb:
-        # uffd-common maps hugetlb dst MAP_NORESERVE: a private mapping's reservation would
-        # belong to this process alone, and a forked child (events) could not fault pages in
-        size = npages * mt.hpage
-        fd = libc.memfd_create("kmm-uut-hugetlb", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(mt.hpage))
-        os.ftruncate(fd, size)
-        flags = (abi.MAP_SHARED if mt.kind == "hugetlb" else abi.MAP_PRIVATE) | abi.MAP_NORESERVE
-        addr = libc.mmap(size, memory.RW, flags, fd, 0)
-        return memory.Region(addr, size, mt.hpage, mt.kind, fd, mt.kind == "hugetlb", True, [(addr, size)])
-    if not align:
-        r = mt.map(npages)
-        if mt.kind == "shmem-private":
-            r.kind = "shmem-private"
-        return r
-    size = npages * mt.page_size
-    if mt.kind == "anon":
-        return memory.aligned_anon(size, align)
-    fd = libc.memfd_create("kmm-uut")
-    os.ftruncate(fd, size)
-    addr = _aligned_fixed(size, align, abi.MAP_SHARED, fd)
-    return memory.Region(addr, size, memory.PAGE_SIZE, mt.kind, fd, True, False, [(addr, size)])
+    MADV_COLLAPSE).  Hugetlb mappings are aligned to their page size by the kernel, and mapped
+    MAP_NORESERVE as uffd-common does: a private mapping's reservation would belong to this
+    process alone, and a forked child (events) could not fault pages in."""
+    return mt.map(npages, noreserve=mt.hugetlb, align=0 if mt.hugetlb else align)
 
 
 def _aligned_fixed(size: int, align: int, flags: int, fd: int) -> int:
@@ -168,7 +150,7 @@ def make_area(mt: MemType, npages: int | None = None, counters: bool = True, ali
     dst = map_dst(mt, n, align)
     src = memory.aligned_anon(n * mt.page_size, mt.page_size if mt.hugetlb else memory.PAGE_SIZE)
     a = Area(mt, n, dst, src)
-    if alias and mt.kind != "hugetlb-private" and dst.fd >= 0:
+    if alias and mt.kind != HUGETLB_PRIVATE and dst.fd >= 0:
         a.dst_alias = alias_of(dst)
     if mt.hugetlb:
         # A hugetlb UFFDIO_COPY whose source is not mapped falls back to a temporary huge

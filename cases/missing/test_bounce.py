@@ -35,8 +35,8 @@ import pytest
 
 from cases.missing import support as uut
 from lib import check
-from lib.kernel import abi, libc, memory, system
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel import abi, libc, memory, memtypes, system
+from lib.kernel.memtypes import ANON, HUGETLB, SHMEM, MemType, mem_types
 from lib.kernel.uffd import Msg, UffdError, Userfaultfd, open_for
 
 BOUNCE_RANDOM, BOUNCE_RACING, BOUNCE_VERIFY, BOUNCE_POLL = 1, 2, 4, 8
@@ -65,14 +65,14 @@ class BounceMem:
         return 2 * self.nr_pages + 10
 
     def prepare(self, settings) -> None:
-        if self.mt.hugetlb and self.mt.hpage in system.hugetlb_sizes() and self.mt.hpage < system.GiB:
-            settings.hugetlb(self.mt.hpage, self.pool_needed)
+        if self.mt.hugetlb and self.mt.size < system.GiB:
+            memtypes.grow_pool(settings, self.mt.size, self.pool_needed)
 
     def __str__(self) -> str:
         return self.mt.name
 
 
-MEMS = [BounceMem(m) for m in mem_types(("anon", "shmem", "hugetlb"))]
+MEMS = [BounceMem(m) for m in mem_types((ANON, SHMEM, HUGETLB))]
 
 
 def mode_name(bounce: int) -> str:
@@ -82,14 +82,8 @@ def mode_name(bounce: int) -> str:
 
 
 def map_area(mt: MemType, npages: int) -> memory.Region:
-    size = npages * mt.page_size
-    if mt.kind == "anon":
-        return memory.anon(size)
-    flags = abi.MFD_CLOEXEC | (abi.MFD_HUGETLB | abi.huge_size_flag(mt.hpage) if mt.hugetlb else 0)
-    fd = libc.memfd_create("kmm-bounce", flags)
-    os.ftruncate(fd, size)
-    addr = libc.mmap(size, memory.RW, abi.MAP_SHARED | (abi.MAP_NORESERVE if mt.hugetlb else 0), fd, 0)
-    return memory.Region(addr, size, mt.page_size, mt.kind, fd, True, mt.hugetlb, [(addr, size)])
+    """uffd-stress' areas: hugetlb mapped MAP_NORESERVE (uffd-common)."""
+    return mt.map(npages, noreserve=mt.hugetlb)
 
 
 @dataclass
@@ -234,7 +228,7 @@ def copier(b: Bounce, cpu: int) -> None:
 
 
 def release(mt: MemType, r: memory.Region) -> None:
-    libc.madvise(r.addr, r.size, abi.Madv.DONTNEED if mt.kind == "anon" else abi.Madv.REMOVE)
+    libc.madvise(r.addr, r.size, mt.discard_advice)
 
 
 def stress(b: Bounce, mt: MemType) -> None:
@@ -278,14 +272,12 @@ def verify(b: Bounce) -> list[int]:
 def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) -> list[str]:
     """All bounces; returns a one-line summary per bounce (the errors raise)."""
     feats = mt.missing_feature
-    wp_feats = int(abi.Feature.PAGEFAULT_FLAG_WP)
-    if mt.kind != "anon":
-        wp_feats |= int(abi.Feature.WP_HUGETLBFS_SHMEM)
+    wp_feats = mt.wp_feature
     avail = uut.uffd_probe_features()
     wp = (avail & wp_feats) == wp_feats
     if wp:
         feats |= wp_feats
-        if mt.kind == "anon" and avail & abi.Feature.WP_UNPOPULATED:
+        if mt.anonymous and avail & abi.Feature.WP_UNPOPULATED:
             feats |= int(abi.Feature.WP_UNPOPULATED)
     cpus = nr_cpus()
     src, dst = map_area(mt, npages), map_area(mt, npages)

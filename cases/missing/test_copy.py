@@ -31,7 +31,7 @@ from cases.missing import support as uut
 from lib import check
 from lib.check import note
 from lib.kernel import abi, libc
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.tasks import Pipe, reap, task_state, task_wchan, wait_task_state
 from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import Userfaultfd, open_for

@@ -2,8 +2,9 @@
 process that received the uffd over a unix socket (SCM_RIGHTS), as a VMM's memory server does.
 
 Shapes (TestMissing, TestMissingWrite): a 4 KiB anon area of 32 pages touched at page 0, 15 or
-31, or read twice at page 0; a MAP_HUGETLB area of 8 huge pages touched at page 0, 3 or 7, or
-twice at page 0 (e2b uses 32 pages for that one; 8 here, the suite's 2 MiB pool holds 16).
+31, or read twice at page 0; a MAP_HUGETLB area (``hugetlb-anon``, e2b's "hugepage") of 8 huge
+pages touched at page 0, 3 or 7, or twice at page 0 (e2b uses 32 pages for that one; 8 here,
+the suite's 2 MiB pool holds 16).
 Reads fault with MADV_POPULATE_READ and compare the page with the source; writes fault with
 MADV_POPULATE_WRITE and store a tag naming the page (e2b copies the source page in, which
 leaves nothing to check); the second op of "read after read/write" reads.  Checked: the
@@ -31,20 +32,22 @@ from cases.missing import support as uut
 from cases.missing import write_load
 from lib import check
 from lib.kernel import abi, handler, libc, memory, needs
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import ANON as ANON_KIND
+from lib.kernel.memtypes import HUGETLB_ANON, MemType, mem_types
 from lib.kernel.pagemap import Pagemap
 from lib.kernel.serve import served
 from lib.kernel.tasks import wait_until
 
-HUGE = [m for m in mem_types(("hugetlb-private",))]
-ANON = MemType("anon")
+# e2b's "standard 4k page" is anon, its "hugepage" MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB: hugetlb-anon
+# (lib.kernel.memtypes), at every hugetlb size; the case names keep e2b's words
+HUGE = mem_types((HUGETLB_ANON,))
+ANON = MemType(ANON_KIND)
 
 
 def _shapes(mt: MemType, write: bool) -> list[tuple[str, int, list[tuple[str, int]]]]:
     op = "w" if write else "r"
     n, mid = (32, 15) if not mt.hugetlb else (8, 3)
-    label = "standard 4k page" if not mt.hugetlb else (
-        "hugepage" if mt.name == "hugetlb-private" else f"hugepage ({mt.name.split('(')[1]}")
+    label = "standard 4k page" if not mt.hugetlb else "hugepage" + mt.name.removeprefix(mt.kind)
     last = "read after write" if write else "read after read"
     return [
         (f"{label}, operation at start", n, [(op, 0)]),
@@ -59,9 +62,7 @@ CASES = [(test, mt, *shape) for test, write in (("TestMissing", False), ("TestMi
 
 
 def map_region(mt: MemType, npages: int) -> memory.Region:
-    if mt.hugetlb:
-        return memory.hugetlb(npages * mt.hpage, mt.hpage)  # MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB
-    return memory.anon(npages * mt.page_size)
+    return mt.map(npages)
 
 
 WRITE_AT = 64  # a matrix write stores its tag here; the rest of the page keeps the source

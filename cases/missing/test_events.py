@@ -28,7 +28,7 @@ from cases.missing import support as uut
 from lib import check
 from lib.check import note
 from lib.kernel import abi, handler, libc
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.serve import flush, served
 from lib.kernel.tasks import CommPipes
 

@@ -20,7 +20,7 @@ from cases.missing import support as uut
 from lib import check
 from lib.check import note
 from lib.kernel import abi, libc
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import Msg, Userfaultfd, open_for
 

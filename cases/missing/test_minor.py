@@ -24,7 +24,7 @@ import pytest
 from cases.missing import support as uut
 from lib import check
 from lib.kernel import abi, libc, setup_step, system
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.pagemap import Pagemap, smaps_kb
 from lib.kernel.uffd import open_for
 

@@ -6,19 +6,20 @@ for a write fault and clear for a read fault; UFFDIO_COPY installs the page and 
 faulting thread.  Checked: exactly one fault, at the touched page, with the right flag; the
 page holds the source content (and the write on top for a write); pagemap shows only that
 page present.  The uffd is opened with UFFD_USER_MODE_ONLY as uffd-unit-tests does, so the
-case runs unprivileged as well.
+case runs unprivileged as well.  Memory types (lib.kernel.memtypes): ``anon`` and
+``hugetlb-private`` (an MFD_HUGETLB memfd mapped MAP_PRIVATE).
 """
 
 import pytest
 
 from lib import check
 from lib.kernel import abi, libc, needs
-from lib.kernel.backing import MemType
 from lib.kernel.handler import Options, Source
+from lib.kernel.memtypes import ANON, HUGETLB_PRIVATE, MemType
 from lib.kernel.pagemap import Pagemap
 from lib.kernel.serve import served
 
-BACKINGS = [MemType("anon"), MemType("hugetlb-private", 2 * 1024 * 1024)]
+BACKINGS = [MemType(ANON), MemType(HUGETLB_PRIVATE, 2 * 1024 * 1024)]
 OPS = ["read", "write"]
 NPAGES = 4
 TARGET = 2
@@ -26,15 +27,14 @@ MARK = b"kmm-write-fault!" * 4
 
 
 def _id(op: str, mt: MemType) -> str:
-    return f"missing {op} fault served by UFFDIO_COPY on {mt.name} {mt.page_size // 1024} kB (scm_rights handler)"
+    return f"missing {op} fault served by UFFDIO_COPY on {mt} (scm_rights handler)"
 
 
 def missing_fault_copy(op: str, mt: MemType, *, touch: str | None = None, options: Options | None = None,
                        prefault: tuple[int, ...] = (), topology: str = "scm_rights") -> None:
     """The oracle.  ``touch``, ``options`` and ``prefault`` exist for the negative controls:
     touching with a different op, a wrong handler, or an extra populated page must fail it."""
-    if mt.hugetlb:
-        needs.hugetlb_size(mt.hpage)
+    mt.require()
     needs.uffd_features(mt.missing_feature, user_mode_only=True)
     region = mt.map(NPAGES)
     src = Source(region.size, pattern=0x5EED)

@@ -20,7 +20,7 @@ import pytest
 from cases.missing import support as uut
 from lib import check
 from lib.kernel import abi, libc, memory
-from lib.kernel.backing import MemType
+from lib.kernel.memtypes import MemType
 from lib.kernel.tasks import wait_task_state, wait_until
 from lib.kernel.uffd import Userfaultfd, open_for
 

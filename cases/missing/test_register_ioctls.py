@@ -23,7 +23,7 @@ import pytest
 from cases.missing import support as uut
 from lib import check
 from lib.kernel import abi
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.uffd import Userfaultfd, open_for
 
 MEMS = mem_types()

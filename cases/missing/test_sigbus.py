@@ -18,7 +18,7 @@ import pytest
 from cases.missing import support as uut
 from lib import check
 from lib.kernel import abi
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.serve import flush, served
 
 MEMS = mem_types()

@@ -10,11 +10,13 @@ fs/userfaultfd.c userfaultfd_remove()/userfaultfd_event_wait_completion()):
 * Only after the read does madvise zap (DONTNEED) or punch (MADV_REMOVE): the old mapping
   stays usable while the message is unread.
 
-Backings: private anon (4 KiB), shmem (MAP_SHARED|MAP_ANONYMOUS), a shared memfd, hugetlb
-MAP_PRIVATE|MAP_HUGETLB (what e2b and Firecracker map) and a shared MFD_HUGETLB memfd
-(hugetlbfs), for every hugetlb size the kernel offers (2 MiB and 1 GiB here).  The *punching*
-advice of a backing is the one that discards its content: MADV_DONTNEED for private memory,
-MADV_REMOVE for shared memory (DONTNEED on shared memory only zaps the page tables).
+Backings (lib.kernel.memtypes names): ``anon`` (private, 4 KiB), ``shared-anon``
+(MAP_SHARED|MAP_ANONYMOUS), ``shmem`` (a memfd, MAP_SHARED), ``hugetlb-anon``
+(MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, what e2b and Firecracker map) and ``hugetlb`` (an
+MFD_HUGETLB memfd, MAP_SHARED), the hugetlb ones at 2 MiB and 1 GiB.  The *punching* advice
+of a backing is the one that discards its content (MemType.discard_advice): MADV_DONTNEED for
+private memory, MADV_REMOVE for shared memory (DONTNEED on shared memory only zaps the page
+tables).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from dataclasses import dataclass
 import pytest
 
 from lib import check
-from lib.kernel import abi, libc, memory, needs, pagemap, system
-from lib.kernel.backing import missing_feature_for, wp_feature_for
+from lib.kernel import abi, libc, memory, pagemap, system
 from lib.kernel.handler import Options, Source, Stats
+from lib.kernel.memtypes import ANON, HUGETLB, HUGETLB_ANON, SHARED_ANON, SHMEM, MemType
 from lib.kernel.tasks import Deadline, task_state, task_wchan
 from lib.kernel.toucher import Toucher
 
@@ -48,33 +50,11 @@ EV = int(abi.Feature.EVENT_REMOVE)  # the feature every case of the area negotia
 
 
 @dataclass(frozen=True)
-class Backing:
-    kind: str  # anon | shmem | memfd | hugetlb-private | hugetlb
-    hpage: int = 0
-
-    @property
-    def hugetlb(self) -> bool:
-        return self.hpage != 0
-
-    @property
-    def shared(self) -> bool:
-        return self.kind in ("shmem", "memfd", "hugetlb")
-
-    @property
-    def page_size(self) -> int:
-        return self.hpage or PAGE
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind} {system.size_label(self.page_size)}"
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def max_pages(self) -> int:
-        """Pages a case may map: one 1 GiB page (a fragmented machine often has no second)."""
-        return 1 if self.hpage >= GiB else 8
+class Backing(MemType):
+    """A memory type of lib.kernel.memtypes (its name, mapping and pool) with the area's
+    helpers: the handler options it needs, its punching advice, and ``require()`` that adds
+    the MISSING feature of the type.  ``pages`` bounds what a case maps (one 1 GiB page: a
+    fragmented machine often has no second)."""
 
     def options(self, base: Options | None = None, **kw) -> Options:
         """Handler options for this backing: ``base`` (a case's, e.g. a negative control's) or
@@ -87,101 +67,32 @@ class Backing:
         return o
 
     @property
-    def missing_feature(self) -> int:
-        return missing_feature_for(self.hugetlb, self.shared)
-
-    @property
-    def wp_feature(self) -> int:
-        return wp_feature_for(self.kind == "anon")
-
-    @property
     def punch(self) -> int:
         """The advice that discards content: DONTNEED (private) or REMOVE (shared)."""
-        return abi.Madv.REMOVE if self.shared else abi.Madv.DONTNEED
+        return self.discard_advice
 
     @property
     def punch_name(self) -> str:
-        return "MADV_REMOVE" if self.shared else "MADV_DONTNEED"
+        return f"MADV_{abi.Madv(self.punch).name}"
 
-    def prepare(self, settings) -> None:
-        """Runs in the pytest process: grow the hugetlb pool this backing needs.  A gigantic
-        page needs a free, aligned 1 GiB range: when the first try fails, compact memory once
-        and try again (a fragmented machine often succeeds then)."""
-        if not self.hugetlb or self.hpage not in system.hugetlb_sizes():
-            return
-        try:
-            settings.hugetlb(self.hpage, self.max_pages)
-        except pytest.skip.Exception:
-            if not compact_memory():
-                raise
-            settings.hugetlb(self.hpage, self.max_pages)
-
-    def require(self, features: int = 0) -> None:
-        """Skip (with the reason) unless this backing and ``features`` are usable here."""
-        if self.hugetlb:
-            needs.hugetlb_size(self.hpage)
-            if hugetlb_available(self.hpage) < 1:
-                pytest.skip(f"no free {system.size_label(self.hpage)} hugetlb page (pool could not be grown)")
-        needs.uffd_features(self.missing_feature | int(features))
-
-    def map(self, npages: int) -> memory.Region:
-        if npages > self.max_pages:
-            raise ValueError(f"{npages} pages of {self.name}: at most {self.max_pages}")
-        size = npages * self.page_size
-        if self.kind == "anon":
-            return memory.anon(size)
-        if self.kind == "shmem":
-            r = memory.anon(size, shared=True)
-            r.kind = "shmem"
-            return r
-        if self.kind == "memfd":
-            return memory.memfd(size, shared=True)
-        if self.hugetlb:
-            # the skip comes from the pool, probed apart from the mapping under test (prepare()
-            # has tried to size it); with the pages there, a failing mmap is a failure
-            avail = hugetlb_available(self.hpage)
-            if avail < npages:
-                pytest.skip(f"hugetlb pool: {avail} free unreserved {system.size_label(self.hpage)} pages, "
-                            f"{npages} needed (pool could not be grown)")
-            shared = self.kind == "hugetlb"
-            try:
-                return memory.hugetlb(size, self.hpage, shared=shared, via_memfd=shared)
-            except OSError as e:
-                raise AssertionError(f"mmap of {npages} {self.name} pages failed ({e.strerror}) although the pool "
-                                     f"had {avail} free unreserved pages") from e
-        raise ValueError(self.kind)
-
-
-def hugetlb_available(hpage: int) -> int:
-    """Huge pages of size ``hpage`` a new mapping can reserve: free minus reserved, plus what
-    overcommit still allows (Documentation/admin-guide/mm/hugetlbpage.rst)."""
-    c = system.hugetlb_counter
-    over = c(hpage, "nr_overcommit_hugepages") - c(hpage, "surplus_hugepages")
-    return c(hpage, "free_hugepages") - c(hpage, "resv_hugepages") + max(0, over)
-
-
-def compact_memory() -> bool:
-    """Ask the kernel to compact all zones (an action, nothing to restore); False if refused."""
-    try:
-        with open("/proc/sys/vm/compact_memory", "w") as f:
-            f.write("1")
-    except OSError:
-        return False
-    return True
+    def require(self, features: int = 0, pages: int = 1) -> None:
+        """Skip (with the reason) unless this backing, ``pages`` of its huge pages and the
+        MISSING feature of the type plus ``features`` are usable here (probes only)."""
+        super().require(self.missing_feature | int(features), pages)
 
 
 BACKINGS = [
-    Backing("anon"),
-    Backing("shmem"),
-    Backing("memfd"),
-    Backing("hugetlb-private", 2 * MiB),
-    Backing("hugetlb", 2 * MiB),
-    Backing("hugetlb-private", GiB),
-    Backing("hugetlb", GiB),
+    Backing(ANON),
+    Backing(SHARED_ANON),
+    Backing(SHMEM),
+    Backing(HUGETLB_ANON, 2 * MiB, pages=8),
+    Backing(HUGETLB, 2 * MiB, pages=8),
+    Backing(HUGETLB_ANON, GiB, pages=1),
+    Backing(HUGETLB, GiB, pages=1),
 ]
 PRIVATE = [b for b in BACKINGS if not b.shared]
 SHARED = [b for b in BACKINGS if b.shared]
-HUGETLBFS = [b for b in BACKINGS if b.kind == "hugetlb"]
+HUGETLBFS = [b for b in BACKINGS if b.kind == HUGETLB]
 
 
 def matrix(backings: list[Backing], name: Callable[..., str], topologies: list[str] | None = None):
@@ -193,7 +104,7 @@ def matrix(backings: list[Backing], name: Callable[..., str], topologies: list[s
     if topologies is None:
         return [pytest.param(b, id=name(b)) for b in backings]
     return [pytest.param(b, t, id=name(b, t)) for b in backings for t in topologies
-            if b.hpage < GiB or t == topologies[-1]]
+            if b.size < GiB or t == topologies[-1]]
 
 
 # ---------------------------------------------------------------------------------------

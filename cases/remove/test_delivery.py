@@ -236,7 +236,7 @@ def check_no_remove(events: list[dict], what: str) -> None:
         raise AssertionError(f"{what}: REMOVE sent: {fmt_ranges(rs)}")
 
 
-@pytest.mark.parametrize("b", matrix([b for b in SHARED if b.kind != "shmem"],
+@pytest.mark.parametrize("b", matrix([b for b in SHARED if b.file_backed],
                                      lambda b: f"fallocate(PUNCH_HOLE) sends no REMOVE on {b.name}"))
 def test_punch_hole_sends_nothing(b: Backing) -> None:
     check_no_remove(punch_hole_unnoticed(b), "fallocate(PUNCH_HOLE)")

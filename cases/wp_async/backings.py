@@ -1,133 +1,65 @@
 """The memory the write-protect area runs on, as pytest parameters (cases/wp_async).
 
-Backings: ``anon`` (4 KiB pages), ``anon THP (<N> kB)`` for every anon THP size the kernel
-offers (that size alone enabled, through ``prepare(settings)``), ``shmem`` (a memfd, MAP_SHARED),
-``hugetlb`` (an MFD_HUGETLB memfd, MAP_SHARED, as uffd-unit-tests), ``hugetlb-private``
-(MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, as e2b's "hugepage") and ``hugetlb (1048576 kB)``
-(1 GiB pages; the pool is grown to 2 pages).  ``unit`` is the granularity of protection
-and faults: 4 KiB everywhere but hugetlb, where it is the huge page.
+Backings (lib.kernel.memtypes names and mappings): ``anon``, ``anon-thp (<N> kB)`` for every
+anon THP size the kernel offers (that size alone enabled, through ``prepare(settings)``),
+``shmem`` (a memfd, MAP_SHARED), ``hugetlb`` (an MFD_HUGETLB memfd, MAP_SHARED, as
+uffd-unit-tests), ``hugetlb-anon`` (MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, as e2b's "hugepage")
+and ``hugetlb (1048576 kB)`` (1 GiB pages; the pool is grown to 2 pages).  A WpBacking is a
+memtypes.MemType with the area's helpers: ``unit`` (the granularity of protection and faults:
+4 KiB everywhere but hugetlb, where it is the huge page), ``max_units``, ``populate`` (a THP
+backing must then be THP-mapped) and ``require`` with the WP features of the type.
 """
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 
 import pytest
 
-from lib.kernel import abi, hugetlb_pool, libc, memory, needs, pagemap, system
-from lib.kernel.backing import wp_feature_for
+from lib.kernel import libc, memory, pagemap, system
+from lib.kernel.memtypes import ANON, ANON_THP, HUGETLB, HUGETLB_ANON, SHMEM, MemType
 
 PAGE = libc.PAGE_SIZE
-F = abi.Feature
+MAX_BASE_UNITS = 64  # base pages (or THP-backed 4 KiB units) one case may map at most
 
 
 @dataclass(frozen=True)
-class WpBacking:
-    kind: str  # anon | thp | shmem | hugetlb | hugetlb-private
-    size: int = 0  # THP size, or hugetlb page size
-
-    # -- naming ---------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        if self.kind == "thp":
-            return f"anon THP ({system.size_label(self.size)})"
-        if self.hugetlb:
-            return f"{self.kind} ({system.size_label(self.size)})"
-        return self.kind
-
-    def __str__(self) -> str:
-        return self.name
-
-    # -- properties -----------------------------------------------------------------------
-    @property
-    def hugetlb(self) -> bool:
-        return self.kind.startswith("hugetlb")
-
+class WpBacking(MemType):
     @property
     def anon(self) -> bool:
         """Anonymous memory (a zap drops uffd-wp markers there; file memory keeps them)."""
-        return self.kind in ("anon", "thp")
+        return self.anonymous
 
     @property
     def unit(self) -> int:
-        return self.size if self.hugetlb else PAGE
+        return self.page_size
 
     @property
     def wp_features(self) -> int:
-        return wp_feature_for(self.anon)
+        return self.wp_feature
 
     @property
     def missing_features(self) -> int:
-        if self.hugetlb:
-            return int(F.MISSING_HUGETLBFS)
-        if self.kind == "shmem":
-            return int(F.MISSING_SHMEM)
-        return 0
-
-    @property
-    def pool_pages(self) -> int:
-        return 2 if self.size >= system.GiB else 16
+        return self.missing_feature
 
     def max_units(self) -> int:
         """How many units one case may map at most (1 GiB pages are scarce)."""
-        return 2 if self.hugetlb and self.size >= system.GiB else 64
-
-    # -- pytest hooks ---------------------------------------------------------------------
-    def prepare(self, settings) -> None:
-        """Runs in the pytest process before the case: THP size / hugetlb pool."""
-        if self.kind == "thp":
-            settings.thp_only_size(self.size)
-        elif self.hugetlb and self.size in system.hugetlb_sizes():
-            settings.hugetlb(self.size, self.pool_pages)
+        return self.max_pages if self.hugetlb else MAX_BASE_UNITS
 
     def require(self, features: int = 0, units: int = 1) -> None:
-        """Skip (in the case body) unless this backing, ``units`` of it and ``features`` are available."""
-        if self.kind == "thp":
-            needs.thp(self.size)
-        if self.hugetlb:
-            needs.hugetlb_size(self.size)
-            pool = hugetlb_pool.read(self.size)
-            want = min(units, self.max_units())
-            if pool.unreserved < want:
-                pytest.skip(f"only {pool.free} free ({pool.resv} reserved) {system.size_label(self.size)} "
-                            f"hugetlb pages, need {want}")
-        needs.uffd_features(self.wp_features | int(features))
+        """Skip (in the case body) unless this backing, ``units`` of it and the WP features of
+        the type plus ``features`` are available (probes only)."""
+        super().require(self.wp_feature | int(features), pages=min(units, self.max_units()))
 
-    # -- memory ---------------------------------------------------------------------------
-    def map(self, units: int) -> memory.Region:
-        """``units`` units of this backing, not populated (a THP region is whole THPs)."""
-        units = min(units, self.max_units())
-        if self.kind == "anon":
-            return memory.anon(units * PAGE)
-        if self.kind == "thp":
-            size = -(-units * PAGE // self.size) * self.size
-            r = memory.thp(size, self.size)
-            return r
-        if self.kind == "shmem":
-            r = memory.memfd(units * PAGE, shared=True)
-            r.kind = "shmem"
-            return r
-        try:
-            if self.kind == "hugetlb":
-                return memory.hugetlb(units * self.size, self.size, shared=True, via_memfd=True)
-            if self.kind == "hugetlb-private":
-                return memory.hugetlb(units * self.size, self.size, shared=False, via_memfd=False)
-        except OSError as e:
-            if e.errno != errno.ENOMEM:
-                raise
-            pool = hugetlb_pool.read(self.size)
-            if pool.unreserved >= units:
-                # The pool had room for the reservation: refusing it is the kernel's doing.
-                raise AssertionError(f"setup step failed: mmap of {units} {system.size_label(self.size)} hugetlb "
-                                     f"pages refused ({e.strerror}) with room in the {pool}") from e
-            pytest.skip(f"{units} {system.size_label(self.size)} hugetlb pages not reservable ({e.strerror}; {pool})")
-        raise ValueError(self.kind)
+    def map(self, units: int) -> memory.Region:  # type: ignore[override]
+        """``units`` units of this backing (at most max_units()), not populated (a THP region
+        is whole THPs)."""
+        return super().map(min(units, self.max_units()))
 
     def populate(self, r: memory.Region, byte: int = 0x5A) -> None:
         """Write every byte (write faults everywhere); a THP backing must then be THP-mapped."""
         libc.fill(r.addr, byte, r.size)
-        if self.kind == "thp":
+        if self.thp:
             require_thp(r, self.size)
 
 
@@ -145,12 +77,12 @@ def require_thp(r: memory.Region, size: int) -> None:
 
 
 def backings() -> list[WpBacking]:
-    """anon, every anon THP size, shmem, hugetlb 2 MiB shared and private, hugetlb 1 GiB."""
-    out = [WpBacking("anon")]
-    out += [WpBacking("thp", s) for s in system.thp_sizes()]
-    out.append(WpBacking("shmem"))
-    out += [WpBacking("hugetlb", 2 * system.MiB), WpBacking("hugetlb-private", 2 * system.MiB),
-            WpBacking("hugetlb", system.GiB)]
+    """anon, every anon THP size, shmem, hugetlb 2 MiB shared and hugetlb-anon, hugetlb 1 GiB."""
+    out = [WpBacking(ANON)]
+    out += [WpBacking(ANON_THP, s) for s in system.thp_sizes()]
+    out.append(WpBacking(SHMEM))
+    out += [WpBacking(HUGETLB, 2 * system.MiB), WpBacking(HUGETLB_ANON, 2 * system.MiB),
+            WpBacking(HUGETLB, system.GiB)]
     return out
 
 

@@ -22,6 +22,7 @@ from cases.wp_async.backings import WpBacking
 from lib import check
 from lib.kernel import abi, libc, system, tasks
 from lib.kernel.handler import Options, Source
+from lib.kernel.memtypes import ANON, HUGETLB_ANON
 from lib.kernel.pagemap import Pagemap
 from lib.kernel.serve import served
 
@@ -41,7 +42,7 @@ SEQUENCES: dict[str, list[tuple[str, int]]] = {
     "alternating": [("r", 0), ("w", 0), ("r", 0), ("w", 0), ("w", 3), ("r", 3), ("w", 3)],
 }
 
-PAGES = {"4k": WpBacking("anon"), "hugepage": WpBacking("hugetlb-private", 2 * system.MiB)}
+PAGES = {"4k": WpBacking(ANON), "hugepage": WpBacking(HUGETLB_ANON, 2 * system.MiB)}  # e2b's names: anon, hugetlb-anon
 POLICIES = {"WP on reads": Options(copy_mode_wp_reads=True), "always WP": Options(copy_mode_wp=True)}
 MODES = ("sync", "WP_ASYNC")
 

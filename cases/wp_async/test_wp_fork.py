@@ -18,7 +18,7 @@ import pytest
 
 from lib import check
 from lib.kernel import abi, hugetlb_pool, libc, needs, system, tasks
-from lib.kernel.backing import MemType, mem_types
+from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.pagemap import Pagemap
 from lib.kernel.serve import served
 
@@ -59,15 +59,15 @@ def child_bit57(addr: int, with_event: bool, srv, pre=None, hpage: int = 0) -> b
 
 
 def _npages(mt: MemType) -> int:
-    return 1 if mt.hpage >= system.GiB else NPAGES
+    return 1 if mt.size >= system.GiB else NPAGES
 
 
 def _setup(mt: MemType, features: int):
     """Map the case's memory; hugetlb takes its pages plus the spare a copy-on-write copy of the
     protected page needs (lib.kernel.hugetlb_pool: two pages on 1 GiB, as the COW area's cases)."""
     if mt.hugetlb:
-        needs.hugetlb_size(mt.hpage)
-        hugetlb_pool.require_before_map(mt.hpage, _npages(mt) + 1)
+        needs.hugetlb_size(mt.size)
+        hugetlb_pool.require_before_map(mt.size, _npages(mt) + 1)
     needs.uffd_features(mt.wp_feature | features)
     return mt.map(_npages(mt))
 
@@ -89,7 +89,7 @@ def test_wp_fork(mt: MemType, with_event: bool) -> None:
         u.writeprotect(r.addr, ps, True)
         with Pagemap() as pm:
             check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after protecting page 0")
-        got = child_bit57(r.addr, with_event, s.handler, hpage=mt.hpage)
+        got = child_bit57(r.addr, with_event, s.handler, hpage=mt.size)
         check.eq(got, with_event, "child bit 57 after fork (set iff EVENT_FORK)")
         try:
             libc.madvise(r.addr, ps, abi.Madv.DONTNEED if mt.shared else abi.Madv.PAGEOUT)
@@ -97,7 +97,7 @@ def test_wp_fork(mt: MemType, with_event: bool) -> None:
             pass  # upstream ignores the result (PAGEOUT of hugetlb, no swap)
         with Pagemap() as pm:
             check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after the zap (pte marker / swap entry)")
-        got = child_bit57(r.addr, with_event, s.handler, hpage=mt.hpage)
+        got = child_bit57(r.addr, with_event, s.handler, hpage=mt.size)
         check.eq(got, with_event, "child bit 57 after the zap and a second fork")
         u.writeprotect(r.addr, ps, False)
         with Pagemap() as pm:
@@ -144,11 +144,11 @@ def test_wp_fork_pin(mt: MemType, with_event: bool) -> None:
         fd = os.open("/sys/kernel/debug/gup_test", os.O_RDWR | os.O_CLOEXEC)
         try:
             _pin(fd, r.addr, ps)  # (1) R/O longterm pin in the parent: fork takes the early-COW path
-            got = child_bit57(r.addr, with_event, s.handler, hpage=mt.hpage)
+            got = child_bit57(r.addr, with_event, s.handler, hpage=mt.size)
             check.eq(got, with_event, "child bit 57 after fork with a R/O pin")
             libc.ioctl(fd, abi.PIN_LONGTERM_TEST_STOP, 0, name="PIN_LONGTERM_TEST_STOP")
             # (2) the child pins (unshare / COR path), then reads its bit
-            got = child_bit57(r.addr, with_event, s.handler, pre=lambda: _pin(fd, r.addr, ps), hpage=mt.hpage)
+            got = child_bit57(r.addr, with_event, s.handler, pre=lambda: _pin(fd, r.addr, ps), hpage=mt.size)
             check.eq(got, with_event, "child bit 57 after pinning in the child")
         finally:
             os.close(fd)

@@ -28,7 +28,7 @@ from lib.kernel import abi, libc, pagemap, setup_step, system
 from lib.kernel.pagemap import Pagemap
 
 BACKINGS = backings()
-THPS = [b for b in BACKINGS if b.kind == "thp"]
+THPS = [b for b in BACKINGS if b.thp]
 MPOL_MF_MOVE = 2
 
 

@@ -30,13 +30,22 @@ A MemType is a pytest parameter.  ``prepare(settings)`` runs in the pytest proce
 case: it enables the one THP size, or grows the hugetlb pool (compacting memory once and trying
 again when a gigantic page cannot be found; a size that still fails is not tried again in the
 run).  In the case, ``require()`` skips from probes only (the size offered, the pool's free
-unreserved pages, the uffd feature bits) and ``map()`` creates the mapping; a refused hugetlb
-mmap while the pool had room is a failure (docs/ARCHITECTURE.md rule 4).
+unreserved pages, the uffd feature bits) and ``map()`` creates the mapping: a hugetlb type
+probes the pool first (too few free unreserved pages: a skip), and a refused mapping with the
+pages there is a failure (docs/ARCHITECTURE.md rule 4).
+
+``mismatches(region)`` reads /proc/self/smaps and says how a mapping differs from the type's
+(MAP_SHARED or not, anonymous / shared-anon / memfd / MAP_HUGETLB, KernelPageSize, MADV_HUGEPAGE);
+tests/test_memtypes.py holds every type to it.
+
+Case names keep the words of an upstream program they mirror where it has its own (cow.c's
+"with hugetlb (2048 kB)" is hugetlb-anon: cases/cow/backings.py has the table; e2b's
+"hugepage" is hugetlb-anon; khugepaged.c's "madvise:anon" and pagemap_ioctl.c's "Hugetlb
+shmem testing:" are their programs' own matrices).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass
 
@@ -222,6 +231,8 @@ class MemType:
             needs.thp(self.size)
         if self.hugetlb:
             needs.hugetlb_size(self.size)
+            if self.file_backed:
+                needs.memfd_hugetlb(self.size)
             want = min(pages, self.max_pages)
             avail = hugetlb_pool.available(self.size)
             if avail < want:
@@ -231,42 +242,145 @@ class MemType:
             needs.uffd_features(int(features))
 
     # -- memory ---------------------------------------------------------------------------
-    def map(self, pages: int, populate: bool = False) -> memory.Region:
+    def map(self, pages: int, populate: bool = False, *, noreserve: bool = False, align: int = 0) -> memory.Region:
         """``pages`` pages (huge pages for hugetlb, whole THPs rounded up for anon-thp) of this
-        type, not populated unless ``populate``."""
+        type, not populated unless ``populate``.
+
+        ``noreserve``: a hugetlb type mapped MAP_NORESERVE (uffd-common maps its hugetlb areas
+        so: a private mapping's reservation would belong to the mapping process alone).
+        ``align``: a base-page type placed at an ``align``-aligned address (an mremap target,
+        MADV_COLLAPSE); anon-thp is aligned to its THP size, hugetlb to its page size anyway."""
         if self.hugetlb and pages > self.max_pages:
             raise ValueError(f"{pages} pages of {self.name}: at most {self.max_pages}")
         size = pages * self.page_size
-        if self.kind == ANON:
-            r = memory.anon(size)
-        elif self.kind == ANON_THP:
+        if self.hugetlb:
+            r = self._map_hugetlb(pages, size, noreserve)
+        elif self.thp:
             r = memory.thp(-(-size // self.size) * self.size, self.size)
-        elif self.kind == SHARED_ANON:
-            r = memory.anon(size, shared=True)
-        elif self.kind in (SHMEM, SHMEM_PRIVATE):
-            r = memory.memfd(size, shared=True)
-        elif self.kind == SHMEM_MAP_PRIVATE:
-            r = memory.memfd(size, shared=False)
         else:
-            r = self._map_hugetlb(pages, size)
+            r = self._map_base(size, align)
         r.kind = self.name
         if populate:
             libc.fill(r.addr, 0x5A, r.size)
         return r
 
-    def _map_hugetlb(self, pages: int, size: int) -> memory.Region:
+    def _map_base(self, size: int, align: int) -> memory.Region:
+        flags = abi.MAP_SHARED if self.map_shared else abi.MAP_PRIVATE
+        fd = -1
+        if self.kind in (ANON, SHARED_ANON):
+            flags |= abi.MAP_ANONYMOUS
+        else:
+            fd = libc.memfd_create(f"kmm-{self.kind}", abi.MFD_CLOEXEC)
+        try:
+            if fd >= 0:
+                os.ftruncate(fd, size)
+            addr = _mmap_at(size, flags, fd, align)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return memory.Region(addr, size, PAGE, self.name, fd, self.map_shared, False, [(addr, size)])
+
+    def _map_hugetlb(self, pages: int, size: int, noreserve: bool) -> memory.Region:
+        # the skip comes from the pool, probed apart from the mapping (prepare() has tried to
+        # size it); with the pages there, a refused mapping is the kernel's doing: a failure
         avail = hugetlb_pool.available(self.size)
+        if avail < pages:
+            pytest.skip(f"{hugetlb_pool.read(self.size)}: {pages} free unreserved pages needed for "
+                        f"{self.name}, {avail} available (the pool could not be grown)")
+        flags = (abi.MAP_SHARED if self.map_shared else abi.MAP_PRIVATE) | (abi.MAP_NORESERVE if noreserve else 0)
+        fd = -1
         try:
             if self.kind == HUGETLB_ANON:
-                return memory.hugetlb(size, self.size, shared=False, via_memfd=False)
-            return memory.hugetlb(size, self.size, shared=self.kind == HUGETLB, via_memfd=True)
+                flags |= abi.MAP_ANONYMOUS | abi.MAP_HUGETLB | abi.huge_size_flag(self.size)
+            else:
+                fd = libc.memfd_create(f"kmm-{self.kind}",
+                                       abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(self.size))
+                os.ftruncate(fd, size)
+            addr = libc.mmap(size, memory.RW, flags, fd, 0)
         except OSError as e:
-            if e.errno != errno.ENOMEM or avail >= pages:
-                # the pool had room for the reservation: refusing it is the kernel's doing
-                raise AssertionError(f"setup step failed: mmap of {pages} {self.name} pages refused "
-                                     f"({os.strerror(e.errno or 0)}) with room in the "
-                                     f"{hugetlb_pool.read(self.size)}") from e
-            pytest.skip(f"{pages} {self.name} pages not reservable ({e.strerror}; {hugetlb_pool.read(self.size)})")
+            if fd >= 0:
+                os.close(fd)
+            raise AssertionError(f"setup step failed: mapping {pages} {self.name} pages failed "
+                                 f"({os.strerror(e.errno or 0)}) although the pool had {avail} free "
+                                 f"unreserved pages ({hugetlb_pool.read(self.size)})") from e
+        return memory.Region(addr, size, self.size, self.name, fd, self.map_shared, True, [(addr, size)])
+
+    # -- what the kernel mapped -----------------------------------------------------------
+    def expected(self) -> Mapping:
+        """The mapping this type must produce, as /proc/self/smaps shows it."""
+        if self.kind in (ANON, ANON_THP):
+            backing = "anon"
+        elif self.kind == SHARED_ANON:
+            backing = "/dev/zero"
+        elif self.kind == HUGETLB_ANON:
+            backing = "/anon_hugepage"
+        else:
+            backing = "memfd"
+        return Mapping(self.map_shared, backing, self.page_size, self.thp)
+
+    def mismatches(self, r: memory.Region) -> list[str]:
+        """How the mapping of ``r`` differs from this type's (empty: it is this type)."""
+        got, want = mapping_at(r.addr), self.expected()
+        out = [f"{f}: {getattr(got, f)!r}, {self.name} is {getattr(want, f)!r}"
+               for f in ("shared", "backing", "kernel_page_size", "hugepage_advised")
+               if getattr(got, f) != getattr(want, f)]
+        if self.thp and r.addr % self.size:
+            out.append(f"start {r.addr:#x} not aligned to the THP size {system.size_label(self.size)}")
+        return out
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """What /proc/self/smaps says of one VMA: MAP_SHARED (``s`` in the permissions), what backs
+    it (``anon``: no file; ``/dev/zero``: MAP_SHARED|MAP_ANONYMOUS, a shmem inode of its own;
+    ``memfd``: a memfd_create() file; ``/anon_hugepage``: MAP_HUGETLB without a file; else
+    the path), KernelPageSize in bytes, and VM_HUGEPAGE (``hg`` in VmFlags: MADV_HUGEPAGE)."""
+
+    shared: bool
+    backing: str
+    kernel_page_size: int
+    hugepage_advised: bool
+
+
+def mapping_at(addr: int, pid: int | str = "self") -> Mapping:
+    """The VMA holding ``addr``, from /proc/<pid>/smaps (Documentation/filesystems/proc.rst)."""
+    with open(f"/proc/{pid}/smaps") as f:
+        lines = f.read().splitlines()
+    head = -1
+    for i, line in enumerate(lines):
+        first = line.split(" ", 1)[0]
+        if "-" in first and not first.endswith(":"):
+            try:
+                start, end = (int(x, 16) for x in first.split("-", 1))
+            except ValueError:
+                continue
+            if start <= addr < end:
+                head = i
+                break
+    if head < 0:
+        raise LookupError(f"no VMA holds {addr:#x} in /proc/{pid}/smaps")
+    parts = lines[head].split(None, 5)
+    path = parts[5].removesuffix(" (deleted)").strip() if len(parts) > 5 else ""
+    backing = "memfd" if path.startswith("/memfd:") else (path or "anon")
+    kps, flags = 0, []
+    for line in lines[head + 1:]:
+        first = line.split(" ", 1)[0]
+        if "-" in first and not first.endswith(":"):
+            break
+        if line.startswith("KernelPageSize:"):
+            kps = int(line.split()[1]) * system.KiB
+        elif line.startswith("VmFlags:"):
+            flags = line.split()[1:]
+    return Mapping(parts[1][3] == "s", backing, kps, "hg" in flags)
+
+
+def _mmap_at(size: int, flags: int, fd: int, align: int) -> int:
+    """mmap(), at an ``align``-aligned address when ``align`` (over a hole reserved for it)."""
+    if not align:
+        return libc.mmap(size, memory.RW, flags, fd, 0)
+    hole = memory.aligned_anon(size, align)
+    return libc.mmap(size, memory.RW, flags | abi.MAP_FIXED, fd, 0, addr=hole.addr)
 
 
 def hugetlb_sizes_default_first() -> list[int]:
