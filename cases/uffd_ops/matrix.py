@@ -32,6 +32,7 @@ from lib.kernel.memtypes import (
     SHMEM,
     SHMEM_MAP_PRIVATE,
     SHMEM_PRIVATE,
+    MemType,
 )
 
 F = abi.Feature
@@ -296,6 +297,15 @@ ROWS: tuple[Row, ...] = (
     _row(WAKE, "", "fails on an unaligned range", (), "EINVAL", RANGE_SRC, "wake_unaligned"),
     _row(WAKE, "", "fails on a zero length", (), "EINVAL", RANGE_SRC + " (!len)", "wake_zero_len"),
 )
+
+
+def features_of(row: Row, mt: MemType) -> int:
+    """The UFFD_FEATURE_* bits a cell needs: its registration's for the memory type, and the
+    row's own (probed before the case: lib.kernel.memtypes.MemType.require)."""
+    f = row.features
+    for w in row.registration_wants:
+        f |= {"missing": mt.missing_feature, "wp": mt.wp_feature, "minor": mt.minor_feature}[w]
+    return f
 
 
 def check_table(rows: tuple[Row, ...] = ROWS) -> list[str]:

@@ -65,13 +65,6 @@ def cells() -> list:
     return out
 
 
-def features_of(row: M.Row, mt: MemType) -> int:
-    f = row.features
-    for w in row.registration_wants:
-        f |= {"missing": mt.missing_feature, "wp": mt.wp_feature, "minor": mt.minor_feature}[w]
-    return f
-
-
 def expected_ioctls(mt: MemType, mode: int) -> int:
     """What UFFDIO_REGISTER reports for a range (fs/userfaultfd.c userfaultfd_register():
     UFFD_API_RANGE_IOCTLS, _BASIC for hugetlb; CONTINUE only with MODE_MINOR, WRITEPROTECT only
@@ -138,7 +131,7 @@ class Ctx:
     def __init__(self, row: M.Row, mt: MemType) -> None:
         self.row, self.mt = row, mt
         self.ps = mt.page_size
-        self.features = features_of(row, mt)
+        self.features = M.features_of(row, mt)
         mt.require(self.features, pages=row.pages)
         self.stack = contextlib.ExitStack()
         self.region = mt.map(row.pages)

@@ -1,0 +1,306 @@
+"""Negative controls of the uffd_ops area (cases/uffd_ops): every oracle can fail.
+
+Each oracle (errno, content, pagemap bits, userfault message, signal) is fed a wrong world and
+must report it: the wrong errno, a call that succeeds, a stale page, a page that is present
+where a hole was expected, a missing fault where a WP fault was expected, a child that was
+not killed by SIGBUS.  Beside each, the right world passes, so a control cannot fail for an
+unrelated reason.  Then whole scenarios of the matrix run against a broken operation (a stale
+source, a POISON that maps zeroes, a WRITEPROTECT that does nothing, a page never populated)
+and must fail.  Anything that touches userfaultfd memory runs in run_isolated with a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+import pytest
+
+from lib.kernel import abi, system
+from lib.runner.isolation import run_isolated
+
+pytestmark = pytest.mark.skipif(not system.is_root(), reason="needs root (uffd on every memory type, PFNs)")
+
+SKIPS = (pytest.skip.Exception,)
+PAGE = system.PAGE_SIZE
+
+
+def isolated(fn, timeout: float = 30.0):
+    out = run_isolated(fn, timeout, skip_types=SKIPS)
+    if out.kind == "skip":
+        pytest.skip(out.message)
+    return out
+
+
+def fails(fn, *words: str) -> None:
+    """``fn`` (run isolated) must fail with a message naming every one of ``words``."""
+    out = isolated(fn)
+    assert out.kind == "fail", (out.kind, out.message)
+    for w in words:
+        assert w in out.message, (w, out.message)
+
+
+def passes(fn) -> None:
+    out = isolated(fn)
+    assert out.kind == "pass", (out.kind, out.message)
+
+
+# -- the errno oracle ---------------------------------------------------------------------------
+def _copy_onto_mapped(expect: str) -> None:
+    from cases.uffd_ops import oracles as O
+    from lib.kernel import libc, memory
+    from lib.kernel.uffd import open_for
+
+    dst, src = memory.anon(PAGE), memory.anon(PAGE)
+    libc.fill(dst.addr, 1, PAGE)
+    libc.fill(src.addr, 2, PAGE)
+    with open_for(0) as u:
+        u.register(dst.addr, PAGE)
+        O.expect_errno(lambda: u.copy(dst.addr, src.addr, PAGE), expect, "COPY onto a mapped page")
+
+
+def _copy_onto_hole(expect: str) -> None:
+    from cases.uffd_ops import oracles as O
+    from lib.kernel import libc, memory
+    from lib.kernel.uffd import open_for
+
+    dst, src = memory.anon(PAGE), memory.anon(PAGE)
+    libc.fill(src.addr, 2, PAGE)
+    with open_for(0) as u:
+        u.register(dst.addr, PAGE)
+        O.expect_errno(lambda: u.copy(dst.addr, src.addr, PAGE), expect, "COPY onto a hole")
+
+
+def test_errno_oracle_right_errno_passes() -> None:
+    passes(lambda: _copy_onto_mapped("EEXIST"))
+
+
+def test_errno_oracle_fed_the_wrong_errno_fails() -> None:
+    fails(lambda: _copy_onto_mapped("ENOENT"), "expected ENOENT", "got EEXIST")
+
+
+def test_errno_oracle_fails_when_the_call_succeeds() -> None:
+    fails(lambda: _copy_onto_hole("EEXIST"), "expected EEXIST", "succeeded")
+
+
+def test_errno_oracle_checks_the_result_field() -> None:
+    from cases.uffd_ops import oracles as O
+    from lib.kernel.uffd import UffdError
+
+    def wrong_result() -> None:
+        raise UffdError(errno.EEXIST, "UFFDIO_COPY", -errno.ENOENT)
+
+    with pytest.raises(AssertionError, match="result field"):
+        O.expect_errno(wrong_result, "EEXIST", "a COPY whose result field disagrees")
+
+
+# -- the content oracle -------------------------------------------------------------------------
+def _content(written: int, expected: int) -> None:
+    from cases.uffd_ops import oracles as O
+    from lib.kernel import libc, memory
+
+    r = memory.anon(PAGE)
+    libc.fill(r.addr, written, O.SAMPLE)
+    libc.fill(r.addr + PAGE - O.SAMPLE, written, O.SAMPLE)
+    got = (libc.read(r.addr, O.SAMPLE), libc.read(r.addr + PAGE - O.SAMPLE, O.SAMPLE))
+    O.expect_content(got, O.sample(O.expected_page(expected, PAGE), PAGE), "the page")
+
+
+def test_content_oracle_right_page_passes() -> None:
+    passes(lambda: _content(0xA1, 0xA1))
+
+
+def test_content_oracle_given_a_stale_page_fails() -> None:
+    fails(lambda: _content(0xA1, 0xB2), "the first 64 bytes")
+
+
+def test_content_oracle_sees_a_wrong_tail() -> None:
+    from cases.uffd_ops import oracles as O
+
+    page = O.expected_page(0xA1, PAGE, tail=0xA2)
+    with pytest.raises(AssertionError, match="last 64 bytes"):
+        O.expect_content(O.sample(page, PAGE), O.sample(O.expected_page(0xA1, PAGE), PAGE), "the page")
+
+
+# -- the pagemap oracle -------------------------------------------------------------------------
+def _pagemap(populate: bool, **bits: bool) -> None:
+    from cases.uffd_ops import oracles as O
+    from lib.kernel import libc, memory
+    from lib.kernel.pagemap import Pagemap
+
+    r = memory.anon(PAGE)
+    if populate:
+        libc.fill(r.addr, 1, PAGE)
+    with Pagemap() as pm:
+        O.expect_pagemap(pm.entry(r.addr), "the page", **bits)
+
+
+def test_pagemap_oracle_right_bits_pass() -> None:
+    passes(lambda: _pagemap(True, present=True, uffd_wp=False, file=False))
+    passes(lambda: _pagemap(False, present=False))
+
+
+def test_pagemap_oracle_present_page_where_a_hole_was_expected_fails() -> None:
+    fails(lambda: _pagemap(True, present=False), "PM_PRESENT expected clear")
+
+
+def test_pagemap_oracle_unprotected_page_where_wp_was_expected_fails() -> None:
+    fails(lambda: _pagemap(True, uffd_wp=True), "PM_UFFD_WP expected set")
+
+
+def test_pagemap_oracle_hole_where_a_page_was_expected_fails() -> None:
+    fails(lambda: _pagemap(False, present=True), "PM_PRESENT expected set")
+
+
+def test_pagemap_oracle_anon_page_where_a_file_page_was_expected_fails() -> None:
+    fails(lambda: _pagemap(True, file=True), "PM_FILE expected set")
+
+
+# -- the message oracle -------------------------------------------------------------------------
+def _missing_read(expect: str | None, claim_write: bool = False) -> None:
+    """A real read of a registered anon hole: a MISSING fault without the WRITE flag."""
+    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops.matrix import ROWS
+    from cases.uffd_ops.test_uffd_ops import Ctx
+    from lib.kernel.memtypes import MemType
+
+    row = next(r for r in ROWS if r.scenario == "copy_plain")
+    c = Ctx(row, MemType("anon"))
+    try:
+        a = c.access(c.addr)
+        O.expect_access(O.Access(claim_write or a.write, a.msg), expect, "the read")
+    finally:
+        c.close()
+
+
+def test_message_oracle_right_fault_passes() -> None:
+    passes(lambda: _missing_read("missing"))
+
+
+def test_message_oracle_missing_fault_where_wp_was_expected_fails() -> None:
+    fails(lambda: _missing_read("wp"), "expected a wp userfault")
+
+
+def test_message_oracle_fault_where_none_was_expected_fails() -> None:
+    fails(lambda: _missing_read(None), "expected no userfault")
+
+
+def test_message_oracle_wrong_write_flag_fails() -> None:
+    fails(lambda: _missing_read("missing", claim_write=True), "WRITE flag")
+
+
+def test_message_oracle_completed_access_where_a_fault_was_expected_fails() -> None:
+    from cases.uffd_ops import oracles as O
+
+    with pytest.raises(AssertionError, match="expected a minor userfault"):
+        O.expect_access(O.Access(False, None, (b"", b"")), "minor", "the read")
+
+
+# -- the signal oracle --------------------------------------------------------------------------
+def _child_then(action: str, expect: int | None) -> None:
+    from cases.uffd_ops import oracles as O
+    from lib.kernel.tasks import fork_call, reap
+
+    def child() -> int:
+        if action != "exit":
+            os.kill(os.getpid(), getattr(signal, action))
+        return 0
+
+    O.expect_signal(reap(fork_call(child), 10), expect, "the child")
+
+
+def test_signal_oracle_right_signal_passes() -> None:
+    passes(lambda: _child_then("SIGBUS", signal.SIGBUS))
+    passes(lambda: _child_then("exit", None))
+
+
+def test_signal_oracle_child_that_lives_fails() -> None:
+    fails(lambda: _child_then("exit", signal.SIGBUS), "expected SIGBUS", "exited with status 0")
+
+
+def test_signal_oracle_wrong_signal_fails() -> None:
+    fails(lambda: _child_then("SIGTERM", signal.SIGBUS), "expected SIGBUS", "SIGTERM")
+
+
+def test_signal_oracle_signal_where_a_clean_exit_was_expected_fails() -> None:
+    fails(lambda: _child_then("SIGBUS", None), "clean exit")
+
+
+# -- whole scenarios against a broken operation -------------------------------------------------
+def _scenario(name: str, kind: str = "anon", patch: str = "") -> None:
+    """Run the matrix's scenario ``name`` on ``kind`` with one part of the world broken."""
+    from cases.uffd_ops import test_uffd_ops as T
+    from cases.uffd_ops.matrix import ROWS
+    from lib.kernel.memtypes import MemType
+    from lib.kernel.uffd import Userfaultfd
+
+    if patch == "stale source":  # the source holds other bytes than the case expects
+        real = T.fill_sample
+        T.fill_sample = lambda addr, ps, byte: real(addr, ps, byte ^ 0xFF)
+    elif patch == "poison maps zeroes":
+        Userfaultfd.poison = lambda self, addr, length, mode=0: self.zeropage(addr, length)
+    elif patch == "writeprotect does nothing":
+        Userfaultfd.writeprotect = lambda self, addr, length, protect, dontwake=False: None
+    elif patch == "never populated":
+        T.Ctx.populate = lambda self, byte: None
+    row = next(r for r in ROWS if r.scenario == name)
+    c = T.Ctx(row, MemType(kind))
+    try:
+        T.SCENARIOS[name](c)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("name", ["copy_plain", "poison_plain", "wp_protect", "copy_eexist"])
+def test_scenario_passes_in_the_right_world(name: str) -> None:
+    passes(lambda: _scenario(name))
+
+
+def test_copy_scenario_with_a_stale_source_fails() -> None:
+    fails(lambda: _scenario("copy_plain", patch="stale source"), "the woken read")
+
+
+def test_poison_scenario_without_poison_fails() -> None:
+    fails(lambda: _scenario("poison_plain", patch="poison maps zeroes"), "PM_PRESENT expected clear")
+
+
+def test_wp_scenario_without_protection_fails() -> None:
+    fails(lambda: _scenario("wp_protect", patch="writeprotect does nothing"), "PM_UFFD_WP expected set")
+
+
+def test_eexist_scenario_on_a_hole_fails() -> None:
+    fails(lambda: _scenario("copy_eexist", patch="never populated"), "expected EEXIST", "succeeded")
+
+
+def test_poison_signal_oracle_end_to_end() -> None:
+    """The poison scenario's child check alone: a child whose POISON maps zeroes reads zeroes
+    and exits 3, which the signal oracle reports."""
+    def run() -> None:
+        from cases.uffd_ops import oracles as O
+        from cases.uffd_ops import test_uffd_ops as T
+        from cases.uffd_ops.matrix import ROWS
+        from lib.kernel.memtypes import MemType
+        from lib.kernel.tasks import Pipe, fork_call, reap
+        from lib.kernel.uffd import Userfaultfd
+
+        Userfaultfd.poison = lambda self, addr, length, mode=0: self.zeropage(addr, length)
+        row = next(r for r in ROWS if r.scenario == "poison_plain")
+        c = T.Ctx(row, MemType("anon"))
+        ready = Pipe()
+        try:
+            pid = fork_call(lambda: T._poison_child(c, ready))
+            ready.wait(10)
+            O.expect_signal(reap(pid, 10), signal.SIGBUS, "a read of a poisoned page")
+        finally:
+            ready.close()
+            c.close()
+
+    fails(run, "expected SIGBUS", "exited with status 3")
+
+
+def test_abi_bits_used_by_the_oracles() -> None:
+    """The oracles' fault kinds are the uAPI's pagefault flags."""
+    from cases.uffd_ops import oracles as O
+
+    assert {"missing": 0, "wp": int(abi.PagefaultFlag.WP), "minor": int(abi.PagefaultFlag.MINOR)} == O.FAULT_FLAGS
