@@ -14,7 +14,8 @@ from lib.kernel import abi
 # (struct, sizeof, {field: offsetof}) as a compiled x86_64 program prints them for the UAPI
 # headers: userfaultfd.h, fs.h (pm_scan_arg, page_region), mm/gup_test.h, io_uring.h, uio.h,
 # arch/x86/include/uapi/asm/signal.h (struct sigaction as rt_sigaction(2) takes it: handler,
-# flags, restorer, mask) and asm-generic/siginfo.h.
+# flags, restorer, mask), asm-generic/siginfo.h and asm-generic/statfs.h (64-bit: __statfs_word
+# is long).
 LAYOUTS = [
     (abi.uffdio_api, 24, {"api": 0, "features": 8, "ioctls": 16}),
     (abi.uffdio_range, 16, {"start": 0, "len": 8}),
@@ -45,6 +46,8 @@ LAYOUTS = [
     (abi.io_uring_cqe, 16, {"user_data": 0, "res": 8, "flags": 12}),
     (abi.sigaction, 32, {"handler": 0, "flags": 8, "restorer": 16, "mask": 24}),
     (abi.siginfo, 128, {"signo": 0, "errno": 4, "code": 8, "addr": 16}),
+    (abi.statfs, 120, {"f_type": 0, "f_bsize": 8, "f_blocks": 16, "f_bfree": 24, "f_bavail": 32, "f_files": 40,
+                       "f_ffree": 48, "f_fsid": 56, "f_namelen": 64, "f_frsize": 72, "f_flags": 80, "f_spare": 88}),
 ]
 
 
@@ -121,13 +124,18 @@ def test_ioctl_number(name, value):
 
 # name -> value: syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), io_uring numbers
 # (include/uapi/linux/io_uring.h), signal numbers (arch/x86/include/uapi/asm/signal.h,
-# asm-generic/signal-defs.h), written out independently of lib.kernel.abi.
+# asm-generic/signal-defs.h), file-system magics (include/uapi/linux/magic.h), mempolicy.h,
+# sched.h and prctl.h, written out independently of lib.kernel.abi.
 NUMBERS = {
     "NR.mmap": 9, "NR.mprotect": 10, "NR.munmap": 11, "NR.rt_sigaction": 13, "NR.rt_sigreturn": 15,
-    "NR.ioctl": 16, "NR.mremap": 25, "NR.madvise": 28, "NR.fork": 57, "NR.gettid": 186,
-    "NR.vmsplice": 278, "NR.move_pages": 279, "NR.fallocate": 285, "NR.memfd_create": 319,
-    "NR.userfaultfd": 323, "NR.io_uring_setup": 425, "NR.io_uring_enter": 426, "NR.io_uring_register": 427,
-    "NR.pidfd_open": 434,
+    "NR.ioctl": 16, "NR.mremap": 25, "NR.mincore": 27, "NR.madvise": 28, "NR.clone": 56, "NR.fork": 57,
+    "NR.mount": 165, "NR.umount2": 166, "NR.swapon": 167, "NR.swapoff": 168, "NR.gettid": 186,
+    "NR.tgkill": 234, "NR.mbind": 237, "NR.vmsplice": 278, "NR.move_pages": 279, "NR.fallocate": 285,
+    "NR.pipe2": 293, "NR.getrandom": 318, "NR.memfd_create": 319, "NR.userfaultfd": 323,
+    "NR.io_uring_setup": 425, "NR.io_uring_enter": 426, "NR.io_uring_register": 427, "NR.pidfd_open": 434,
+    "NR.process_madvise": 440,
+    "MPOL_LOCAL": 4, "MPOL_MF_MOVE": 2, "MPOL_MF_MOVE_ALL": 4, "CLONE_VM": 0x100,
+    "PR_SET_MEMORY_MERGE": 67, "PR_GET_MEMORY_MERGE": 68,
     "IoringOp.NOP": 0, "IoringOp.READ_FIXED": 4, "IoringOp.WRITE_FIXED": 5,
     "IoringRegister.REGISTER_BUFFERS": 0, "IoringRegister.UNREGISTER_BUFFERS": 1,
     "IORING_OFF_SQ_RING": 0, "IORING_OFF_CQ_RING": 0x8000000, "IORING_OFF_SQES": 0x10000000,
@@ -138,6 +146,8 @@ NUMBERS = {
     "PM_UFFD_WP": 1 << 57, "PM_MMAP_EXCLUSIVE": 1 << 56, "PM_PRESENT": 1 << 63,
     "KPF.THP": 1 << 22, "KPF.COMPOUND_HEAD": 1 << 15,
     "Event.PAGEFAULT": 0x12, "Event.UNMAP": 0x16, "Madv.COLLAPSE": 25, "Madv.POPULATE_WRITE": 23,
+    "TMPFS_MAGIC": 0x01021994, "HUGETLBFS_MAGIC": 0x958458F6, "BTRFS_SUPER_MAGIC": 0x9123683E,
+    "EXT4_SUPER_MAGIC": 0xEF53, "XFS_SUPER_MAGIC": 0x58465342,
 }
 
 
@@ -155,6 +165,10 @@ def number_errors(expected: dict[str, int]) -> list[str]:
 
 def test_numbers():
     assert number_errors(NUMBERS) == []
+
+
+def test_every_syscall_number_is_checked():
+    assert {f"NR.{n.name}" for n in abi.NR} <= set(NUMBERS)
 
 
 def test_number_check_catches_a_wrong_number():
