@@ -15,7 +15,7 @@ import random
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,16 +27,18 @@ GOOD, BAD, SKIP = 0, 1, 125
 
 # The stand-in guest: a `bad` image runs the `mixed` tree (a failing case), others `passing`.
 # It records its own --memory/--cpus in its results folder.  With $KMM_FAKE_FIFO set, the
-# `1-` image's guest waits (deadline 20 s) for a line the `3-` image's guest writes on that FIFO
+# `1-` image's guest waits (deadline $KMM_FAKE_DEADLINE s) for a line the `3-` image's guest writes on that FIFO
 # once its own guest command has ended.
-GUEST = BOOT + r"""for a; do [ "$p2" = --rwdir ] && shared=$a; [ "$p2" = --memory ] && mem=$a; [ "$p2" = --cpus ] && cpus=$a; p2=$a; done
+GUEST = BOOT + r"""for a; do
+  [ "$p2" = --rwdir ] && shared=$a; [ "$p2" = --memory ] && mem=$a; [ "$p2" = --cpus ] && cpus=$a; p2=$a
+done
 echo "$mem $cpus" > "$shared/fake-vng-size"
-case "$image" in *bad*) export KMM_CASES=""" + str(DATA / "mixed") + r""";; esac
+case "${image##*/}" in *bad*) export KMM_CASES=""" + str(DATA / "mixed") + r""";; esac
 if [ -n "$KMM_FAKE_FIFO" ]; then
   case "$image" in
-    *vmlinuz-1-*) if timeout 20 sh -c 'read line < "$KMM_FAKE_FIFO"'; then echo met > "$shared/fake-barrier"
-                  else echo missed > "$shared/fake-barrier"; fi;;
-    *vmlinuz-3-*) eval "$last"; rc=$?; timeout 20 sh -c 'echo go > "$KMM_FAKE_FIFO"'; exit $rc;;
+    *vmlinuz-1-*) if timeout "$KMM_FAKE_DEADLINE" sh -c 'read line < "$KMM_FAKE_FIFO"'
+                  then echo met > "$shared/fake-barrier"; else echo missed > "$shared/fake-barrier"; fi;;
+    *vmlinuz-3-*) eval "$last"; rc=$?; timeout "$KMM_FAKE_DEADLINE" sh -c 'echo go > "$KMM_FAKE_FIFO"'; exit $rc;;
   esac
 fi
 eval "$last"
@@ -214,7 +216,7 @@ def test_parallel_series_gives_the_serial_verdicts_and_folders(tmp_path):
     serial = run(env, "--kernels", *kernels, f"--results={tmp_path / 'serial'}")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    par = run(dict(env, KMM_FAKE_FIFO=str(fifo)), "--kernels", *kernels, "-j", "3",
+    par = run(dict(env, KMM_FAKE_FIFO=str(fifo), KMM_FAKE_DEADLINE="30"), "--kernels", *kernels, "-j", "3",
               f"--results={tmp_path / 'par'}", f"--kcidb={tmp_path / 'kcidb.json'}")
     assert serial.returncode == par.returncode == 1, par.stdout + par.stderr
     assert (tmp_path / "par" / "00-1-good" / "fake-barrier").read_text() == "met\n"  # they overlapped
@@ -239,6 +241,13 @@ def test_parallel_series_gives_the_serial_verdicts_and_folders(tmp_path):
     kcidb = json.loads((tmp_path / "kcidb.json").read_text())
     assert len(kcidb["builds"]) == 4
     assert "Traceback" not in par.stdout + par.stderr
+    # negative control: two kernels' reports in each other's folders fail both oracles
+    a, b = tmp_path / "par" / "00-1-good" / "summary.json", tmp_path / "par" / "01-2-bad" / "summary.json"
+    text_a, text_b = a.read_text(), b.read_text()
+    a.write_text(text_b)
+    b.write_text(text_a)
+    assert verdicts(tmp_path / "serial") != verdicts(tmp_path / "par")
+    assert json.loads(a.read_text())["kernel"]["vm.image"] != str(tmp_path / "vmlinuz-1-good")
 
 
 @root_only
@@ -248,7 +257,8 @@ def test_fifo_barrier_negative_control(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     kernels = images(tmp_path, ["1-good", "3-good"])
-    p = run(dict(env, KMM_FAKE_FIFO=str(fifo)), "--kernels", *kernels, "-j", "1", f"--results={tmp_path / 'r'}")
+    p = run(dict(env, KMM_FAKE_FIFO=str(fifo), KMM_FAKE_DEADLINE="2"), "--kernels", *kernels, "-j", "1",
+            f"--results={tmp_path / 'r'}")
     assert p.returncode == 0, p.stdout + p.stderr
     assert (tmp_path / "r" / "00-1-good" / "fake-barrier").read_text() == "missed\n"
 
@@ -279,7 +289,8 @@ def test_harness_problem_stops_the_parallel_series(tmp_path):
     assert "Traceback" not in p.stdout + p.stderr
 
 
-HANGS = BOOT + 'echo "KMM-GUEST-START"\necho "# [RUN] demo pass"\nsleep 600 & wait\n'
+# (the console watchdog reports a guest line once the next one starts: hence the second line)
+HANGS = BOOT + 'echo "KMM-GUEST-START"\necho "# [RUN] demo pass"\necho "# hanging"\nsleep 600 & wait\n'
 
 
 @root_only
@@ -294,11 +305,14 @@ def test_interrupt_ends_every_guest_with_partial_reports(tmp_path):
                          stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
     assert p.stdout is not None
-    deadline = time.monotonic() + 60
-    for line in p.stdout:  # both guests are running their case
+    anyway = threading.Timer(60, p.send_signal, (signal.SIGINT,))  # the deadline for both to start
+    anyway.start()
+    for line in p.stdout:  # until both guests are running their case
         seen.append(line)
-        if sum("# [RUN]" in x or "[RUN]" in x for x in seen) >= 2 or time.monotonic() > deadline:
+        if sum("] # [RUN] demo pass" in x for x in seen) == 2:
             break
+    anyway.cancel()
+    assert sum("] # [RUN] demo pass" in x for x in seen) == 2, "".join(seen)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, "".join(seen) + out + err
