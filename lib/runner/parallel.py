@@ -338,6 +338,9 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     then the same table, matrix and exit code as the serial series."""
     base = Path(args.results) if args.results else folders.new_run_dir(root / "results", "kernels")
     series = Series(args, root, images, base)
+    nproc, avail = machine()
+    series.say(f"# -j {args.jobs}: up to {args.jobs} kernels at once, each guest --memory {args.memory} "
+               f"--cpus {args.cpus} (nproc {nproc}, MemAvailable {avail} MiB); results: {base}")
     old = signal.signal(signal.SIGTERM, _sigterm)
     try:
         first_bad: int | None = None
