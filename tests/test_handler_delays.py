@@ -63,7 +63,7 @@ from lib.kernel.serve import flush, served
 from lib.runner import isolation
 
 PLACEMENTS = ["thread", "process", "scm_rights"]
-EV = int(abi.Feature.EVENT_REMOVE)
+EVENT_REMOVE = int(abi.Feature.EVENT_REMOVE)
 DONTNEED = abi.Madv.DONTNEED
 DELAY = 0.02  # seconds injected at a step in the perturbation runs
 
@@ -119,7 +119,7 @@ def in_flight(placement: str, options: Options, step: str | None, booking: bool 
     region = memory.anon(PAGE)
     src = make_source(region)
     addr = region.addr
-    with served(region, placement, EV, source=src, options=options) as s:
+    with served(region, placement, EVENT_REMOVE, source=src, options=options) as s:
         h = s.handler
         if step is None:
             r1 = read_async(addr, HEAD)
@@ -163,7 +163,7 @@ def refault(placement: str, options: Options, step: str | None, booking: bool = 
     region = memory.anon(PAGE)
     src = make_source(region)
     addr = region.addr
-    with served(region, placement, EV, source=src, options=options) as s:
+    with served(region, placement, EVENT_REMOVE, source=src, options=options) as s:
         h = s.handler
         assert libc.read(addr, HEAD) == header(0), "populated from the source"
         libc.madvise(addr, PAGE, DONTNEED)

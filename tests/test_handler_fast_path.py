@@ -35,7 +35,7 @@ BASE = 0x7F0000000000
 SRC = 0x7E0000000000
 PAGE = 4096
 HPAGE = 2 << 20
-PF, REMOVE = int(abi.Event.PAGEFAULT), int(abi.Event.REMOVE)
+PAGEFAULT, REMOVE = int(abi.Event.PAGEFAULT), int(abi.Event.REMOVE)
 WRITE, WP = int(abi.PagefaultFlag.WRITE), int(abi.PagefaultFlag.WP)
 NPAGES = 10
 
@@ -85,11 +85,11 @@ class FakeUffd:
 
 
 def fault(page: int, ps: int, write: bool = False, offset: int = 8) -> tuple[int, int, int, int]:
-    return (PF, WRITE if write else 0, BASE + page * ps + offset, 4242)
+    return (PAGEFAULT, WRITE if write else 0, BASE + page * ps + offset, 4242)
 
 
 def wp_fault(page: int, ps: int) -> tuple[int, int, int, int]:
-    return (PF, WP | WRITE, BASE + page * ps + 16, 4243)
+    return (PAGEFAULT, WP | WRITE, BASE + page * ps + 16, 4243)
 
 
 def remove(first: int, last: int, ps: int) -> tuple[int, int, int, int]:

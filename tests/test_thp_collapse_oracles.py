@@ -11,10 +11,8 @@ import struct
 
 import pytest
 
-from cases.thp_collapse import areas, contexts, uffd_checks, variants
+from cases.thp_collapse import areas, contexts, test_collapse_uffd, test_cow_collapse, uffd_checks, variants
 from cases.thp_collapse import test_collapse_contents as contents
-from cases.thp_collapse import test_collapse_uffd as uf
-from cases.thp_collapse import test_cow_collapse as cow
 from lib.kernel import abi, libc, system
 from lib.kernel.pagemap import Pagemap, folio_order
 from lib.runner import isolation
@@ -118,10 +116,10 @@ def test_leak_check_reports_a_leak_on_shared_memory():
     addr = libc.mmap(size, areas.PROT_RW, abi.MAP_SHARED | abi.MAP_ANONYMOUS)
     libc.fill(addr, 1, size)
     with pytest.raises(AssertionError, match="Leak from parent into child"):
-        cow.leak_check(addr, size, (0, size), lambda: None)
+        test_cow_collapse.leak_check(addr, size, (0, size), lambda: None)
     priv = libc.mmap(size, areas.PROT_RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
     libc.fill(priv, 1, size)
-    cow.leak_check(priv, size, (0, size), lambda: None)  # positive
+    test_cow_collapse.leak_check(priv, size, (0, size), lambda: None)  # positive
     libc.munmap(addr, size)
     libc.munmap(priv, size)
 
@@ -131,7 +129,7 @@ def _wp_negative() -> None:
     n = 8
     a = areas.setup_area(variants.ANON, n * PAGE_SIZE)
     areas.fault(a, 0, n * PAGE_SIZE)
-    with uf.registered(a, uf.MODE.WP) as (u, toucher):
+    with test_collapse_uffd.registered(a, test_collapse_uffd.MODE.WP) as (u, toucher):
         u.writeprotect(a.addr, n * PAGE_SIZE, True)
         u.writeprotect(a.page(5), PAGE_SIZE, False)  # a protection "lost" by a bad collapse
         try:
@@ -159,11 +157,11 @@ def _missing_negative() -> None:
     n = 8
     a = areas.setup_area(variants.ANON, n * PAGE_SIZE)
     areas.fault(a, 0, PAGE_SIZE)  # page 0 populated, 1..7 holes
-    with uf.registered(a, uf.MODE.MISSING) as (u, toucher):
-        uf.missing_kept(u, a, [1, 2], toucher)  # positive: both fault, served with zeros
+    with test_collapse_uffd.registered(a, test_collapse_uffd.MODE.MISSING) as (u, toucher):
+        test_collapse_uffd.missing_kept(u, a, [1, 2], toucher)  # positive: both fault, served with zeros
         # page 1 is now populated (served): claiming it is a hole must fail
         try:
-            uf.missing_kept(u, a, [1, 4], toucher)
+            test_collapse_uffd.missing_kept(u, a, [1, 4], toucher)
         except AssertionError as e:
             assert "hole(s) of the MISSING-registered range got populated, first [1]" in str(e), e
         else:
@@ -180,5 +178,5 @@ def test_in_page_cache_sees_shmem_holes():
     os.ftruncate(fd, 8 * PAGE_SIZE)
     os.pwrite(fd, b"x", 2 * PAGE_SIZE)
     os.pwrite(fd, b"y", 5 * PAGE_SIZE)
-    assert uf.in_page_cache(fd, 8) == {2, 5}
+    assert test_collapse_uffd.in_page_cache(fd, 8) == {2, 5}
     os.close(fd)

@@ -152,7 +152,7 @@ def _pmi_case(block_name: str, index: int, fail_call: str | None) -> None:
     UFFDIO_WRITEPROTECT fail with EINVAL (a kernel that offers the features but refuses them)."""
     import errno
 
-    from cases.wp_async import test_pagemap_ioctl as tpi
+    from cases.wp_async import test_pagemap_ioctl
     from lib.kernel.uffd import UffdError, Userfaultfd
 
     if fail_call is not None:
@@ -160,8 +160,8 @@ def _pmi_case(block_name: str, index: int, fail_call: str | None) -> None:
             raise UffdError(errno.EINVAL, fail_call)
 
         setattr(Userfaultfd, {"UFFDIO_REGISTER": "register", "UFFDIO_WRITEPROTECT": "writeprotect"}[fail_call], refuse)
-    step = next(s for s in tpi.STEPS if s.block == block_name and s.index == index)
-    tpi.test_pagemap_ioctl(step)
+    step = next(s for s in test_pagemap_ioctl.STEPS if s.block == block_name and s.index == index)
+    test_pagemap_ioctl.test_pagemap_ioctl(step)
 
 
 @pytest.mark.parametrize("block_name", ["base:Page testing:", "base:File memory testing:", "sd_pattern"])

@@ -48,7 +48,7 @@ from lib.kernel import abi, hugetlb_pool, libc, memtypes, system
 from lib.kernel.pagemap import Pagemap
 
 PAGE = system.PAGE_SIZE
-RW = abi.PROT_READ | abi.PROT_WRITE
+PROT_RW = abi.PROT_READ | abi.PROT_WRITE
 FILL = 0x01
 HUGETLB_PAGES = 2  # cow.c: hugetlb_setup(2, ...): COW of a hugetlb page needs a second one
 
@@ -197,7 +197,7 @@ class AnonBacking:
         if run == "pte":
             # PTE-map the THP: map one subpage R/O for a moment (a no-op for mTHP)
             libc.mprotect(mem + PAGE, PAGE, abi.PROT_READ)
-            libc.mprotect(mem + PAGE, PAGE, RW)
+            libc.mprotect(mem + PAGE, PAGE, PROT_RW)
         elif run == "single":
             # all but one subpage discarded: a single PTE maps a single subpage
             libc.madvise(mem + PAGE, thpsize - PAGE, abi.Madv.DONTNEED)
@@ -226,14 +226,14 @@ class AnonBacking:
         flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_HUGETLB | abi.huge_size_flag(self.size)
         hugetlb_pool.require_before_map(self.size, HUGETLB_PAGES)
         try:
-            mem = libc.mmap(self.size, RW, flags)
+            mem = libc.mmap(self.size, PROT_RW, flags)
         except OSError as e:
             pytest.skip(f"need more free huge pages (mmap: {e.strerror})")
         maps.append((mem, self.size))
         libc.fill(mem, FILL, self.size)
         # COW/unsharing needs a second hugetlb page, otherwise SIGBUS
         try:
-            dummy = libc.mmap(self.size, RW, flags)
+            dummy = libc.mmap(self.size, PROT_RW, flags)
         except OSError as e:
             pytest.skip(f"need more free huge pages (second page: {e.strerror})")
         libc.munmap(dummy, self.size)
@@ -332,7 +332,7 @@ class NonAnonBacking:
             pytest.skip("Huge zeropage not enabled")
         pmd = system.pmd_size()
         addrs = []
-        for prot in (RW, abi.PROT_READ):
+        for prot in (PROT_RW, abi.PROT_READ):
             raw = libc.mmap(2 * pmd, prot)
             maps.append((raw, 2 * pmd))
             a = (raw + pmd) & ~(pmd - 1)
@@ -345,7 +345,7 @@ class NonAnonBacking:
         return NonAnonMem(addrs[0], addrs[1], pmd)
 
     def _file(self, fd: int, size: int, maps: list) -> NonAnonMem:
-        mem = libc.mmap(size, RW, abi.MAP_PRIVATE, fd, 0)
+        mem = libc.mmap(size, PROT_RW, abi.MAP_PRIVATE, fd, 0)
         maps.append((mem, size))
         smem = libc.mmap(size, abi.PROT_READ, abi.MAP_SHARED, fd, 0)
         maps.append((smem, size))
@@ -382,7 +382,7 @@ class NonAnonBacking:
         except OSError as e:
             pytest.skip(f"need more free huge pages (fallocate: {e.strerror})")
         try:
-            mem = libc.mmap(self.size, RW, abi.MAP_PRIVATE, fd, 0)
+            mem = libc.mmap(self.size, PROT_RW, abi.MAP_PRIVATE, fd, 0)
         except OSError as e:
             pytest.skip(f"need more free huge pages (private mmap: {e.strerror})")
         maps.append((mem, self.size))

@@ -26,7 +26,7 @@ from lib.kernel.gup_test import GupTest, Pin
 from lib.kernel.iouring import IoUringUnavailable, Ring
 from lib.kernel.pagemap import Entry, Pagemap, clear_soft_dirty
 
-RW = abi.PROT_READ | abi.PROT_WRITE
+PROT_RW = abi.PROT_READ | abi.PROT_WRITE
 MODIFY = 0xFF  # cow.c: "modify" is memset(mem, 0xff, size)
 LEAK_P2C = "Leak from parent into child"
 LEAK_C2P = "Leak from child into parent"
@@ -136,7 +136,7 @@ def map_ro_then_rw(addr: int, size: int) -> None:
     once), map R/W: the next write is a write fault."""
     libc.mprotect(addr, size, abi.PROT_READ)
     clear_soft_dirty()
-    libc.mprotect(addr, size, RW)
+    libc.mprotect(addr, size, PROT_RW)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def cow_in_parent(mem: int, size: int, do_mprotect: bool,
             if do_mprotect:
                 # mprotect() optimisations might map pages writable directly
                 libc.mprotect(mem, size, abi.PROT_READ)
-                libc.mprotect(mem, size, RW)
+                libc.mprotect(mem, size, PROT_RW)
             libc.fill(mem, MODIFY, size)
         except NotReady:
             pass

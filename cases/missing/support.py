@@ -132,7 +132,7 @@ def map_dst(mt: MemType, npages: int, align: int = 0) -> memory.Region:
 
 def _aligned_fixed(size: int, align: int, flags: int, fd: int) -> int:
     hole = memory.aligned_anon(size, align)
-    return libc.mmap(size, memory.RW, flags | abi.MAP_FIXED, fd, 0, addr=hole.addr)
+    return libc.mmap(size, memory.PROT_RW, flags | abi.MAP_FIXED, fd, 0, addr=hole.addr)
 
 
 def alias_of(r: memory.Region, align: int = 0) -> memory.Region:
@@ -397,7 +397,7 @@ class SigbusCatcher:
 
 def replace_page(page: int, page_size: int) -> None:
     """Map a fresh private anon page over ``page`` (the access then reads zeros)."""
-    libc.mmap(page_size, memory.RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED, addr=page)
+    libc.mmap(page_size, memory.PROT_RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED, addr=page)
 
 
 # ---------------------------------------------------------------------------------------

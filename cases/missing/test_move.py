@@ -22,7 +22,7 @@ from lib import check
 from lib.kernel import abi, libc, memory, needs, system
 from lib.kernel.uffd import Msg, UffdError, Userfaultfd, open_for
 
-PS = memory.PAGE_SIZE
+PAGE_SIZE = memory.PAGE_SIZE
 NPAGES = 2048  # 8 MiB: four PMDs
 
 
@@ -47,8 +47,8 @@ def move_handler(u: Userfaultfd, src: int, dst: int, chunk: int, stats: uut.Faul
 
 
 def run_move(chunk: int, src_advice: int, dst_advice: int | None, make_handler=move_handler) -> None:
-    align = max(chunk, system.pmd_size() or PS)
-    size = NPAGES * PS
+    align = max(chunk, system.pmd_size() or PAGE_SIZE)
+    size = NPAGES * PAGE_SIZE
     with memory.aligned_anon(size, align) as src, memory.aligned_anon(size, align) as dst, \
             open_for(abi.Feature.MOVE) as u:
         libc.madvise(src.addr, size, src_advice)
@@ -56,18 +56,19 @@ def run_move(chunk: int, src_advice: int, dst_advice: int | None, make_handler=m
             libc.madvise(dst.addr, size, dst_advice)
         libc.madvise(src.addr, size, abi.Madv.DONTFORK)
         for nr in range(NPAGES):
-            uut.write_count(src.addr + nr * PS + uut.COUNT_OFF, nr + 1)
+            uut.write_count(src.addr + nr * PAGE_SIZE + uut.COUNT_OFF, nr + 1)
         u.register(dst.addr, size)
         stats = uut.FaultStats()
-        step = chunk // PS
+        step = chunk // PAGE_SIZE
         with uut.PollThread(u, make_handler(u, src.addr, dst.addr, chunk, stats), (dst.addr, size), stats) as pt:
             for nr in range(0, NPAGES, step):
                 for i in range(nr, nr + step):
-                    check.eq(uut.read_count(src.addr + i * PS + uut.COUNT_OFF), i + 1, f"nr {i} source before")
+                    check.eq(uut.read_count(src.addr + i * PAGE_SIZE + uut.COUNT_OFF), i + 1, f"nr {i} source before")
                 for i in range(nr, nr + step):
-                    check.eq(uut.read_count(dst.addr + i * PS + uut.COUNT_OFF), i + 1, f"nr {i} moved content")
+                    check.eq(uut.read_count(dst.addr + i * PAGE_SIZE + uut.COUNT_OFF), i + 1, f"nr {i} moved content")
                 for i in range(nr, nr + step):
-                    check.eq(uut.read_count(src.addr + i * PS + uut.COUNT_OFF), 0, f"nr {i} source after the move")
+                    check.eq(uut.read_count(src.addr + i * PAGE_SIZE + uut.COUNT_OFF), 0,
+                             f"nr {i} source after the move")
             pt.stop()
         check.eq(stats.errors, [], "handler errors")
         check.eq((stats.missing, stats.minor), (NPAGES // step, 0), "missing and minor faults")
@@ -76,7 +77,7 @@ def run_move(chunk: int, src_advice: int, dst_advice: int | None, make_handler=m
 @pytest.mark.tap("move on anon")
 def test_move() -> None:
     needs.uffd_features(abi.Feature.MOVE)
-    run_move(PS, abi.Madv.NOHUGEPAGE, None)
+    run_move(PAGE_SIZE, abi.Madv.NOHUGEPAGE, None)
 
 
 @pytest.mark.tap("move-pmd on anon")

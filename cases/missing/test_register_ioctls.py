@@ -27,7 +27,6 @@ from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.uffd import Userfaultfd, open_for
 
 MEMS = mem_types()
-B = abi.IoctlBit
 REGISTER_FEATURES = (abi.Feature.MISSING_HUGETLBFS | abi.Feature.MISSING_SHMEM | abi.Feature.PAGEFAULT_FLAG_WP
                      | abi.Feature.WP_HUGETLBFS_SHMEM | abi.Feature.MINOR_HUGETLBFS | abi.Feature.MINOR_SHMEM)
 
@@ -48,11 +47,12 @@ def check_register_combo(register: Callable[[int], int], unregister: Callable[[]
         return
     mask = register(mode)
     try:
-        want = abi.ioctl_mask(B.WAKE) | (abi.ioctl_mask(B.COPY) if miss else 0)
-        want |= (abi.ioctl_mask(B.WRITEPROTECT) if wp else 0) | (abi.ioctl_mask(B.CONTINUE) if minor else 0)
+        want = abi.ioctl_mask(abi.IoctlBit.WAKE) | (abi.ioctl_mask(abi.IoctlBit.COPY) if miss else 0)
+        want |= abi.ioctl_mask(abi.IoctlBit.WRITEPROTECT) if wp else 0
+        want |= abi.ioctl_mask(abi.IoctlBit.CONTINUE) if minor else 0
         check.mask_has(mask, want, f"{what} ioctls")
-        check.eq(bool(mask & abi.ioctl_mask(B.WRITEPROTECT)), wp, f"{what}: WRITEPROTECT in ioctls")
-        check.eq(bool(mask & abi.ioctl_mask(B.CONTINUE)), minor, f"{what}: CONTINUE in ioctls")
+        check.eq(bool(mask & abi.ioctl_mask(abi.IoctlBit.WRITEPROTECT)), wp, f"{what}: WRITEPROTECT in ioctls")
+        check.eq(bool(mask & abi.ioctl_mask(abi.IoctlBit.CONTINUE)), minor, f"{what}: CONTINUE in ioctls")
     finally:
         unregister()
 
@@ -91,7 +91,7 @@ def test_zeropage(mt: MemType) -> None:
         mask = u.register(a.dst.addr, a.page_size)
         if a.dst_alias is not None:
             u.register(a.dst_alias.addr, a.page_size)
-        has = bool(mask & abi.ioctl_mask(B.ZEROPAGE))
+        has = bool(mask & abi.ioctl_mask(abi.IoctlBit.ZEROPAGE))
         check.eq(has, not mt.hugetlb, "UFFDIO_ZEROPAGE offered by the register mask")
         check_zeropage(u, a.dst.addr, a.dst_alias.addr if a.dst_alias else None, a.page_size, has)
         u.unregister(a.dst.addr, a.page_size)

@@ -46,7 +46,7 @@ HEAD = 64  # bytes of the per-page source header
 # in a wchan, a handler worker reaching its barrier).  Generous: a loaded host (TCG guests
 # beside the run) starves threads for seconds, and no kernel guarantee bounds that.
 WAIT = 30.0
-EV = int(abi.Feature.EVENT_REMOVE)  # the feature every case of the area negotiates
+EVENT_REMOVE = int(abi.Feature.EVENT_REMOVE)  # the feature every case of the area negotiates
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
-    EV,
+    EVENT_REMOVE,
     HEAD,
     HUGETLBFS,
     PRIVATE,
@@ -53,12 +53,12 @@ def refault_after(b: Backing, topology: str, advice: int, options: Options | Non
 
     Returns (page reads zero, MISSING faults on the page); asserts the REMOVE range.
     """
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(min(2, b.max_pages))
     src = make_source(region)
     addr, ps = region.page(region.npages - 1), region.page_size
     opts = b.options(options)
-    with served(region, topology, EV | b.missing_feature, source=src, options=opts) as s:
+    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=opts) as s:
         libc.fill(addr, MARK, ps)
         libc.madvise(addr, ps, advice)
         read_async(addr, HEAD).join()  # a thread: the access may be a fault again
@@ -118,7 +118,7 @@ def test_zero_handler(b: Backing) -> None:
 
 def unaligned_remove(b: Backing, options: Options | None = None) -> None:
     """MADV_REMOVE from the middle of the first huge page to the middle of the last."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(min(3, b.max_pages))
     n, hp = region.npages, region.page_size
     if n == 1:
@@ -127,7 +127,7 @@ def unaligned_remove(b: Backing, options: Options | None = None) -> None:
         start, end = region.addr + hp // 2, region.page(n - 1) + hp // 2
     src = make_source(region)
     opts = b.options(options)
-    with served(region, "thread", EV | b.missing_feature, source=src, options=opts) as s:
+    with served(region, "thread", EVENT_REMOVE | b.missing_feature, source=src, options=opts) as s:
         libc.fill(region.addr, MARK, region.size)
         libc.madvise(start, end - start, abi.Madv.REMOVE)
         with Pagemap() as pm:

@@ -19,7 +19,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
-    EV,
+    EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     WAIT,
@@ -49,11 +49,11 @@ MARK = b"written while the REMOVE was unread"
 
 def madvise_blocks_until_read(b: Backing, topology: str, pause: bool = True) -> None:
     """Paused handler: madvise sleeps in D, the page stays usable; resume releases it."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(1)
     src = make_source(region)
     addr, ps = region.addr, region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=b.options()) as s:
+    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=b.options()) as s:
         h = s.handler
         check.eq(libc.read(addr, HEAD), header(0), "first read (served from the source)")
         if pause:
@@ -84,12 +84,12 @@ def test_madvise_blocks_until_read(b: Backing, topology: str) -> None:
 
 def copy_eagain_while_unread(b: Backing, read_first: bool = False) -> None:
     """No reader: UFFDIO_COPY fails with EAGAIN (result -EAGAIN) until the REMOVE is read."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(1)
     ps = region.page_size
     buf = libc.mmap(ps, abi.PROT_READ, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
     libc.madvise(buf, ps, abi.Madv.POPULATE_READ)  # no hugetlb bounce page needed
-    u = open_for(EV | b.missing_feature)
+    u = open_for(EVENT_REMOVE | b.missing_feature)
     with u:
         u.register(region.addr, region.size, abi.RegisterMode.MISSING)
         mad = madvise_async(region.addr, ps, abi.Madv.DONTNEED)
@@ -120,10 +120,11 @@ def test_copy_eagain_while_unread(b: Backing) -> None:
 def inline_handler_retries(b: Backing, topology: str, workers: int = 0) -> None:
     """Inline serve loop parked mid-fault; a REMOVE for another page is queued; released, its
     copy gets EAGAIN, it reads the REMOVE, retries, and both callers complete."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(2)
     src = make_source(region)
-    with served(region, topology, EV | b.missing_feature, source=src, options=b.options(workers=workers)) as s:
+    features = EVENT_REMOVE | b.missing_feature
+    with served(region, topology, features, source=src, options=b.options(workers=workers)) as s:
         h = s.handler
         tok = h.install_barrier(1, BEFORE_RESOLVE)
         reader = read_async(region.page(1), HEAD)

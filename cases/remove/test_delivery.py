@@ -26,7 +26,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
-    EV,
+    EVENT_REMOVE,
     PRIVATE,
     SHARED,
     Backing,
@@ -45,8 +45,6 @@ from lib.kernel import abi, libc, memory
 from lib.kernel.serve import served
 from lib.kernel.tasks import Deadline
 from lib.kernel.uffd import Userfaultfd, open_for
-
-MISSING, WP = abi.RegisterMode.MISSING, abi.RegisterMode.WP
 
 
 def advise_collect(u: Userfaultfd, addr: int, length: int, advice: int, timeout: float = 5.0):
@@ -78,7 +76,7 @@ def span(region: memory.Region) -> tuple[int, int]:
     return region.page(1), region.page(min(3, region.npages))
 
 
-def _registered(b: Backing, npages: int, features: int, mode: int = MISSING):
+def _registered(b: Backing, npages: int, features: int, mode: int = abi.RegisterMode.MISSING):
     region = b.map(npages)
     u = open_for(features | b.missing_feature)
     u.register(region.addr, region.size, mode)
@@ -89,8 +87,8 @@ def _registered(b: Backing, npages: int, features: int, mode: int = MISSING):
 
 
 def remove_range_exact(b: Backing, advice: int) -> None:
-    b.require(EV)
-    region, u = _registered(b, min(4, b.max_pages), EV)
+    b.require(EVENT_REMOVE)
+    region, u = _registered(b, min(4, b.max_pages), EVENT_REMOVE)
     with u:
         start, end = span(region)
         msgs, err = advise_collect(u, start, end - start, advice)
@@ -110,8 +108,8 @@ def test_madv_remove_range(b: Backing) -> None:
 
 def madv_remove_refused(b: Backing) -> None:
     """No file (anon): EINVAL; a file mapped private (hugetlb): EACCES.  Nothing is sent."""
-    b.require(EV)
-    region, u = _registered(b, 1, EV)
+    b.require(EVENT_REMOVE)
+    region, u = _registered(b, 1, EVENT_REMOVE)
     with u:
         msgs, err = advise_collect(u, region.addr, region.size, abi.Madv.REMOVE)
         want = errno.EACCES if b.hugetlb else errno.EINVAL
@@ -125,8 +123,8 @@ def test_madv_remove_private_refused(b: Backing) -> None:
 
 
 def none_after_unregister(b: Backing, unregister: bool = True) -> None:
-    b.require(EV)
-    region, u = _registered(b, 1, EV)
+    b.require(EVENT_REMOVE)
+    region, u = _registered(b, 1, EVENT_REMOVE)
     with u:
         if unregister:
             u.unregister(region.addr, region.size)
@@ -141,12 +139,12 @@ def test_none_after_unregister(b: Backing) -> None:
 
 
 def again_after_wp_reregister(b: Backing, reregister: bool = True) -> None:
-    b.require(EV | b.wp_feature)
-    region, u = _registered(b, 1, EV | b.wp_feature)
+    b.require(EVENT_REMOVE | b.wp_feature)
+    region, u = _registered(b, 1, EVENT_REMOVE | b.wp_feature)
     with u:
         u.unregister(region.addr, region.size)
         if reregister:
-            u.register(region.addr, region.size, WP)
+            u.register(region.addr, region.size, abi.RegisterMode.WP)
         msgs, err = advise_collect(u, region.addr, region.size, abi.Madv.DONTNEED)
         check.eq(err, None, "madvise(MADV_DONTNEED)")
         check_ranges_cover(removes(msgs), region.addr, region.end, "REMOVE ranges (WP-only registration)")
@@ -174,13 +172,13 @@ def test_none_without_feature(b: Backing) -> None:
 def hugetlb_dontneed_rounds_end_down(b: Backing, halves: int = 3) -> None:
     """Length 1.5 huge pages (``halves`` half pages): REMOVE covers one huge page, the second
     keeps its data."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(2)
     hp = region.page_size
     libc.fill(region.addr, 0x5A, region.size)
-    u = open_for(EV | b.missing_feature)
+    u = open_for(EVENT_REMOVE | b.missing_feature)
     with u:
-        u.register(region.addr, region.size, MISSING)
+        u.register(region.addr, region.size, abi.RegisterMode.MISSING)
         msgs, err = advise_collect(u, region.addr, halves * hp // 2, abi.Madv.DONTNEED)
         check.eq(err, None, "madvise(MADV_DONTNEED)")
         check_ranges_cover(removes(msgs), region.addr, region.addr + hp, "REMOVE ranges")
@@ -194,8 +192,8 @@ def test_hugetlb_dontneed_rounds_end_down(b: Backing) -> None:
 
 
 def hugetlb_dontneed_unaligned_start(b: Backing, offset: int = libc.PAGE_SIZE) -> None:
-    b.require(EV)
-    region, u = _registered(b, 1, EV)
+    b.require(EVENT_REMOVE)
+    region, u = _registered(b, 1, EVENT_REMOVE)
     with u:
         msgs, err = advise_collect(u, region.addr + offset, region.page_size - offset, abi.Madv.DONTNEED)
         check.eq(err.errno if err else None, errno.EINVAL, "madvise(MADV_DONTNEED) errno")
@@ -213,10 +211,10 @@ def test_hugetlb_dontneed_unaligned_start(b: Backing) -> None:
 
 def punch_hole_unnoticed(b: Backing, via_madvise: bool = False) -> list[dict]:
     """fallocate(PUNCH_HOLE) on a served memfd page; returns the handler's events."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(1)
     src = make_source(region)
-    with served(region, "thread", EV | b.missing_feature, source=src, options=b.options()) as s:
+    with served(region, "thread", EVENT_REMOVE | b.missing_feature, source=src, options=b.options()) as s:
         libc.write(region.addr + 100, b"punch me")
         if via_madvise:  # negative control: the call that does tell the handler
             libc.madvise(region.addr, region.page_size, abi.Madv.REMOVE)

@@ -14,7 +14,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
-    EV,
+    EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     Backing,
@@ -38,12 +38,12 @@ MARK = 0x5A
 
 
 def multi_page(b: Backing, topology: str, options: Options | None = None) -> None:
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(NPAGES)
     src = make_source(region)
     ps = region.page_size
     opts = b.options(options)
-    with served(region, topology, EV | b.missing_feature, source=src, options=opts) as s:
+    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=opts) as s:
         for i in TOUCHED:
             libc.fill(region.page(i), MARK, ps)
         start, end = region.page(SPAN[0]), region.page(SPAN[1])

@@ -29,7 +29,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
-    EV,
+    EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     WAIT,
@@ -98,11 +98,11 @@ def _remove_while_parked(b: Backing, topology: str, options: Options | None, poi
     (its worker is parked before it could install anything); one REMOVE with the advised range
     was delivered, after the fault; once the worker filled the page, reading it again faults no
     more."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region, src, target = _layout(b)
     addr, ps = region.page(target), region.page_size
     others = [region.page(i) for i in range(target)]
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
+    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=_opts(b, options)) as s:
         h = s.handler
         for i, a in enumerate(others):
             check.eq(libc.read(a, HEAD), header(i), f"page {i} populated from the source")
@@ -158,10 +158,10 @@ def faulted_short_circuit(b: Backing, topology: str, options: Options | None = N
     the page's range; and no fault for the page after it: the readers had returned before it,
     and the check reads the page only after the handler resolved every fault it had read.
     """
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region, src, target = _layout(b)
     addr, ps = region.page(target), region.page_size
-    with served(region, topology, EV | b.missing_feature, source=src, options=_opts(b, options)) as s:
+    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=_opts(b, options)) as s:
         h = s.handler
         tok = h.install_barrier(target, BEFORE_LOCK)
         first = read_async(addr, HEAD)

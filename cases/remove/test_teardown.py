@@ -23,7 +23,7 @@ import pytest
 
 from cases.remove.common import (
     BACKINGS,
-    EV,
+    EVENT_REMOVE,
     HEAD,
     PROCESS_TOPOLOGIES,
     WAIT,
@@ -50,10 +50,10 @@ MARK = 0x5A
 
 def close_releases_madvise(b: Backing, keep_dup: bool = False) -> None:
     """No reader; madvise blocks on the REMOVE; closing the uffd lets it finish."""
-    b.require(EV)
+    b.require(EVENT_REMOVE)
     region = b.map(1)
     libc.fill(region.addr, MARK, region.size)  # populated before registration: no fault later
-    u = open_for(EV | b.missing_feature)
+    u = open_for(EVENT_REMOVE | b.missing_feature)
     u.register(region.addr, region.size, abi.RegisterMode.MISSING)
     dup = os.dup(u.fd) if keep_dup else -1  # negative control: not the last reference
     try:

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Mapping
 
 RO_THP = "CONFIG_READ_ONLY_THP_FOR_FS"
-THP = "CONFIG_TRANSPARENT_HUGEPAGE"
+CONFIG_THP = "CONFIG_TRANSPARENT_HUGEPAGE"
 # the read-only open (khugepaged.c's "file" ops) and the read-write open of a regular file
 FILE, FILE_RW = "file", "file-rw"
 MTHP_COLLAPSE_STAT = "collapse_exceed_none_pte"
@@ -48,8 +48,8 @@ def file_collapse(mem: str, cfg: Mapping[str, str]) -> tuple[bool, str]:
     if not cfg:
         return False, (f"no kernel config (/proc/config.gz, /boot/config-<release>): cannot tell whether this kernel "
                        f"collapses regular files ({RO_THP})")
-    if cfg.get(THP) not in ("y", "m"):
-        return False, f"{THP} is not set"
+    if cfg.get(CONFIG_THP) not in ("y", "m"):
+        return False, f"{CONFIG_THP} is not set"
     ro = cfg.get(RO_THP)
     if ro is None:
         return True, f"the kernel config has no {RO_THP} option: {WRITABLE_SERIES} collapses regular files"

@@ -26,16 +26,15 @@ from lib.kernel.pagemap import Pagemap
 from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import open_for
 
-F = abi.Feature
 MODE = abi.RegisterMode
 
 
 def features(mem: str, mode: int) -> int:
     f = 0
     if mode & MODE.WP:
-        f |= F.PAGEFAULT_FLAG_WP | (F.WP_HUGETLBFS_SHMEM if mem == SHMEM else 0)
+        f |= abi.Feature.PAGEFAULT_FLAG_WP | (abi.Feature.WP_HUGETLBFS_SHMEM if mem == SHMEM else 0)
     if mode & MODE.MISSING and mem == SHMEM:
-        f |= F.MISSING_SHMEM
+        f |= abi.Feature.MISSING_SHMEM
     return int(f)
 
 

@@ -22,13 +22,9 @@ from lib.kernel.pagemap import Pagemap
 from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import Msg, Userfaultfd, open_for
 
-F = abi.Feature
-WP = abi.RegisterMode.WP
-MISSING = abi.RegisterMode.MISSING
-
 
 @contextlib.contextmanager
-def wp_uffd(r: Region, features: int, mode: int = WP) -> Iterator[Userfaultfd]:
+def wp_uffd(r: Region, features: int, mode: int = abi.RegisterMode.WP) -> Iterator[Userfaultfd]:
     """A uffd with ``features``, ``r`` registered in ``mode``; unregistered and closed after."""
     u = open_for(features)
     try:

@@ -34,16 +34,16 @@ from lib.kernel import abi, caps, hugetlb_pool, libc, memory, system
 from lib.kernel.pagemap import Pagemap, pagemap_scan_supported
 from lib.kernel.uffd import Userfaultfd, open_for
 
-PS = libc.PAGE_SIZE
-F = abi.Feature
+PAGE_SIZE = libc.PAGE_SIZE
 pagemap_supported = pagemap_scan_supported
-P = abi.PageIs
-WRITTEN = int(P.WRITTEN)
-PRESENT = int(P.PRESENT)
-BITS_ALL = int(P.WPALLOWED | P.WRITTEN | P.FILE | P.PRESENT | P.SWAPPED | P.PFNZERO | P.HUGE)
-NON_WRITTEN_BITS = int(P.WPALLOWED | P.FILE | P.PRESENT | P.SWAPPED | P.PFNZERO | P.HUGE)
-WPF = abi.PM_SCAN_WP_MATCHING | abi.PM_SCAN_CHECK_WPASYNC
-FEATURES = int(F.WP_UNPOPULATED | F.WP_ASYNC | F.WP_HUGETLBFS_SHMEM)
+PageIs = abi.PageIs  # the PAGE_IS_* category bits
+WRITTEN = int(PageIs.WRITTEN)
+PRESENT = int(PageIs.PRESENT)
+BITS_ALL = int(PageIs.WPALLOWED | PageIs.WRITTEN | PageIs.FILE | PageIs.PRESENT | PageIs.SWAPPED | PageIs.PFNZERO
+               | PageIs.HUGE)
+NON_WRITTEN_BITS = int(PageIs.WPALLOWED | PageIs.FILE | PageIs.PRESENT | PageIs.SWAPPED | PageIs.PFNZERO | PageIs.HUGE)
+SCAN_WP_MATCHING_ASYNC = abi.PM_SCAN_WP_MATCHING | abi.PM_SCAN_CHECK_WPASYNC
+FEATURES = int(abi.Feature.WP_UNPOPULATED | abi.Feature.WP_ASYNC | abi.Feature.WP_HUGETLBFS_SHMEM)
 
 Step = tuple[bool, str]
 
@@ -56,7 +56,7 @@ class Res:
 
     def len(self, i: int) -> int:
         s, e, _ = self.regions[i]
-        return (e - s) // PS
+        return (e - s) // PAGE_SIZE
 
     def start(self, i: int) -> int:
         return self.regions[i][0]
@@ -65,10 +65,10 @@ class Res:
         return self.regions[i][2]
 
     def pages(self) -> int:
-        return sum((e - s) // PS for s, e, _ in self.regions)
+        return sum((e - s) // PAGE_SIZE for s, e, _ in self.regions)
 
     def __str__(self) -> str:
-        regs = ", ".join(f"[{s:#x},+{(e - s) // PS}p cat {c:#x}]" for s, e, c in self.regions[:6])
+        regs = ", ".join(f"[{s:#x},+{(e - s) // PAGE_SIZE}p cat {c:#x}]" for s, e, c in self.regions[:6])
         return f"ret={self.ret} regions={regs}{' ...' if len(self.regions) > 6 else ''} walk_end={self.walk_end:#x}"
 
 
@@ -110,7 +110,7 @@ class Ctx:
         self.u.unregister(addr, size)
 
     def wp_addr_range(self, addr: int, size: int) -> None:
-        self.data(addr, size, 0, WPF, 0, WRITTEN, 0, 0, WRITTEN, vec=0)
+        self.data(addr, size, 0, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN, vec=0)
 
     def protected_anon(self, npages: int) -> tuple[int, int]:
         """A fresh anonymous area registered for WP, write-protected and with its written bits
@@ -123,12 +123,12 @@ class Ctx:
 
 
 def anon(npages: int, prot: int = abi.PROT_READ | abi.PROT_WRITE) -> memory.Region:
-    return memory.anon(npages * PS, prot=prot)
+    return memory.anon(npages * PAGE_SIZE, prot=prot)
 
 
 def write_pages(addr: int, indices) -> None:
     for i in indices:
-        libc.touch_write(addr + i * PS, 1)
+        libc.touch_write(addr + i * PAGE_SIZE, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,12 +145,12 @@ def sd_validation(ctx: Ctx) -> Iterator[Step]:
         (io(m, size, 0, 0, 0, BITS_ALL, 0, 0, BITS_ALL), lambda x: x.ret == 0),
         (io(m, size, 0, 0, 0, BITS_ALL, 0, 0, BITS_ALL, vec=0), lambda x: x.ret == 0),
         (io(m, size, vs, -1, 0, WRITTEN, 0, 0, WRITTEN), lambda x: x.ret < 0),
-        (io(m, size, vs, WPF | 0xFF, 0, WRITTEN, 0, 0, WRITTEN), lambda x: x.ret < 0),
+        (io(m, size, vs, SCAN_WP_MATCHING_ASYNC | 0xFF, 0, WRITTEN, 0, 0, WRITTEN), lambda x: x.ret < 0),
         (io(m, size, vs, 0, 0, 0, 0, 0, WRITTEN), lambda x: x.ret >= 0),
         (io(m, size, vs, 0, 0, WRITTEN, WRITTEN, 0, 0), lambda x: x.ret == 0),
         (io(m, size, vs, 0, 0, WRITTEN, 0, 0, 0x1000), lambda x: x.ret < 0),
-        (io(m, size, vs, WPF, 0, 0xFFF, WRITTEN, 0, WRITTEN), lambda x: x.ret < 0),
-        (io(m, size, vs, WPF, 0, 0, 0, BITS_ALL, WRITTEN), lambda x: x.ret >= 0),
+        (io(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, 0xFFF, WRITTEN, 0, WRITTEN), lambda x: x.ret < 0),
+        (io(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, 0, 0, BITS_ALL, WRITTEN), lambda x: x.ret >= 0),
     ]
     for res, ok in checks:
         yield ok(res), str(res)
@@ -160,27 +160,27 @@ def sd_pattern(ctx: Ctx, extra_write: bool = False) -> Iterator[Step]:
     """Blocks 2-6 on 1000 pages; ``extra_write`` (negative control) writes one more page."""
     n, vs = 1000, 500
     m, size = ctx.protected_anon(n)
-    res = ctx.ioctl(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+    res = ctx.ioctl(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret >= 0, str(res)
     write_pages(m, range(0, n, 2))
     if extra_write:
         write_pages(m, [1])
     res = ctx.data(m, size, vs, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == n // 2, f"{res.ret} regions, want {n // 2}"
-    a = ctx.data(m, size, vs, WPF, n // 2 - 2, WRITTEN, 0, 0, WRITTEN)
+    a = ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, n // 2 - 2, WRITTEN, 0, 0, WRITTEN)
     b = ctx.data(m, size, 2, 0, 0, WRITTEN, 0, 0, WRITTEN)
-    c = ctx.data(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+    c = ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
     yield a.ret + c.ret == n // 2 and b.ret == 2, f"{a.ret} {c.ret} {b.ret}"
     write_pages(m, range(0, n, 2))
     write_pages(m, [n - 1])
-    a = ctx.data(m, size, vs, WPF, n // 2, WRITTEN, 0, 0, WRITTEN)
-    b = ctx.data(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+    a = ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, n // 2, WRITTEN, 0, 0, WRITTEN)
+    b = ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
     yield a.ret == n // 2 and b.ret == 1, f"{a.ret} {b.ret}"
     libc.fill(m, 0xFF, size)
-    a = ctx.data(m + PS, 2 * PS, 1, WPF, 2, WRITTEN, 0, 0, WRITTEN)
+    a = ctx.data(m + PAGE_SIZE, 2 * PAGE_SIZE, 1, SCAN_WP_MATCHING_ASYNC, 2, WRITTEN, 0, 0, WRITTEN)
     b = ctx.data(m, size, n, 0, 0, WRITTEN, 0, 0, WRITTEN)
-    ok = (a.ret == 1 and a.len(0) == 2 and a.start(0) == m + PS and b.ret == 2 and b.len(0) == 1
-          and b.start(0) == m and b.len(1) == n - 3 and b.start(1) == m + 3 * PS)
+    ok = (a.ret == 1 and a.len(0) == 2 and a.start(0) == m + PAGE_SIZE and b.ret == 2 and b.len(0) == 1
+          and b.start(0) == m and b.len(1) == n - 3 and b.start(1) == m + 3 * PAGE_SIZE)
     yield ok, f"{a} / {b}"
     ctx.wp_free(m, size)
 
@@ -202,9 +202,9 @@ def sd_smaller_max_pages(ctx: Ctx) -> Iterator[Step]:
     n = 1050
     vs = n // 2
     m, size = ctx.protected_anon(n)
-    ctx.data(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+    ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
     write_pages(m, range(0, n, 2))
-    total = sum(ctx.data(m, size, vs, WPF, n // 5, WRITTEN, 0, 0, WRITTEN).ret for _ in range(3))
+    total = sum(ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, n // 5, WRITTEN, 0, 0, WRITTEN).ret for _ in range(3))
     yield total == n // 2, f"{total} pages, want {n // 2}"
 
 
@@ -219,7 +219,7 @@ def sd_smaller_vec(ctx: Ctx, iterations: int = 100, seed: int = 0x5EC) -> Iterat
         write_pages(m, idx)
         reads, walk_end = 0, m
         while reads < len(idx):
-            res = ctx.data(walk_end, size - (walk_end - m), vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+            res = ctx.data(walk_end, size - (walk_end - m), vs, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
             walk_end = res.walk_end
             if res.ret > vs:
                 break
@@ -260,23 +260,23 @@ def sd_walk_end(ctx: Ctx) -> Iterator[Step]:
         return res.ret == ret and res.walk_end == end, str(res)
 
     yield at(io(m, 0, vs, 0, 0), 0, m)
-    yield at(io(m, 0, vs, WPF, 0), 0, m)
-    yield at(io(m, 0, 0, WPF, 0), 0, m)
+    yield at(io(m, 0, vs, SCAN_WP_MATCHING_ASYNC, 0), 0, m)
+    yield at(io(m, 0, 0, SCAN_WP_MATCHING_ASYNC, 0), 0, m)
     yield at(io(m, size, vs, 0, 0), 1, m + size)
     yield at(io(m, size, 1, 0, 0), 1, m + size)
     yield at(io(m, size, 1, 0, vs), 1, m + size)
     yield at(io(m, size, vs, 0, vs // 2), 1, m + size // 2)
-    yield at(io(m, size, vs, 0, 1), 1, m + PS)
+    yield at(io(m, size, vs, 0, 1), 1, m + PAGE_SIZE)
     yield at(io(m, size, vs, 0, -1), 1, m + size)
     ctx.wp_addr_range(m, size)
     write_pages(m, range(0, vs, 2))
     yield at(io(m, size, vs, 0, 0), vs // 2, m + size)
-    yield at(io(m, size, 1, 0, 0), 1, m + 2 * PS)
-    yield at(io(m, size, 1, 0, vs), 1, m + 2 * PS)
+    yield at(io(m, size, 1, 0, 0), 1, m + 2 * PAGE_SIZE)
+    yield at(io(m, size, 1, 0, vs), 1, m + 2 * PAGE_SIZE)
     yield at(io(m, size, vs // 2, 0, vs), vs // 2, m + size)
     yield at(io(m, size, vs, 0, vs), vs // 2, m + size)
     yield at(io(m, size, vs, 0, vs // 2), vs // 2, m + size)
-    yield at(io(m, size, vs, 0, 1), 1, m + 2 * PS)
+    yield at(io(m, size, vs, 0, 1), 1, m + 2 * PAGE_SIZE)
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,29 +290,29 @@ BASE_NAMES = [
 
 
 def base_tests(ctx: Ctx, m: int, size: int) -> Iterator[Step]:
-    vs = size // PS
+    vs = size // PAGE_SIZE
     ctx.wp_init(m, size)
     ctx.wp_addr_range(m, size)
-    res = ctx.data(m, size, 1, WPF, vs - 2, WRITTEN, 0, 0, WRITTEN)
+    res = ctx.data(m, size, 1, SCAN_WP_MATCHING_ASYNC, vs - 2, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 0, str(res)
     libc.fill(m, 0xFF, size)
     res = ctx.data(m, size, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) == vs, str(res)
-    ctx.data(m, size, 1, WPF, 0, WRITTEN, 0, 0, WRITTEN)
-    libc.fill(m + PS, 0, size - 2 * PS)
-    res = ctx.data(m, size, 1, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+    ctx.data(m, size, 1, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
+    libc.fill(m + PAGE_SIZE, 0, size - 2 * PAGE_SIZE)
+    res = ctx.data(m, size, 1, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and vs - 2 <= res.len(0) <= vs, str(res)
     res = ctx.data(m, size, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 0, str(res)
-    ctx.data(m, size, 1, WPF, 0, WRITTEN, 0, 0, WRITTEN)
-    libc.touch_write(m + vs // 2 * PS, 1)
+    ctx.data(m, size, 1, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
+    libc.touch_write(m + vs // 2 * PAGE_SIZE, 1)
     res = ctx.data(m, size, vs, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) >= 1, str(res)
-    ctx.data(m, size, 1, WPF, 0, WRITTEN, 0, 0, WRITTEN | int(P.HUGE))
-    mid = m + vs // 2 * PS
+    ctx.data(m, size, 1, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN | int(PageIs.HUGE))
+    mid = m + vs // 2 * PAGE_SIZE
     libc.touch_write(mid, 1)
-    libc.touch_write(mid + PS, 1)
-    res = ctx.data(mid, 2 * PS, 1, 0, 0, WRITTEN, 0, 0, WRITTEN | int(P.HUGE))
+    libc.touch_write(mid + PAGE_SIZE, 1)
+    res = ctx.data(mid, 2 * PAGE_SIZE, 1, 0, 0, WRITTEN, 0, 0, WRITTEN | int(PageIs.HUGE))
     yield res.ret == 1 and res.start(0) == mid and res.len(0) == 2, str(res)
     ctx.wp_free(m, size)
 
@@ -348,7 +348,7 @@ def _file_with(content_len: int, private_memfd: bool) -> memory.Region:
         os.unlink(path)
     os.write(fd, b"c" * content_len)
     addr = libc.mmap(content_len, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_PRIVATE, fd, 0)
-    return memory.Region(addr, content_len, PS, "file", fd, False, _maps=[(addr, content_len)])
+    return memory.Region(addr, content_len, PAGE_SIZE, "file", fd, False, _maps=[(addr, content_len)])
 
 
 def _may_shm_hugetlb() -> bool:
@@ -405,11 +405,11 @@ def base_backing(kind: str) -> tuple[int, int, Callable[[], None]]:
         fd = libc.memfd_create("uffd-test", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.MFD_NOEXEC_SEAL)
         os.ftruncate(fd, 2 * system.MiB)
         addr = libc.mmap(2 * system.MiB, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_SHARED, fd, 0)
-        r = memory.Region(addr, 2 * system.MiB, PS, "hugetlb", fd, True, True, [(addr, 2 * system.MiB)])
+        r = memory.Region(addr, 2 * system.MiB, PAGE_SIZE, "hugetlb", fd, True, True, [(addr, 2 * system.MiB)])
     elif kind == "File memory testing:":
-        r = _file_with(10 * PS, private_memfd=False)
+        r = _file_with(10 * PAGE_SIZE, private_memfd=False)
     elif kind == "File anonymous memory testing:":
-        r = _file_with(10 * PS, private_memfd=True)
+        r = _file_with(10 * PAGE_SIZE, private_memfd=True)
     else:
         raise ValueError(kind)
     return r.addr, r.size, r.close
@@ -435,17 +435,17 @@ def gethugepage(map_size: int) -> memory.Region:
 def hpage_block1(ctx: Ctx) -> Iterator[Step]:
     hp = system.pmd_size()
     size = hp * 10
-    vs = size // PS
+    vs = size // PAGE_SIZE
     r = gethugepage(size)
     m = r.addr
     ctx.wp_init(m, size)
     ctx.wp_addr_range(m, size)
-    res = ctx.data(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+    res = ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 0, str(res)
     res = ctx.data(m, size, vs, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 0, str(res)
     libc.fill(m, 0xFF, size)
-    res = ctx.data(m, size, vs, WPF, 0, WRITTEN, 0, 0, WRITTEN)
+    res = ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.start(0) == m and res.len(0) == vs and res.cats(0) == WRITTEN, str(res)
     ctx.wp_free(m, size)
     r.close()
@@ -453,7 +453,7 @@ def hpage_block1(ctx: Ctx) -> Iterator[Step]:
     m = r.addr
     ctx.wp_init(m, size)
     ctx.wp_addr_range(m, size)
-    libc.touch_write(m + vs // 2 * PS, 1)
+    libc.touch_write(m + vs // 2 * PAGE_SIZE, 1)
     res = ctx.data(m, size, vs, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) > 0, str(res)
     ctx.wp_free(m, size)
@@ -466,7 +466,7 @@ def _hpage_fresh(ctx: Ctx, fill: int) -> tuple[int, int, int]:
     ctx.wp_init(r.addr, size)
     ctx.wp_addr_range(r.addr, size)
     libc.fill(r.addr, fill, size)
-    return r.addr, size, size // PS
+    return r.addr, size, size // PAGE_SIZE
 
 
 def hpage_first_half(ctx: Ctx) -> Iterator[Step]:
@@ -478,14 +478,14 @@ def hpage_first_half(ctx: Ctx) -> Iterator[Step]:
 
 def hpage_first_half_limited(ctx: Ctx) -> Iterator[Step]:
     m, size, vs = _hpage_fresh(ctx, 0)
-    ctx.data(m, size, vs, WPF, vs // 2, WRITTEN, 0, 0, WRITTEN)
+    ctx.data(m, size, vs, SCAN_WP_MATCHING_ASYNC, vs // 2, WRITTEN, 0, 0, WRITTEN)
     res = ctx.data(m, size, vs, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) == vs // 2 and res.start(0) == m + size // 2, str(res)
 
 
 def hpage_second_half(ctx: Ctx) -> Iterator[Step]:
     m, size, vs = _hpage_fresh(ctx, 0xFF)
-    ctx.data(m + size // 2, size // 2, vs, WPF, vs // 2, WRITTEN, 0, 0, WRITTEN)
+    ctx.data(m + size // 2, size // 2, vs, SCAN_WP_MATCHING_ASYNC, vs // 2, WRITTEN, 0, 0, WRITTEN)
     res = ctx.data(m, size, vs, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) == vs // 2, str(res)
 
@@ -493,10 +493,10 @@ def hpage_second_half(ctx: Ctx) -> Iterator[Step]:
 def hpage_get_half(ctx: Ctx) -> Iterator[Step]:
     hp = system.pmd_size()
     m, size, vs = _hpage_fresh(ctx, 0xFF)
-    res = ctx.data(m, size, 1, WPF, hp // (2 * PS), WRITTEN, 0, 0, WRITTEN)
-    yield res.ret == 1 and res.len(0) == hp // (2 * PS), str(res)
+    res = ctx.data(m, size, 1, SCAN_WP_MATCHING_ASYNC, hp // (2 * PAGE_SIZE), WRITTEN, 0, 0, WRITTEN)
+    yield res.ret == 1 and res.len(0) == hp // (2 * PAGE_SIZE), str(res)
     res = ctx.data(m, size, vs, 0, 0, WRITTEN, 0, 0, WRITTEN)
-    yield res.ret == 1 and res.len(0) == (size - hp // 2) // PS, str(res)
+    yield res.ret == 1 and res.len(0) == (size - hp // 2) // PAGE_SIZE, str(res)
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,58 +506,58 @@ def hpage_get_half(ctx: Ctx) -> Iterator[Step]:
 def simple(ctx: Ctx, iterations: int = 100) -> Iterator[Step]:
     r = anon(1)
     m = r.addr
-    ctx.wp_init(m, PS)
-    ctx.wp_addr_range(m, PS)
+    ctx.wp_init(m, PAGE_SIZE)
+    ctx.wp_addr_range(m, PAGE_SIZE)
     for i in range(iterations):
-        if ctx.data(m, PS, 1, 0, 0, WRITTEN, 0, 0, WRITTEN).ret == 1:
+        if ctx.data(m, PAGE_SIZE, 1, 0, 0, WRITTEN, 0, 0, WRITTEN).ret == 1:
             yield False, f"written bit was 1, but should be 0 (i={i})"
             return
-        ctx.wp_addr_range(m, PS)
+        ctx.wp_addr_range(m, PAGE_SIZE)
         libc.touch_write(m, i & 0xFF)
-        if ctx.data(m, PS, 1, 0, 0, WRITTEN, 0, 0, WRITTEN).ret == 0:
+        if ctx.data(m, PAGE_SIZE, 1, 0, 0, WRITTEN, 0, 0, WRITTEN).ret == 0:
             yield False, f"written bit was 0, but should be 1 (i={i})"
             return
-        ctx.wp_addr_range(m, PS)
+        ctx.wp_addr_range(m, PAGE_SIZE)
     yield True, ""
 
 
 def mprotect(ctx: Ctx) -> Iterator[Step]:
     r = anon(2)
     m = r.addr
-    ctx.wp_init(m, 2 * PS)
-    ctx.wp_addr_range(m, 2 * PS)
-    libc.fill(m, 1, 2 * PS)
-    res = ctx.data(m, 2 * PS, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
+    ctx.wp_init(m, 2 * PAGE_SIZE)
+    ctx.wp_addr_range(m, 2 * PAGE_SIZE)
+    libc.fill(m, 1, 2 * PAGE_SIZE)
+    res = ctx.data(m, 2 * PAGE_SIZE, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) == 2, str(res)
-    ctx.wp_addr_range(m, 2 * PS)
-    res = ctx.data(m, 2 * PS, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
+    ctx.wp_addr_range(m, 2 * PAGE_SIZE)
+    res = ctx.data(m, 2 * PAGE_SIZE, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 0, str(res)
-    m2 = libc.mmap(PS, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED,
-                   addr=m + PS)
-    ctx.wp_init(m2, PS)
-    ctx.wp_addr_range(m2, PS)
+    m2 = libc.mmap(PAGE_SIZE, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED,
+                   addr=m + PAGE_SIZE)
+    ctx.wp_init(m2, PAGE_SIZE)
+    ctx.wp_addr_range(m2, PAGE_SIZE)
     rw = abi.PROT_READ | abi.PROT_WRITE
-    libc.mprotect(m, PS, abi.PROT_NONE)
-    libc.mprotect(m, 2 * PS, abi.PROT_READ)
-    libc.mprotect(m, 2 * PS, rw)
-    libc.fill(m, 2, 2 * PS)
-    libc.mprotect(m, PS, abi.PROT_NONE)
-    libc.mprotect(m, PS, abi.PROT_READ)
-    libc.mprotect(m, PS, rw)
-    res = ctx.data(m, 2 * PS, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
+    libc.mprotect(m, PAGE_SIZE, abi.PROT_NONE)
+    libc.mprotect(m, 2 * PAGE_SIZE, abi.PROT_READ)
+    libc.mprotect(m, 2 * PAGE_SIZE, rw)
+    libc.fill(m, 2, 2 * PAGE_SIZE)
+    libc.mprotect(m, PAGE_SIZE, abi.PROT_NONE)
+    libc.mprotect(m, PAGE_SIZE, abi.PROT_READ)
+    libc.mprotect(m, PAGE_SIZE, rw)
+    res = ctx.data(m, 2 * PAGE_SIZE, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) == 2, str(res)
-    ctx.wp_addr_range(m, 2 * PS)
-    libc.fill(m, ord("A"), 2 * PS)
-    res = ctx.data(m, 2 * PS, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
+    ctx.wp_addr_range(m, 2 * PAGE_SIZE)
+    libc.fill(m, ord("A"), 2 * PAGE_SIZE)
+    res = ctx.data(m, 2 * PAGE_SIZE, 1, 0, 0, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 1 and res.len(0) == 2, str(res)
-    ctx.wp_free(m, 2 * PS)
+    ctx.wp_free(m, 2 * PAGE_SIZE)
 
 
 NTHREADS, PAGES_PER_THREAD, ACCESS_PER_THREAD = 6, 32, 8
 
 
 def _dirty_reset(ctx: Ctx, m: int, count: int) -> int:
-    res = ctx.data(m, count * PS, 256, WPF, count, WRITTEN, 0, 0, WRITTEN)
+    res = ctx.data(m, count * PAGE_SIZE, 256, SCAN_WP_MATCHING_ASYNC, count, WRITTEN, 0, 0, WRITTEN)
     if any(c != WRITTEN for _, _, c in res.regions):
         raise AssertionError(f"transact_test: wrong flags in {res}")
     return res.pages()
@@ -576,9 +576,9 @@ def transact(ctx: Ctx, rounds: int = 200) -> Iterator[Step]:
     total = NTHREADS * PAGES_PER_THREAD
     r = anon(total)
     m = r.addr
-    ctx.wp_init(m, total * PS)
-    ctx.wp_addr_range(m, total * PS)
-    libc.fill(m, 0, total * PS)
+    ctx.wp_init(m, total * PAGE_SIZE)
+    ctx.wp_addr_range(m, total * PAGE_SIZE)
+    libc.fill(m, 0, total * PAGE_SIZE)
     c1 = _dirty_reset(ctx, m, total)
     yield c1 > 0, f"count {c1}"
     c2 = _dirty_reset(ctx, m, total)
@@ -595,10 +595,10 @@ def transact(ctx: Ctx, rounds: int = 200) -> Iterator[Step]:
                 return
             v = (v + 1) & 0xFF
             for i in range(ACCESS_PER_THREAD):
-                libc.touch_write(base + i * PS, v)
+                libc.touch_write(base + i * PAGE_SIZE, v)
             end.wait()
 
-    threads = [threading.Thread(target=worker, args=(m + i * PAGES_PER_THREAD * PS,), daemon=True)
+    threads = [threading.Thread(target=worker, args=(m + i * PAGES_PER_THREAD * PAGE_SIZE,), daemon=True)
                for i in range(NTHREADS)]
     for t in threads:
         t.start()
@@ -633,7 +633,7 @@ def transact(ctx: Ctx, rounds: int = 200) -> Iterator[Step]:
 def sanity_masks(ctx: Ctx) -> Iterator[Step]:
     n = 10
     m, size = ctx.protected_anon(n)
-    for args in ((WPF, 0, BITS_ALL, 0, 0, BITS_ALL), (0, 0, BITS_ALL, 0, 0, BITS_ALL),
+    for args in ((SCAN_WP_MATCHING_ASYNC, 0, BITS_ALL, 0, 0, BITS_ALL), (0, 0, BITS_ALL, 0, 0, BITS_ALL),
                  (0, 0, 0, BITS_ALL, 0, BITS_ALL), (0, 0, 0, 0, BITS_ALL, BITS_ALL),
                  (0, 0, BITS_ALL, BITS_ALL, 0, BITS_ALL)):
         res = ctx.ioctl(m, size, n, *args)
@@ -669,7 +669,7 @@ def sanity_return_mask(ctx: Ctx) -> Iterator[Step]:
     n = 10
     m, size = ctx.protected_anon(n)
     libc.fill(m, 0, size)
-    res = ctx.ioctl(m, size, n, WPF, 0, 0, BITS_ALL, 0, WRITTEN)
+    res = ctx.ioctl(m, size, n, SCAN_WP_MATCHING_ASYNC, 0, 0, BITS_ALL, 0, WRITTEN)
     yield res.ret >= 1 and res.start(0) == m and res.len(0) == n and res.cats(0) == WRITTEN, str(res)
     ctx.wp_free(m, size)
 
@@ -682,7 +682,8 @@ def sanity_mapped_file(ctx: Ctx) -> Iterator[Step]:
         fm = libc.mmap(size, abi.PROT_READ, abi.MAP_PRIVATE, fd, 0)
         libc.read(fm, size)
         res = ctx.ioctl(fm, size, 10, 0, 0, 0, NON_WRITTEN_BITS, 0, NON_WRITTEN_BITS)
-        ok = res.ret >= 1 and res.start(0) == fm and res.len(0) == math.ceil(size / PS) and bool(res.cats(0) & P.FILE)
+        ok = (res.ret >= 1 and res.start(0) == fm and res.len(0) == math.ceil(size / PAGE_SIZE)
+              and bool(res.cats(0) & PageIs.FILE))
         yield ok, str(res)
         libc.munmap(fm, size)
     finally:
@@ -690,21 +691,21 @@ def sanity_mapped_file(ctx: Ctx) -> Iterator[Step]:
 
 
 def sanity_rw_file(ctx: Ctx) -> Iterator[Step]:
-    size = 10 * PS
+    size = 10 * PAGE_SIZE
     r = _file_with(size, private_memfd=False)
     ctx.wp_init(r.addr, size)
     ctx.wp_addr_range(r.addr, size)
     libc.fill(r.addr, ord("z"), size)
     _libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     _libc.msync(r.addr, size, 4)  # MS_SYNC
-    res = ctx.ioctl(r.addr, size, 10, 0, 0, WRITTEN, int(P.PRESENT | P.SWAPPED | P.FILE), 0, BITS_ALL)
+    res = ctx.ioctl(r.addr, size, 10, 0, 0, WRITTEN, int(PageIs.PRESENT | PageIs.SWAPPED | PageIs.FILE), 0, BITS_ALL)
     yield res.ret >= 1 and res.start(0) == r.addr and res.len(0) == 10 and bool(res.cats(0) & WRITTEN), str(res)
     ctx.wp_free(r.addr, size)
 
 
 def unmapped_region(ctx: Ctx) -> Iterator[Step]:
     start, length = 0x10000000, 0x40000
-    res = ctx.data(start, length, length // PS, 0, 0, NON_WRITTEN_BITS, 0, 0, NON_WRITTEN_BITS)
+    res = ctx.data(start, length, length // PAGE_SIZE, 0, 0, NON_WRITTEN_BITS, 0, 0, NON_WRITTEN_BITS)
     yield res.ret >= 0, str(res)
 
 
@@ -718,7 +719,7 @@ def userfaultfd(ctx: Ctx) -> Iterator[Step]:
         libc.mprotect(m + i * size // 8, size // 8, prot)
     ctx.wp_addr_range(m + size // 16, size - 2 * (size // 8))
     ctx.wp_addr_range(m, size)
-    res = ctx.data(m, size, 1, WPF, n - 2, WRITTEN, 0, 0, WRITTEN)
+    res = ctx.data(m, size, 1, SCAN_WP_MATCHING_ASYNC, n - 2, WRITTEN, 0, 0, WRITTEN)
     yield res.ret == 0, str(res)
     ctx.wp_free(m, size)
 
@@ -728,7 +729,7 @@ def zeropfn(ctx: Ctx) -> Iterator[Step]:
     r = anon(n, prot=abi.PROT_READ)
     for i in range(n):
         libc.touch_read(r.page(i))
-    res = ctx.data(r.addr, r.size, 1, 0, n, int(P.PFNZERO), 0, 0, int(P.PFNZERO))
+    res = ctx.data(r.addr, r.size, 1, 0, n, int(PageIs.PFNZERO), 0, 0, int(PageIs.PFNZERO))
     yield res.ret == 1 and res.len(0) == n, str(res)
     hp = system.pmd_size()
     if system.read_text("/sys/kernel/mm/transparent_hugepage/use_zero_page", "0") != "1":
@@ -740,5 +741,5 @@ def zeropfn(ctx: Ctx) -> Iterator[Step]:
     h = memory.aligned_anon(hp, hp)
     libc.madvise(h.addr, hp, abi.Madv.HUGEPAGE)
     libc.touch_read(h.addr)
-    res = ctx.data(h.addr, hp, 1, 0, 0, int(P.PFNZERO), 0, 0, int(P.PFNZERO))
-    yield res.ret == 1 and res.len(0) == hp // PS, str(res)
+    res = ctx.data(h.addr, hp, 1, 0, 0, int(PageIs.PFNZERO), 0, 0, int(PageIs.PFNZERO))
+    yield res.ret == 1 and res.len(0) == hp // PAGE_SIZE, str(res)

@@ -20,7 +20,7 @@ from lib.kernel.pagemap import Pagemap
 
 BACKINGS = backings()
 WRITTEN = int(abi.PageIs.WRITTEN)
-WPF = abi.PM_SCAN_WP_MATCHING | abi.PM_SCAN_CHECK_WPASYNC
+SCAN_WP_MATCHING_ASYNC = abi.PM_SCAN_WP_MATCHING | abi.PM_SCAN_CHECK_WPASYNC
 
 
 def plan(b):
@@ -40,7 +40,8 @@ def written_units(res, base: int, unit: int) -> list[int]:
 
 def scan_written(r, wp: bool = False):
     with Pagemap() as pm:
-        return pm.scan(r.addr, r.end, flags=WPF if wp else 0, vec_len=64, category_mask=WRITTEN, return_mask=WRITTEN)
+        return pm.scan(r.addr, r.end, flags=SCAN_WP_MATCHING_ASYNC if wp else 0, vec_len=64, category_mask=WRITTEN,
+                       return_mask=WRITTEN)
 
 
 def async_area(b):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from lib.kernel import abi, libc
 
 PAGE_SIZE = libc.PAGE_SIZE
-RW = abi.PROT_READ | abi.PROT_WRITE
+PROT_RW = abi.PROT_READ | abi.PROT_WRITE
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Region:
     def page(self, i: int) -> int:
         return self.addr + i * self.page_size
 
-    def alias(self, prot: int = RW) -> Region:
+    def alias(self, prot: int = PROT_RW) -> Region:
         """A second MAP_SHARED mapping of the same file range (shmem/hugetlb memfd only)."""
         if self.fd < 0:
             raise ValueError(f"{self.kind} has no file to alias")
@@ -67,7 +67,7 @@ class Region:
         self.close()
 
 
-def anon(size: int, shared: bool = False, prot: int = RW, extra_flags: int = 0) -> Region:
+def anon(size: int, shared: bool = False, prot: int = PROT_RW, extra_flags: int = 0) -> Region:
     flags = (abi.MAP_SHARED if shared else abi.MAP_PRIVATE) | abi.MAP_ANONYMOUS | extra_flags
     addr = libc.mmap(size, prot, flags)
     return Region(addr, size, PAGE_SIZE, "shared-anon" if shared else "anon", shared=shared, _maps=[(addr, size)])
@@ -77,7 +77,7 @@ def memfd(size: int, shared: bool = True, name: str = "kmm", flags: int = abi.MF
     """shmem through a memfd, MAP_SHARED (or MAP_PRIVATE: a private file mapping)."""
     fd = libc.memfd_create(name, flags)
     os.ftruncate(fd, size)
-    addr = libc.mmap(size, RW, abi.MAP_SHARED if shared else abi.MAP_PRIVATE, fd, 0)
+    addr = libc.mmap(size, PROT_RW, abi.MAP_SHARED if shared else abi.MAP_PRIVATE, fd, 0)
     return Region(addr, size, PAGE_SIZE, "memfd" if shared else "memfd-private", fd, shared, _maps=[(addr, size)])
 
 
@@ -92,15 +92,15 @@ def hugetlb(size: int, hpage: int, shared: bool = False, via_memfd: bool | None 
     if via_memfd:
         fd = libc.memfd_create("kmm-hugetlb", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(hpage))
         os.ftruncate(fd, size)
-        addr = libc.mmap(size, RW, abi.MAP_SHARED if shared else abi.MAP_PRIVATE, fd, 0)
+        addr = libc.mmap(size, PROT_RW, abi.MAP_SHARED if shared else abi.MAP_PRIVATE, fd, 0)
         kind = "hugetlb" if shared else "hugetlb-private"
         return Region(addr, size, hpage, kind, fd, shared, True, [(addr, size)])
     flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_HUGETLB | abi.huge_size_flag(hpage)
-    addr = libc.mmap(size, RW, flags)
+    addr = libc.mmap(size, PROT_RW, flags)
     return Region(addr, size, hpage, "hugetlb-private", -1, False, True, [(addr, size)])
 
 
-def aligned_mmap(size: int, align: int, prot: int = RW,
+def aligned_mmap(size: int, align: int, prot: int = PROT_RW,
                  flags: int = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS) -> int:
     """An anonymous mapping of ``size`` bytes whose start is aligned to ``align`` (a power of
     two): map ``size + align``, then unmap the unaligned head and the tail."""
@@ -116,7 +116,7 @@ def aligned_mmap(size: int, align: int, prot: int = RW,
 
 def aligned_anon(size: int, align: int, shared: bool = False) -> Region:
     """Anonymous memory whose start is aligned to ``align`` (over-map, then trim)."""
-    start = aligned_mmap(size, align, RW, (abi.MAP_SHARED if shared else abi.MAP_PRIVATE) | abi.MAP_ANONYMOUS)
+    start = aligned_mmap(size, align, PROT_RW, (abi.MAP_SHARED if shared else abi.MAP_PRIVATE) | abi.MAP_ANONYMOUS)
     return Region(start, size, PAGE_SIZE, "anon", shared=shared, _maps=[(start, size)])
 
 

@@ -54,7 +54,6 @@ import pytest
 from lib.kernel import abi, hugetlb_pool, libc, memory, needs, system
 
 PAGE = system.PAGE_SIZE
-F = abi.Feature
 
 ANON = "anon"
 ANON_THP = "anon-thp"
@@ -79,15 +78,15 @@ _POOL_FAILED: dict[tuple[int, int], str] = {}  # (hugetlb size, pages) -> why gr
 def missing_feature_for(hugetlb: bool, shmem: bool) -> int:
     """The UFFD_FEATURE_* a MISSING registration needs beyond anon memory."""
     if hugetlb:
-        return int(F.MISSING_HUGETLBFS)
-    return int(F.MISSING_SHMEM) if shmem else 0
+        return int(abi.Feature.MISSING_HUGETLBFS)
+    return int(abi.Feature.MISSING_SHMEM) if shmem else 0
 
 
 def wp_feature_for(anonymous: bool) -> int:
     """The UFFD_FEATURE_* a WP registration needs: PAGEFAULT_FLAG_WP, and for shmem/hugetlb
     WP_HUGETLBFS_SHMEM."""
-    f = int(F.PAGEFAULT_FLAG_WP)
-    return f if anonymous else f | int(F.WP_HUGETLBFS_SHMEM)
+    f = int(abi.Feature.PAGEFAULT_FLAG_WP)
+    return f if anonymous else f | int(abi.Feature.WP_HUGETLBFS_SHMEM)
 
 
 def compact_memory() -> bool:
@@ -213,8 +212,8 @@ class MemType:
     def minor_feature(self) -> int:
         """MINOR faults exist for shmem and hugetlbfs only (0 where they do not exist)."""
         if self.hugetlb:
-            return int(F.MINOR_HUGETLBFS)
-        return int(F.MINOR_SHMEM) if self.shmem else 0
+            return int(abi.Feature.MINOR_HUGETLBFS)
+        return int(abi.Feature.MINOR_SHMEM) if self.shmem else 0
 
     # -- pytest hooks ---------------------------------------------------------------------
     def prepare(self, settings) -> None:
@@ -297,7 +296,7 @@ class MemType:
                 fd = libc.memfd_create(f"kmm-{self.kind}",
                                        abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(self.size))
                 os.ftruncate(fd, size)
-            addr = libc.mmap(size, memory.RW, flags, fd, 0)
+            addr = libc.mmap(size, memory.PROT_RW, flags, fd, 0)
         except OSError as e:
             if fd >= 0:
                 os.close(fd)
@@ -378,9 +377,9 @@ def mapping_at(addr: int, pid: int | str = "self") -> Mapping:
 def _mmap_at(size: int, flags: int, fd: int, align: int) -> int:
     """mmap(), at an ``align``-aligned address when ``align`` (over a hole reserved for it)."""
     if not align:
-        return libc.mmap(size, memory.RW, flags, fd, 0)
+        return libc.mmap(size, memory.PROT_RW, flags, fd, 0)
     hole = memory.aligned_anon(size, align)
-    return libc.mmap(size, memory.RW, flags | abi.MAP_FIXED, fd, 0, addr=hole.addr)
+    return libc.mmap(size, memory.PROT_RW, flags | abi.MAP_FIXED, fd, 0, addr=hole.addr)
 
 
 def hugetlb_sizes_default_first() -> list[int]:
