@@ -17,8 +17,7 @@ import os
 
 import pytest
 
-from cases.gup_longterm import backings as bk
-from cases.gup_longterm import oracles
+from cases.gup_longterm import backings, oracles
 from cases.gup_longterm.test_gup_longterm import do_test
 from lib.kernel import abi, fstype, iouring, system
 from lib.kernel.gup_test import GupTest
@@ -88,7 +87,7 @@ def test_expected_outcomes_pass() -> None:
     oracles.judge(PRIVATE_RW, abi.EXT4_SUPER_MAGIC, 0)
 
 
-def run_case(case: oracles.PinCase, b: bk.FileBacking) -> isolation.Outcome:
+def run_case(case: oracles.PinCase, b: backings.FileBacking) -> isolation.Outcome:
     return isolation.run_isolated(lambda: do_test(case, b, NO_GUP), 30, skip_types=(pytest.skip.Exception,))
 
 
@@ -103,14 +102,14 @@ def test_real_case_fails_when_the_kernel_refuses_an_expected_pin(monkeypatch: py
     """Claim that ext4 (where /tmp is here) takes R/W longterm pins: the kernel's EFAULT
     must then fail the case."""
     need_iouring()
-    b = bk.FileBacking(bk.TMPFILE)
+    b = backings.FileBacking(backings.TMPFILE)
     fd = b.open()
     try:
         t = fstype.fs_type(fd)
     finally:
         os.close(fd)
     if t not in (abi.EXT4_SUPER_MAGIC, abi.XFS_SUPER_MAGIC, abi.BTRFS_SUPER_MAGIC):
-        pytest.skip(f"{bk.TMPDIR} is on {fstype.name(t)}, not a file system with writeback")
+        pytest.skip(f"{backings.TMPDIR} is on {fstype.name(t)}, not a file system with writeback")
     monkeypatch.setattr(fstype, "WRITABLE_LONGTERM", fstype.WRITABLE_LONGTERM | {t})
     o = run_case(IOURING_SHARED, b)
     assert o.kind == "fail" and "Should have worked" in o.message, (o.kind, o.message)
@@ -121,13 +120,13 @@ def test_real_case_fails_when_the_kernel_pins_what_should_be_refused(monkeypatch
     must then fail the case."""
     need_iouring()
     monkeypatch.setattr(fstype, "WRITABLE_LONGTERM", frozenset({abi.HUGETLBFS_MAGIC}))
-    o = run_case(IOURING_SHARED, bk.FileBacking(bk.MEMFD))
+    o = run_case(IOURING_SHARED, backings.FileBacking(backings.MEMFD))
     assert o.kind == "fail" and "Should have failed" in o.message, (o.kind, o.message)
 
 
 def test_real_cases_pass_with_the_true_expectation() -> None:
     need_iouring()
-    for b in (bk.FileBacking(bk.MEMFD), bk.FileBacking(bk.TMPFILE)):
+    for b in (backings.FileBacking(backings.MEMFD), backings.FileBacking(backings.TMPFILE)):
         for c in (IOURING_SHARED, BY_NAME["io_uring fixed buffer with MAP_PRIVATE file mapping"]):
             o = run_case(c, b)
             assert o.kind in ("pass", "skip"), (c.desc, b.suffix, o.kind, o.message)

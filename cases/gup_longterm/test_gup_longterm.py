@@ -19,13 +19,13 @@ import os
 
 import pytest
 
-from cases.gup_longterm import backings as bk
+from cases.gup_longterm import backings
 from cases.gup_longterm.oracles import CASES, GUP, PinCase, judge
 from lib import check
 from lib.kernel import abi, fstype, iouring, libc, setup_step
 from lib.kernel.gup_test import GupTest, Pin
 
-MATRIX = [(c, b) for c in CASES for b in bk.backings()]  # gup_longterm.c run_test_case order
+MATRIX = [(c, b) for c in CASES for b in backings.backings()]  # gup_longterm.c run_test_case order
 
 
 def pin_gup(gup: GupTest, mem: int, size: int, case: PinCase) -> int:
@@ -63,7 +63,7 @@ def pin_iouring(mem: int, size: int) -> int:
     return 0
 
 
-def do_test(case: PinCase, b: bk.FileBacking, gup: GupTest) -> None:
+def do_test(case: PinCase, b: backings.FileBacking, gup: GupTest) -> None:
     """gup_longterm.c do_test on one file."""
     b.require()
     if case.via == GUP and gup.path is None:
@@ -104,5 +104,5 @@ def do_test(case: PinCase, b: bk.FileBacking, gup: GupTest) -> None:
 
 @pytest.mark.deadline(60)
 @pytest.mark.parametrize("case,b", MATRIX, ids=[f"{c.desc} ... {b.suffix}" for c, b in MATRIX])
-def test_gup_longterm(case: PinCase, b: bk.FileBacking, gup_test: GupTest) -> None:
+def test_gup_longterm(case: PinCase, b: backings.FileBacking, gup_test: GupTest) -> None:
     do_test(case, b, gup_test)
