@@ -112,6 +112,9 @@ CONT_SRC = ("fs/userfaultfd.c userfaultfd_continue(); mm/userfaultfd.c mfill_ato
 POISON_SRC = ("fs/userfaultfd.c userfaultfd_poison(); mm/userfaultfd.c mfill_atomic_pte_poison(); "
               "man UFFDIO_POISON(2const)")
 MOVE_SRC = "fs/userfaultfd.c userfaultfd_move(); mm/userfaultfd.c move_pages(); userfaultfd.rst \"UFFDIO_MOVE\""
+MAPCHG = ("fs/userfaultfd.c (mmap_changing, raised by userfaultfd_remove() until the REMOVE event is read); "
+          "mm/userfaultfd.c; man ioctl_userfaultfd(2) EAGAIN; "
+          "tools/testing/selftests/mm/uffd-unit-tests.c mmap-changing")
 RANGE_SRC = "fs/userfaultfd.c validate_range()/validate_unaligned_range()"
 
 ROWS: tuple[Row, ...] = (
@@ -291,6 +294,23 @@ ROWS: tuple[Row, ...] = (
     _row(MOVE, "unknown mode bit", "fails", (), "EINVAL", MOVE_SRC + " (mode & ~(DONTWAKE|ALLOW_SRC_HOLES))",
          "move_bad_mode", features=int(F.MOVE)),
     _row(MOVE, "unaligned", "fails", (), "EINVAL", RANGE_SRC, "move_unaligned", features=int(F.MOVE)),
+        _row(MOVE, "", "of a page pinned long-term (io_uring fixed buffer) fails", (ANON,), "EBUSY",
+         MOVE_SRC + " (move_present_pte: folio_maybe_dma_pinned -> -EBUSY)", "move_pinned", features=int(F.MOVE)),
+    # -- while the mappings change: an unread UFFD_EVENT_REMOVE --------------------------------
+    _row(COPY, "during an unread REMOVE event", "fails and asks to retry", ALL, "EAGAIN",
+         MAPCHG + "; userfaultfd_copy()", "eagain_copy", features=int(F.EVENT_REMOVE), big="none"),
+    _row(ZERO, "during an unread REMOVE event", "fails and asks to retry", (ANON, *SHMEMS), "EAGAIN",
+         MAPCHG + "; userfaultfd_zeropage()", "eagain_zeropage", features=int(F.EVENT_REMOVE)),
+    _row(WPROT, "during an unread REMOVE event", "fails and asks to retry", ALL, "EAGAIN",
+         MAPCHG + "; mwriteprotect_range()", "eagain_writeprotect", mode=MISSING | WP,
+         features=int(F.EVENT_REMOVE), big="none"),
+    _row(CONT, "during an unread REMOVE event", "fails and asks to retry", (*SHMEMS, *HUGES), "EAGAIN",
+         MAPCHG + "; userfaultfd_continue()", "eagain_continue", mode=MINOR, features=int(F.EVENT_REMOVE),
+         big="none"),
+    _row(POISON, "during an unread REMOVE event", "fails and asks to retry", ALL, "EAGAIN",
+         MAPCHG + "; userfaultfd_poison()", "eagain_poison", features=int(F.EVENT_REMOVE | F.POISON), big="none"),
+    _row(MOVE, "during an unread REMOVE event", "fails and asks to retry", (ANON,), "EAGAIN",
+         MAPCHG + "; userfaultfd_move()", "eagain_move", features=int(F.EVENT_REMOVE | F.MOVE)),
     # -- UFFDIO_WAKE ------------------------------------------------------------------------
     _row(WAKE, "", "wakes a thread still missing its page: it faults again at the same address", ALL, "success",
          "fs/userfaultfd.c userfaultfd_wake(); man UFFDIO_WAKE(2const)", "wake_refault", big="none"),

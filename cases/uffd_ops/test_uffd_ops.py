@@ -31,7 +31,7 @@ import pytest
 from cases.uffd_ops import matrix as M
 from cases.uffd_ops import oracles as O
 from lib import check
-from lib.kernel import abi, libc, memory, memtypes, system
+from lib.kernel import abi, iouring, libc, memory, memtypes, system
 from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap, kpageflags
 from lib.kernel.tasks import Pipe, fork_call, reap, task_state, task_wchan, wait_task_state
@@ -966,6 +966,93 @@ def move_bad_mode(c: Ctx) -> None:
 def move_unaligned(c: Ctx) -> None:
     src = c.source(1, 0xEA)
     O.expect_errno(lambda: c.u.move(c.addr + 1, src, c.ps), "EINVAL", "UFFDIO_MOVE to addr+1", result=False)
+
+
+@scenario
+def move_pinned(c: Ctx) -> None:
+    why = iouring.disabled_reason() or iouring.memlock_limit_reason(c.ps)
+    if why:
+        pytest.skip(why)
+    src = c.source(1, 0xEB)
+    try:
+        ring = iouring.Ring()
+    except iouring.IoUringUnavailable as e:
+        pytest.skip(str(e))
+    with ring:
+        ring.register_buffer(src, c.ps)  # a R/W longterm pin (io_uring/rsrc.c)
+        O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EBUSY", "UFFDIO_MOVE of a pinned page")
+        ring.unregister_buffers()
+    O.expect_pagemap(c.entry(src), "the source stays", present=True)
+
+
+# -- while the mappings change ----------------------------------------------------------------
+class Remover:
+    """A thread discarding page 0 of the region (MADV_DONTNEED, MADV_REMOVE on shared memory):
+    with UFFD_FEATURE_EVENT_REMOVE it sleeps in userfaultfd_remove() until the REMOVE event is
+    read, and meanwhile the uffd's mmap_changing makes the resolving ioctls fail with EAGAIN."""
+
+    def __init__(self, c: Ctx) -> None:
+        self.c = c
+        self.error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        if not c.u.wait(WAIT):
+            raise AssertionError(f"no REMOVE event within {WAIT}s of the madvise")
+
+    def _run(self) -> None:
+        try:
+            libc.madvise(self.c.addr, self.c.ps, self.c.mt.discard_advice)
+        except BaseException as e:
+            self.error = e
+
+    def release(self) -> None:
+        msg = self.c.u.read_msg(WAIT)
+        check.eq(msg.event, abi.Event.REMOVE, "the pending message")
+        self._t.join(WAIT)
+        check.false(self._t.is_alive(), "the madvise returned after its event was read")
+        if self.error is not None:
+            raise AssertionError(f"the madvise failed: {self.error}")
+
+
+def _eagain(c: Ctx, call: Callable[[], object], what: str, result: bool = True) -> None:
+    r = Remover(c)
+    try:
+        O.expect_errno(call, "EAGAIN", what, result=result)
+    finally:
+        r.release()
+
+
+@scenario
+def eagain_copy(c: Ctx) -> None:
+    src = c.source(1, 0xA1)
+    _eagain(c, lambda: c.u.copy(c.addr, src, c.ps), "UFFDIO_COPY with a REMOVE event unread")
+
+
+@scenario
+def eagain_zeropage(c: Ctx) -> None:
+    _eagain(c, lambda: c.u.zeropage(c.addr, c.ps), "UFFDIO_ZEROPAGE with a REMOVE event unread")
+
+
+@scenario
+def eagain_writeprotect(c: Ctx) -> None:
+    _eagain(c, lambda: c.u.writeprotect(c.addr, c.ps, True), "UFFDIO_WRITEPROTECT with a REMOVE event unread",
+            result=False)
+
+
+@scenario
+def eagain_continue(c: Ctx) -> None:
+    _eagain(c, lambda: c.u.cont(c.addr, c.ps), "UFFDIO_CONTINUE with a REMOVE event unread")
+
+
+@scenario
+def eagain_poison(c: Ctx) -> None:
+    _eagain(c, lambda: c.u.poison(c.addr, c.ps), "UFFDIO_POISON with a REMOVE event unread")
+
+
+@scenario
+def eagain_move(c: Ctx) -> None:
+    src = c.source(1, 0xA2)
+    _eagain(c, lambda: c.u.move(c.addr, src, c.ps), "UFFDIO_MOVE with a REMOVE event unread")
 
 
 # -- UFFDIO_WAKE -----------------------------------------------------------------------------
