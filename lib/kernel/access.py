@@ -31,6 +31,7 @@ import ctypes
 import os
 import select
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lib.kernel import abi, libc
@@ -51,6 +52,7 @@ class Access:
     addr: int
     signal: int | None
     blocked: bool = False
+    watched: object = None  # what ``on_watch`` returned, read while the task was still blocked
 
     @property
     def ok(self) -> bool:
@@ -99,8 +101,12 @@ def _release_stacks() -> None:
         del _STACKS[a]
 
 
-def access(addr: int, write: bool, timeout: float = 10.0, watch_fd: int = -1) -> Access:
-    """One user-mode read or write of ``addr`` by a task sharing this mm (see the module doc)."""
+def access(addr: int, write: bool, timeout: float = 10.0, watch_fd: int = -1,
+           on_watch: Callable[[], object] | None = None) -> Access:
+    """One user-mode read or write of ``addr`` by a task sharing this mm (see the module doc).
+
+    ``on_watch`` runs when ``watch_fd`` became readable while the task is still blocked (a
+    userfault's message is read before the task is killed, which would withdraw it)."""
     pid = _spawn(_TIME if write else _ATOI, addr)
     pidfd = libc.pidfd_open(pid)
     try:
@@ -110,9 +116,12 @@ def access(addr: int, write: bool, timeout: float = 10.0, watch_fd: int = -1) ->
             p.register(watch_fd, select.POLLIN)
         events = dict(p.poll(int(timeout * 1000)))
         if pidfd not in events:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return Access(write, addr, None, blocked=True)
+            try:
+                seen = on_watch() if on_watch is not None and watch_fd in events else None
+            finally:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            return Access(write, addr, None, blocked=True, watched=seen)
         _, status = os.waitpid(pid, 0)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         return Access(write, addr, sig)
