@@ -151,6 +151,8 @@ ROWS: tuple[Row, ...] = (
     _row(REG, "zero length", "fails", (), "EINVAL", RANGE_SRC + " (!len)", "register_zero_len", mode=0),
     _row(REG, "no mapping", "a range without any VMA fails", (), "EINVAL", REG_SRC + " (vma_find() finds none)",
          "register_no_vma", mode=0),
+    _row(REG, "across a hole", "registers the VMAs on both sides of the hole", (), "success",
+         REG_SRC + " (for_each_vma_range: a hole inside the range is skipped)", "register_across_hole", mode=0),
     _row(REG, "base-page length", "a range not aligned to the huge page size fails", HUGES, "EINVAL",
          REG_SRC + " (hugetlb end alignment)", "register_huge_unaligned", mode=0, wants=("missing",)),
     _row(REG, "other uffd", "a range registered with another userfaultfd fails", ALL, "EBUSY",
