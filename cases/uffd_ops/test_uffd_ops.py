@@ -10,8 +10,9 @@ field of the ioctl; the content a user-mode access reads; pagemap bits (PM_PRESE
 PM_FILE); which userfault message the next access raises (an access is made by a thread of
 ours through lib.kernel.libc's GIL-releasing primitives: docs/ARCHITECTURE.md rule 1; the case
 itself reads the message and answers it with the operation under test, so no handler of
-lib.kernel.handler stands between them); and the signal a child process's access dies of.
-Every wait has a deadline; a blocked thread is recognised by its state and wchan.
+lib.kernel.handler stands between them; the thread is lib.kernel.toucher.Toucher); and the
+signal a child process's access dies of.  Every wait has a deadline; a blocked thread is
+recognised by its state and wchan.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 
 from cases.uffd_ops import matrix as M
 from cases.uffd_ops import oracles as O
 from lib import check
+from lib.check import CannotTest
 from lib.kernel import abi, iouring, libc, memory, memtypes, system
 from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap, kpageflags
-from lib.kernel.tasks import Pipe, fork_call, reap, task_state, task_wchan, wait_task_state
+from lib.kernel.tasks import Pipe, fork_call, reap, task_state, task_wchan
+from lib.kernel.toucher import WCHAN_FAULT, Toucher
 from lib.kernel.uffd import UffdError, Userfaultfd, open_for
 
 PAGE = system.PAGE_SIZE
@@ -83,45 +87,15 @@ def expected_ioctls(mt: MemType, mode: int) -> int:
 # accesses: a thread of ours touches registered memory through libc (rule 1)
 
 
-class Toucher:
-    """One user-mode access in a thread: a read of the head and tail samples of a page, or a
-    one-byte write at ``addr``.  It writes a byte to its pipe when done."""
+def _read_samples(addr: int, page_size: int) -> tuple[bytes, bytes]:
+    return libc.read(addr, O.SAMPLE), libc.read(addr + page_size - O.SAMPLE, O.SAMPLE)
 
-    def __init__(self, addr: int, page_size: int, write: bool, byte: int = 0x77) -> None:
-        self.addr, self.page_size, self.write, self.byte = addr, page_size, write, byte
-        self.data: tuple[bytes, bytes] | None = None
-        self.error: BaseException | None = None
-        self.tid = 0
-        self.r, self.w = os.pipe2(os.O_CLOEXEC)
-        self._started = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        self._started.wait(WAIT)
 
-    def _run(self) -> None:
-        self.tid = threading.get_native_id()
-        self._started.set()
-        try:
-            if self.write:
-                libc.fill(self.addr, self.byte, 1)
-            else:
-                self.data = (libc.read(self.addr, O.SAMPLE),
-                             libc.read(self.addr + self.page_size - O.SAMPLE, O.SAMPLE))
-        except BaseException as e:
-            self.error = e
-        finally:
-            os.write(self.w, b"x")
-
-    def done(self, timeout: float = 0.0) -> bool:
-        p = select.poll()
-        p.register(self.r, select.POLLIN)
-        return bool(p.poll(int(timeout * 1000)))
-
-    def where(self) -> str:
-        try:
-            return f"thread {self.tid} state {task_state(self.tid)} wchan {task_wchan(self.tid) or '-'}"
-        except OSError:
-            return f"thread {self.tid} gone"
+def _where(t: Toucher) -> str:
+    try:
+        return f"thread {t.tid} state {task_state(t.tid)} wchan {task_wchan(t.tid) or '-'}"
+    except OSError:
+        return f"thread {t.tid} gone"
 
 
 class Ctx:
@@ -165,10 +139,12 @@ class Ctx:
             self.u.unregister(self.addr, self.region.size)
         with contextlib.suppress(OSError):  # UNREGISTER wakes MISSING faults only
             self.u.wake(self.addr, self.region.size)
-        stuck = [t for t in self.pending if not t.done(WAIT)]
+        stuck = [t for t in self.pending if not t.wait(WAIT)]
         if stuck:
             self.stack.pop_all()
             return
+        for t in self.pending:
+            t.close()
         self.stack.close()
 
     # -- memory helpers --------------------------------------------------------------------
@@ -223,38 +199,44 @@ class Ctx:
     def access(self, addr: int, write: bool = False, byte: int = 0x77) -> O.Access:
         """Make one access and report whether it completed or raised a userfault message (the
         access then stays blocked in ``pending`` until the case resolves it)."""
-        t = Toucher(addr, self.ps, write, byte)
+        t = Toucher("access", pollable=True)
         self.pending.append(t)
+        ps = self.ps
+        t.submit((lambda: libc.fill(addr, byte, 1)) if write else (lambda: _read_samples(addr, ps)))
         p = select.poll()
-        p.register(t.r, select.POLLIN)
+        p.register(t.done_fd, select.POLLIN)
         p.register(self.u.fd, select.POLLIN)
         ready = {fd for fd, _ in p.poll(int(WAIT * 1000))}
-        if t.r in ready:
+        if t.done_fd in ready:
             return self.finished(t, write)
         if self.u.fd in ready:
             msgs = self.u.read_msgs(1)
             if msgs:
                 return O.Access(write, msgs[0], toucher=t)
         raise AssertionError(f"the {'write' if write else 'read'} at {addr:#x} neither completed nor raised a "
-                             f"userfault within {WAIT}s ({t.where()})")
+                             f"userfault within {WAIT}s ({_where(t)})")
 
     def finished(self, t: Toucher, write: bool) -> O.Access:
-        if t.error is not None:
-            raise AssertionError(f"the access at {t.addr:#x} failed: {t.error}")
-        return O.Access(write, None, t.data)
+        """The access ended: its data (a read's samples), or a failure naming its exception."""
+        try:
+            data = t.join(WAIT)
+        except (AssertionError, CannotTest):
+            raise
+        except Exception as e:
+            raise AssertionError(f"the access failed: {e!r}") from None
+        return O.Access(write, None, None if write else cast("tuple[bytes, bytes]", data))
 
     def finish(self, a: O.Access) -> O.Access:
-        """The blocked access of ``a`` must now complete."""
+        """The blocked access of ``a`` must now complete (lib.kernel.toucher.Toucher.join: a
+        thread still sleeping fails naming its wchan, a starved one cannot test)."""
         t = a.toucher
         assert isinstance(t, Toucher)
-        if not t.done(WAIT):
-            raise AssertionError(f"the blocked access did not complete within {WAIT}s ({t.where()})")
         return self.finished(t, a.write)
 
     def still_blocked(self, a: O.Access, what: str) -> None:
         t = a.toucher
         assert isinstance(t, Toucher)
-        wait_task_state(t.tid, "S", WAIT, wchan="handle_userfault")
+        t.wait_blocked(WCHAN_FAULT, WAIT)
         check.false(t.done(), f"{what}: the faulting thread completed")
 
     def entry(self, addr: int | None = None):
