@@ -18,7 +18,7 @@ PAGEFAULT, REMOVE = abi.Event.PAGEFAULT, abi.Event.REMOVE
 PAGEFAULT_NR, REMOVE_NR = int(PAGEFAULT), int(REMOVE)
 PF_WRITE, PF_WP, PF_MINOR = int(abi.PagefaultFlag.WRITE), int(abi.PagefaultFlag.WP), int(abi.PagefaultFlag.MINOR)
 COPY_DONTWAKE, ZEROPAGE_DONTWAKE = int(abi.CopyMode.DONTWAKE), abi.ZEROPAGE_MODE_DONTWAKE
-U32 = 0xFFFFFFFF
+U32_MASK = 0xFFFFFFFF
 BATCH = 64  # messages per read(2)
 
 # The fault path logs raw message words, rendered to text by FaultServer.snapshot():
@@ -41,5 +41,5 @@ def render_log(entry: str | tuple) -> str:
 
 def fault_record(words: Words) -> dict:
     """Stats.faults' record of a page-fault message."""
-    return {"address": words[2], "flags": words[1], "ptid": words[3] & U32}
+    return {"address": words[2], "flags": words[1], "ptid": words[3] & U32_MASK}
 
