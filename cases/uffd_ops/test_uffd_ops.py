@@ -24,7 +24,6 @@ import os
 import select
 import signal
 import socket
-import threading
 from collections.abc import Callable
 from typing import cast
 
@@ -984,25 +983,18 @@ class Remover:
 
     def __init__(self, c: Ctx) -> None:
         self.c = c
-        self.error: BaseException | None = None
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        self.t = Toucher.call(lambda: libc.madvise(c.addr, c.ps, c.mt.discard_advice), name="madvise")
         if not c.u.wait(WAIT):
-            raise AssertionError(f"no REMOVE event within {WAIT}s of the madvise")
-
-    def _run(self) -> None:
-        try:
-            libc.madvise(self.c.addr, self.c.ps, self.c.mt.discard_advice)
-        except BaseException as e:
-            self.error = e
+            raise AssertionError(f"no REMOVE event within {WAIT}s of the madvise ({_where(self.t)})")
 
     def release(self) -> None:
         msg = self.c.u.read_msg(WAIT)
         check.eq(msg.event, abi.Event.REMOVE, "the pending message")
-        self._t.join(WAIT)
-        check.false(self._t.is_alive(), "the madvise returned after its event was read")
-        if self.error is not None:
-            raise AssertionError(f"the madvise failed: {self.error}")
+        try:
+            self.t.join(WAIT)  # the madvise returns once its event was read
+        except OSError as e:
+            raise AssertionError(f"the madvise failed: {e}") from None
+        self.t.close()
 
 
 def _eagain(c: Ctx, call: Callable[[], object], what: str, result: bool = True) -> None:
