@@ -3,9 +3,10 @@
 ksmd is started and tuned through the ``settings`` fixture (:func:`prepare`, in the pytest
 process, journalled and restored after the case); a case only reads the counters and waits
 for full scans.  ksm_functional_tests.c's ksm_merge() waits for two full scans after it
-starts ksmd "such that any possible merging happened"; :func:`wait_full_scans` does the same
-with a deadline, judging an expired wait by ksmd's progress (a ksmd that made no scan at all
-was starved or stopped: CannotTest; one that scanned but not enough times is the kernel's).
+starts ksmd "such that any possible merging happened"; :func:`wait_full_scans` waits so with
+a deadline, and :func:`wait_merged` waits scan by scan for a range to merge.  An expired wait
+is judged by ksmd's progress: a ksmd that made no scan at all was starved or stopped
+(CannotTest); one that scanned, but not enough times, is the kernel's doing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ def wait_full_scans(n: int = 2, timeout: float = 30.0) -> int:
             raise check.CannotTest(f"ksmd completed no full scan in {timeout}s (starved or stopped)") from None
         raise AssertionError(f"ksmd completed {done} of {n} full scans in {timeout}s") from None
     return read("full_scans")
+
+
+def wait_merged(addr: int, size: int, max_scans: int = 6, timeout: float = 60.0) -> int:
+    """Wait, one full scan at a time, until the range maps some PFN twice; returns the full
+    scans waited, or ``max_scans + 1`` when it never did.  A range made mergeable while ksmd
+    runs joins the scan list behind the cursor (mm/ksm.c __ksm_enter): the scan under way
+    misses it, the next records its checksums, the one after merges: three scans, at most a
+    few more with smart_scan skipping."""
+    d = tasks.Deadline(timeout)
+    for n in range(1, max_scans + 1):
+        wait_full_scans(1, max(d.remaining(), 0.1))
+        if range_maps_duplicates(addr, size):
+            return n
+    return max_scans + 1
 
 
 def range_maps_duplicates(addr: int, size: int) -> bool:
