@@ -100,7 +100,7 @@ def run_leg(jobs: int, selection: list[str], kernels: list[str], folder: Path, t
            "lock_wait_s": round(wait_s, 1) if wait_s is not None else 0.0,
            "table_txt": (folder / "table.txt").exists(), "matrix_html": (folder / "matrix.html").exists(),
            "kernels": kernel_rows(folder) if folder.is_dir() else [],
-           "output_tail": lines[-25:]}
+           "output_head": [ln for ln in lines if ln.startswith("# ")][:8], "output_tail": lines[-25:]}
     print("\n".join(lines[-25:]), flush=True)
     print(f"# -j {jobs}: {out['wall_s']} s, exit {rc}, load {out['loadavg_before']} -> {out['loadavg_after']}",
           flush=True)
