@@ -49,11 +49,20 @@ def _thp_populated(addr: int, thp: int) -> None:
 
 
 def _mbind_local(addr: int, length: int) -> None:
-    """Page migration by mbind(MPOL_LOCAL, MPOL_MF_MOVE); mkdirty.c skips when mbind() fails."""
+    """Page migration by mbind(MPOL_LOCAL, MPOL_MF_MOVE); mkdirty.c skips when mbind() fails.
+    Pages already on the local node stay where they are (one NUMA node: no migration at
+    all): the diagnostic says whether the page moved."""
+    with Pagemap() as pm:
+        before = pm.entry(addr).pfn
     try:
         libc.syscall(abi.NR.mbind, addr, length, abi.MPOL_LOCAL, 0, 0x7FF, abi.MPOL_MF_MOVE)
     except OSError as e:
         pytest.skip(f"mbind() failed: {os.strerror(e.errno or 0)}")
+    with Pagemap() as pm:
+        after = pm.entry(addr).pfn
+    if before and after:
+        check.diag(f"page {'migrated' if before != after else 'not migrated'} by mbind() "
+                   f"(PFN {before:#x} -> {after:#x})")
 
 
 @pytest.mark.tap("PTRACE write access")
