@@ -327,12 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             return exitcodes.usage_code(args.bisect) if problem else 0
     if args.compare or args.kernel or args.kernels:
         try:
-            from lib.runner import vmrun
+            from lib.runner import parallel, vmrun
         except ImportError:
             sys.stderr.write("run_suite.py: error: --kernel/--kernels/--compare are not available in this build\n")
             return exitcodes.usage_code(args.bisect)
         try:
-            code = vmrun.main(args, ROOT)
+            code = vmrun.main(args, ROOT) if args.jobs is None else parallel.main(args, ROOT)  # -j: N at once
         finally:  # also for an interrupted run: its folder says what ran
             if args.kcidb and args.results and Path(args.results).exists():
                 kcidb_failed(args, Path(args.results))

@@ -329,6 +329,16 @@ class Series:
         return {i: self.runs[i] for i in indices}
 
 
+def main(args: argparse.Namespace, root: Path) -> int:
+    """``run_suite.py --kernels ... -j N``: size the guests (:func:`split`), then
+    lib.runner.vmrun.main with this module's series (the serial one when one at a time is all
+    that fits, or asked)."""
+    plan = size_guests(args, list(args.kernels))
+    if plan.note:
+        print(f"# -j: {plan.note}", flush=True)
+    return vmrun.main(args, root, series=run_series if plan.jobs > 1 else None)
+
+
 def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -336,7 +346,7 @@ def _sigterm(signum: int, frame: object) -> None:
 def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     """--kernels with -j N > 1: the series' kernels N at a time (or a k-ary first-bad search);
     then the same table, matrix and exit code as the serial series."""
-    base = Path(args.results) if args.results else folders.new_run_dir(root / "results", "kernels")
+    base = folders.run_dir(args.results, root, "kernels")
     series = Series(args, root, images, base)
     nproc, avail = machine()
     series.say(f"# -j {args.jobs}: up to {args.jobs} kernels at once, each guest --memory {args.memory} "

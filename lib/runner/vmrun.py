@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lib.check import CANNOT_TEST_PREFIX
@@ -63,6 +64,11 @@ def run_here(args: argparse.Namespace, root: Path, results: Path) -> dict:
 
     argv = guest_argv(args, root, results)
     rc = subprocess.run(argv, cwd=root, check=False).returncode
+    return host_summary(results, rc)
+
+
+def host_summary(results: Path, rc: int) -> dict:
+    """The ``running`` entry's summary, marked as a host run (written back)."""
     try:
         data = json.loads((results / "summary.json").read_text())
     except (OSError, ValueError):
@@ -227,7 +233,9 @@ class HarnessProblem(Exception):
     """A run that judged nothing because of the harness (see lib.runner.exitcodes): stop here."""
 
 
-def main(args: argparse.Namespace, root: Path) -> int:
+def main(args: argparse.Namespace, root: Path, series: Callable[..., int] | None = None) -> int:
+    """--compare, --kernel or --kernels; ``series`` runs a --kernels series instead of
+    :func:`run_series` (lib.runner.parallel's, for -j N)."""
     if args.compare:
         try:
             a, b = (compare.load(x) for x in args.compare)
@@ -241,6 +249,10 @@ def main(args: argparse.Namespace, root: Path) -> int:
     problem = _preflight(images)
     if problem:
         return _err(problem, args.bisect)
+    if args.memory is None:  # the serial defaults (with -j, lib.runner.parallel sized the guests)
+        args.memory = "2G"
+    if args.cpus is None:
+        args.cpus = 2
     if args.kernel:
         res = results_for(root, args, args.kernel)
         try:
@@ -256,7 +268,7 @@ def main(args: argparse.Namespace, root: Path) -> int:
             print(f"# bisect: {decision.line()}", flush=True)
         return decision.code
     try:
-        return run_series(args, root, images)
+        return (series or run_series)(args, root, images)
     except (HarnessProblem, vm.VmSetupError) as e:
         return _err(report.one_line(str(e)), args.bisect)
 
@@ -290,6 +302,12 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     else:
         for i in range(len(images)):
             run_index(i)
+    return finish_series(args, base, images, runs, first_bad, verdict_note if args.find_first_bad else "")
+
+
+def finish_series(args: argparse.Namespace, base: Path, images: list[str], runs: dict[int, dict],
+                  first_bad: int | None, verdict_note: str) -> int:
+    """The series' table (printed, table.txt), matrix.html and exit code."""
     labels = [(f"{image_label(images[i])}", runs.get(i)) for i in range(len(images))]
     print(compare.verdict_table(labels))
     base.mkdir(parents=True, exist_ok=True)
@@ -298,7 +316,7 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     if args.find_first_bad:
         if first_bad is None:
             print(f"# first bad: none ({verdict_note})")
-            return BISECT_SKIP if "cannot" in verdict_note else 0
+            return BISECT_SKIP if verdict_note.startswith(("no kernel", "cannot")) else 0
         print(f"# first bad: {images[first_bad]} ({verdict_note})")
         return 1
     codes = [bisect_verdict(r) for r in runs.values()]
