@@ -8,9 +8,13 @@ file (file), and per-process pages merged into one by KSM (ksm); ksm_and_mremap 
 pages of a range that mremap() moved over another and migrates the KSM page: the whole range
 must map the new page.
 
-Migration needs a second NUMA node: rmap.c's fixture skips without one ("Not enough NUMA nodes
-available"), as these do (a probe of /sys/devices/system/node/online).  The tree and its
-has_same_pfn oracle are checked on any machine by tests/test_rmap_tree.py.
+Migration to another node needs a second NUMA node: rmap.c's fixture skips without one ("Not
+enough NUMA nodes available"), as the cases with upstream's names do (a probe of
+/sys/devices/system/node/online).  Each case also runs with the page migrated on its own node,
+by mbind(MPOL_LOCAL, MPOL_MF_MOVE_ALL) (mkdirty.c's way to migrate: MPOL_LOCAL's empty node
+mask makes every page a candidate): the same rmap walk (try_to_migrate over every process that
+maps the page) on any machine; a page that did not move after 100 tries is rmap.c's "Failed in
+worker" skip.  The tree and its has_same_pfn oracle are also checked by tests/test_rmap_tree.py.
 Reference: tools/testing/selftests/mm/rmap.c (case names: its FIXTURE.TEST names).
 """
 
@@ -19,12 +23,14 @@ from __future__ import annotations
 import ctypes
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
 from cases.rmap import tree
 from lib import check
-from lib.kernel import abi, ksm, libc, memory, needs, system
+from lib.kernel import abi, ksm, libc, memory, needs, pagemap, system
 from lib.kernel.pagemap import Pagemap
 
 PAGE = libc.PAGE_SIZE
@@ -71,18 +77,42 @@ def try_to_move_page(addr: int) -> int:
     return tree.FAIL_ON_WORK
 
 
-def run_tree(region_addr: list[int], prepare=None) -> None:
-    def work(shared: tree.Shared) -> int:
-        r = try_to_move_page(region_addr[0])
-        if r:
-            return r
-        shared.expected_pfn = pfn_of(region_addr[0])
-        return 0
+def mbind_local_move(addr: int) -> int:
+    """Migrate the page at ``addr`` on its own node: mbind(MPOL_LOCAL, MPOL_MF_MOVE_ALL); the
+    page must end up at another PFN (best effort, retried 100 times as try_to_move_page)."""
+    before = pfn_of(addr)
+    for _ in range(100):
+        try:
+            libc.syscall(abi.NR.mbind, addr, PAGE, abi.MPOL_LOCAL, 0, 0, abi.MPOL_MF_MOVE_ALL)
+        except OSError:
+            return tree.FAIL_ON_WORK
+        if pfn_of(addr) not in (0, before):
+            return 0
+    return tree.FAIL_ON_WORK
 
-    def has_same_pfn(shared: tree.Shared) -> int:
-        return 0 if pfn_of(region_addr[0]) == shared.expected_pfn else tree.FAIL_ON_CHECK
 
-    res = tree.propagate_children(SEED, prepare, work, has_same_pfn)
+@dataclass(frozen=True)
+class Mover:
+    name: str
+    suffix: str
+    move: Callable[[int], int]
+    numa: bool
+
+    def require(self) -> None:
+        if self.numa:
+            needs_numa()
+        needs.root("MPOL_MF_MOVE_ALL and PFNs")
+
+
+MOVERS = [Mover("move_pages", "", try_to_move_page, True),
+          Mover("mbind", " (migrated on its node by mbind)", mbind_local_move, False)]
+
+
+def movers(name: str):
+    return pytest.mark.parametrize("mover", MOVERS, ids=[f"{name}{m.suffix}" for m in MOVERS])
+
+
+def judge(res: tree.TreeResult) -> None:
     check.diag(f"{res.processes} processes, worker at level {res.worker_level}")
     if res.error:
         raise AssertionError(f"root of the tree: {res.error}")
@@ -91,28 +121,39 @@ def run_tree(region_addr: list[int], prepare=None) -> None:
     check.eq(res.status, 0, "processes that map another PFN than the worker's migrated page (status bits)")
 
 
-@pytest.mark.tap("migrate.anon")
-def test_migrate_anon() -> None:
-    needs_numa()
-    needs.root("move_pages(MPOL_MF_MOVE_ALL) and PFNs")
+def run_tree(mover: Mover, region_addr: list[int], prepare=None) -> None:
+    def work(shared: tree.Shared) -> int:
+        r = mover.move(region_addr[0])
+        if r:
+            return r
+        shared.expected_pfn = pfn_of(region_addr[0])
+        return 0
+
+    def has_same_pfn(shared: tree.Shared) -> int:
+        return 0 if pfn_of(region_addr[0]) == shared.expected_pfn else tree.FAIL_ON_CHECK
+
+    judge(tree.propagate_children(SEED, prepare, work, has_same_pfn))
+
+
+@movers("migrate.anon")
+def test_migrate_anon(mover: Mover) -> None:
+    mover.require()
     r = memory.anon(PAGE)
     libc.fill(r.addr, 0xCF, PAGE)
-    run_tree([r.addr], prepare=lambda: libc.touch_read(r.addr))
+    run_tree(mover, [r.addr], prepare=lambda: libc.touch_read(r.addr))
 
 
-@pytest.mark.tap("migrate.shm")
-def test_migrate_shm() -> None:
-    needs_numa()
-    needs.root("move_pages(MPOL_MF_MOVE_ALL) and PFNs")
+@movers("migrate.shm")
+def test_migrate_shm(mover: Mover) -> None:
+    mover.require()
     r = memory.memfd(PAGE, shared=True)
     libc.fill(r.addr, 0xCF, PAGE)
-    run_tree([r.addr], prepare=lambda: libc.touch_read(r.addr))
+    run_tree(mover, [r.addr], prepare=lambda: libc.touch_read(r.addr))
 
 
-@pytest.mark.tap("migrate.file")
-def test_migrate_file() -> None:
-    needs_numa()
-    needs.root("move_pages(MPOL_MF_MOVE_ALL) and PFNs")
+@movers("migrate.file")
+def test_migrate_file(mover: Mover) -> None:
+    mover.require()
     with tempfile.TemporaryDirectory(prefix="kmm-rmap-") as d:
         fd = os.open(f"{d}/kst_rmap_file", os.O_CREAT | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, PAGE)
@@ -120,14 +161,14 @@ def test_migrate_file() -> None:
         os.close(fd)
         libc.fill(addr, 0xCF, PAGE)
         try:
-            run_tree([addr], prepare=lambda: libc.touch_read(addr))
+            run_tree(mover, [addr], prepare=lambda: libc.touch_read(addr))
         finally:
             libc.munmap(addr, PAGE)
 
 
 @pytest.fixture
-def ksm_on(settings):
-    needs_numa()
+def ksm_on(settings, mover: Mover):
+    mover.require()
     if not ksm.available():
         pytest.skip(f"accessing \"{ksm.KSM}/run\" failed")
     ksm.prepare(settings)
@@ -140,9 +181,8 @@ def _prctl_memory_merge(on: int) -> None:
         pytest.skip(f"PR_SET_MEMORY_MERGE not supported ({os.strerror(err)})")
 
 
-@pytest.mark.tap("migrate.ksm")
-def test_migrate_ksm(ksm_on) -> None:
-    needs.root("move_pages(MPOL_MF_MOVE_ALL) and PFNs")
+@movers("migrate.ksm")
+def test_migrate_ksm(mover: Mover, ksm_on: None) -> None:
     _prctl_memory_merge(1)
     region = [0]
 
@@ -151,25 +191,27 @@ def test_migrate_ksm(ksm_on) -> None:
         libc.fill(region[0], 0xCF, PAGE)
 
     def work(shared: tree.Shared) -> int:
-        ksm.wait_full_scans(3)  # ksmd runs already: the scan under way may miss the new areas
-        r = try_to_move_page(region[0])
+        # ksmd runs already (the scan under way may miss the new areas): wait scan by scan
+        # until the worker's page is a KSM page, then one more scan for the other processes'
+        for _ in range(6):
+            ksm.wait_full_scans(1)
+            if pfn_of(region[0]) and pagemap.kpageflags(pfn_of(region[0])) & abi.KPF.KSM:
+                break
+        else:
+            return tree.FAIL_ON_WORK
+        ksm.wait_full_scans(1)
+        r = mover.move(region[0])
         shared.expected_pfn = pfn_of(region[0])
         return r
 
     def has_same_pfn(shared: tree.Shared) -> int:
         return 0 if pfn_of(region[0]) == shared.expected_pfn else tree.FAIL_ON_CHECK
 
-    res = tree.propagate_children(SEED, prepare_local_region, work, has_same_pfn)
-    if res.error:
-        raise AssertionError(f"root of the tree: {res.error}")
-    if res.status & tree.FAIL_ON_WORK:
-        pytest.skip("Failed in worker")
-    check.eq(res.status, 0, "processes that map another PFN than the worker's migrated KSM page (status bits)")
+    judge(tree.propagate_children(SEED, prepare_local_region, work, has_same_pfn))
 
 
-@pytest.mark.tap("migrate.ksm_and_mremap")
-def test_migrate_ksm_and_mremap(ksm_on) -> None:
-    needs.root("move_pages(MPOL_MF_MOVE_ALL) and PFNs")
+@movers("migrate.ksm_and_mremap")
+def test_migrate_ksm_and_mremap(mover: Mover, ksm_on: None) -> None:
     nr = 16
     region = libc.mmap(2 * nr * PAGE)
     libc.fill(region, 0x77, 2 * nr * PAGE)
@@ -181,7 +223,7 @@ def test_migrate_ksm_and_mremap(ksm_on) -> None:
     check.true(old, "the merged range has a PFN")
     with Pagemap() as pm:
         check.eq({e.pfn for e in pm.entries(region, nr)}, {old}, "PFNs of the range after KSM merged it")
-    check.eq(try_to_move_page(region), 0, "migrating the KSM page")
+    check.eq(mover.move(region), 0, "migrating the KSM page")
     new = pfn_of(region)
     check.true(new and new != old, f"the KSM page moved (PFN {old:#x} -> {new:#x})")
     with Pagemap() as pm:
