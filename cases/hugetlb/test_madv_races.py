@@ -11,12 +11,13 @@ from a barrier (every wait bounded):
 
 * hugetlb_fault_after_madv: one thread writes '.' to the page INLOOP times while the other
   discards it with MADV_DONTNEED INLOOP times.  A fault racing the discard must neither crash
-  the kernel (the 6.4 regression: a fault after MADV_DONTNEED freed the VMA lock it took) nor
-  SIGBUS the writer (the page is there to reuse).  The byte left is '.' or 0.
+  the kernel (upstream's comment: reproduced on 6.4 within about 1000 iterations) nor SIGBUS
+  the writer (the page is there to reuse).  The byte left is '.' or 0.
 * hugetlb_madv_vs_map: the same, plus a thread that maps another huge page INLOOP times: it
   must always fail (ENOMEM), because the case's page stays reserved while MADV_DONTNEED flips
-  it between used and reserved ("Unexpected huge page allocation" otherwise; the 6.7
-  regression freed the reservation); the first page must stay usable (no SIGBUS).
+  it between used and reserved ("Unexpected huge page allocation" otherwise; upstream's
+  comment: reproduced on 6.7 within about 10 iterations); the first page must stay usable (its
+  comment: touching it after such an allocation raises SIGBUS).
 
 After every iteration, and at the end with the blocker gone too, the pool's counters are what
 they were before (cases.hugetlb.oracles.pool_restored).  A SIGBUS or any other signal kills the

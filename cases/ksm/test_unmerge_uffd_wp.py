@@ -4,9 +4,9 @@ Two MiB of identical pages (MADV_NOHUGEPAGE, filled with 0xcf, MADV_MERGEABLE) a
 ksmd (ksm_merge() waits two full scans after starting ksmd; ksmd runs already here, so up
 to MAX_SCANS scans, checked after each); the range is then registered with
 UFFDIO_REGISTER_MODE_WP and write-protected, and MADV_UNMERGEABLE must unmerge every page
-("Pages were unmerged") and return: breaking a KSM page on a uffd-wp protected entry used to
-fault forever (mm/ksm.c break_ksm unshares instead of write-faulting since 6.1, "mm/ksm: fix
-KSM unmerge hang with uffd-wp").  The content stays 0xcf, and every page stays write-protected:
+("Pages were unmerged") and return: breaking a KSM page by a write fault on a uffd-wp protected
+entry would wait for userspace forever; mm/ksm.c break_ksm() unshares (FAULT_FLAG_UNSHARE)
+instead, which the uffd-wp bit does not stop.  The content stays 0xcf, and every page stays write-protected:
 the unshare copies the uffd-wp bit into the new entry (mm/memory.c wp_page_copy), protection
 lasting until userspace resolves it (userfaultfd.rst).  ksmd is started by the settings
 fixture (run 1, a batch covering the range, short sleeps) and stopped again after the case.
