@@ -45,11 +45,11 @@ def test_a_changed_cell_is_caught() -> None:
 
 
 def test_a_row_added_to_the_table_is_caught() -> None:
-    from cases.uffd_ops import matrix as M
+    from cases.uffd_ops import matrix
 
     g = generator()
-    extra = dataclasses.replace(M.ROWS[0], outcome="a new documented outcome")
-    assert g.differences((ROOT / "README.md").read_text(), g.render((*M.ROWS, extra)))
+    extra = dataclasses.replace(matrix.ROWS[0], outcome="a new documented outcome")
+    assert g.differences((ROOT / "README.md").read_text(), g.render((*matrix.ROWS, extra)))
 
 
 def test_a_missing_section_is_caught() -> None:
@@ -58,19 +58,19 @@ def test_a_missing_section_is_caught() -> None:
 
 
 def test_the_table_is_well_formed() -> None:
-    from cases.uffd_ops import matrix as M
+    from cases.uffd_ops import matrix
 
-    assert M.check_table() == []
+    assert matrix.check_table() == []
 
 
 def test_table_problems_are_caught() -> None:
-    from cases.uffd_ops import matrix as M
+    from cases.uffd_ops import matrix
 
-    r = M.ROWS[5]
-    bad = (*M.ROWS, r, dataclasses.replace(r, outcome="x", impossible=((r.kinds[0], "why"),)),
+    r = matrix.ROWS[5]
+    bad = (*matrix.ROWS, r, dataclasses.replace(r, outcome="x", impossible=((r.kinds[0], "why"),)),
            dataclasses.replace(r, outcome="y", kinds=("no-such-kind",)),
            dataclasses.replace(r, outcome="z", expect="ok"))
-    problems = M.check_table(bad)
+    problems = matrix.check_table(bad)
     assert any("duplicate" in p for p in problems)
     assert any("both covered and impossible" in p for p in problems)
     assert any("unknown kind" in p for p in problems)
@@ -78,10 +78,10 @@ def test_table_problems_are_caught() -> None:
 
 
 def test_every_row_has_its_scenario_and_every_scenario_a_row() -> None:
-    from cases.uffd_ops import matrix as M
+    from cases.uffd_ops import matrix
     from cases.uffd_ops.test_uffd_ops import SCENARIOS
 
-    used = {r.scenario for r in M.ROWS}
+    used = {r.scenario for r in matrix.ROWS}
     assert used - set(SCENARIOS) == set()
     assert set(SCENARIOS) - used == set()
 

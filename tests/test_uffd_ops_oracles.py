@@ -48,7 +48,7 @@ def passes(fn) -> None:
 
 # -- the errno oracle ---------------------------------------------------------------------------
 def _copy_onto_mapped(expect: str) -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
     from lib.kernel import libc, memory
     from lib.kernel.uffd import open_for
 
@@ -57,11 +57,11 @@ def _copy_onto_mapped(expect: str) -> None:
     libc.fill(src.addr, 2, PAGE)
     with open_for(0) as u:
         u.register(dst.addr, PAGE)
-        O.expect_errno(lambda: u.copy(dst.addr, src.addr, PAGE), expect, "COPY onto a mapped page")
+        oracles.expect_errno(lambda: u.copy(dst.addr, src.addr, PAGE), expect, "COPY onto a mapped page")
 
 
 def _copy_onto_hole(expect: str) -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
     from lib.kernel import libc, memory
     from lib.kernel.uffd import open_for
 
@@ -69,7 +69,7 @@ def _copy_onto_hole(expect: str) -> None:
     libc.fill(src.addr, 2, PAGE)
     with open_for(0) as u:
         u.register(dst.addr, PAGE)
-        O.expect_errno(lambda: u.copy(dst.addr, src.addr, PAGE), expect, "COPY onto a hole")
+        oracles.expect_errno(lambda: u.copy(dst.addr, src.addr, PAGE), expect, "COPY onto a hole")
 
 
 def test_errno_oracle_right_errno_passes() -> None:
@@ -85,26 +85,26 @@ def test_errno_oracle_fails_when_the_call_succeeds() -> None:
 
 
 def test_errno_oracle_checks_the_result_field() -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
     from lib.kernel.uffd import UffdError
 
     def wrong_result() -> None:
         raise UffdError(errno.EEXIST, "UFFDIO_COPY", -errno.ENOENT)
 
     with pytest.raises(AssertionError, match="result field"):
-        O.expect_errno(wrong_result, "EEXIST", "a COPY whose result field disagrees")
+        oracles.expect_errno(wrong_result, "EEXIST", "a COPY whose result field disagrees")
 
 
 # -- the content oracle -------------------------------------------------------------------------
 def _content(written: int, expected: int) -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
     from lib.kernel import libc, memory
 
     r = memory.anon(PAGE)
-    libc.fill(r.addr, written, O.SAMPLE)
-    libc.fill(r.addr + PAGE - O.SAMPLE, written, O.SAMPLE)
-    got = (libc.read(r.addr, O.SAMPLE), libc.read(r.addr + PAGE - O.SAMPLE, O.SAMPLE))
-    O.expect_content(got, O.sample(O.expected_page(expected, PAGE), PAGE), "the page")
+    libc.fill(r.addr, written, oracles.SAMPLE)
+    libc.fill(r.addr + PAGE - oracles.SAMPLE, written, oracles.SAMPLE)
+    got = (libc.read(r.addr, oracles.SAMPLE), libc.read(r.addr + PAGE - oracles.SAMPLE, oracles.SAMPLE))
+    oracles.expect_content(got, oracles.sample(oracles.expected_page(expected, PAGE), PAGE), "the page")
 
 
 def test_content_oracle_right_page_passes() -> None:
@@ -116,16 +116,17 @@ def test_content_oracle_given_a_stale_page_fails() -> None:
 
 
 def test_content_oracle_sees_a_wrong_tail() -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
 
-    page = O.expected_page(0xA1, PAGE, tail=0xA2)
+    page = oracles.expected_page(0xA1, PAGE, tail=0xA2)
     with pytest.raises(AssertionError, match="last 64 bytes"):
-        O.expect_content(O.sample(page, PAGE), O.sample(O.expected_page(0xA1, PAGE), PAGE), "the page")
+        expected = oracles.sample(oracles.expected_page(0xA1, PAGE), PAGE)
+        oracles.expect_content(oracles.sample(page, PAGE), expected, "the page")
 
 
 # -- the pagemap oracle -------------------------------------------------------------------------
 def _pagemap(populate: bool, **bits: bool) -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
     from lib.kernel import libc, memory
     from lib.kernel.pagemap import Pagemap
 
@@ -133,7 +134,7 @@ def _pagemap(populate: bool, **bits: bool) -> None:
     if populate:
         libc.fill(r.addr, 1, PAGE)
     with Pagemap() as pm:
-        O.expect_pagemap(pm.entry(r.addr), "the page", **bits)
+        oracles.expect_pagemap(pm.entry(r.addr), "the page", **bits)
 
 
 def test_pagemap_oracle_right_bits_pass() -> None:
@@ -160,7 +161,7 @@ def test_pagemap_oracle_anon_page_where_a_file_page_was_expected_fails() -> None
 # -- the message oracle -------------------------------------------------------------------------
 def _missing_read(expect: str | None, claim_write: bool = False) -> None:
     """A real read of a registered anon hole: a MISSING fault without the WRITE flag."""
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
     from cases.uffd_ops.matrix import ROWS
     from cases.uffd_ops.test_uffd_ops import Ctx
     from lib.kernel.memtypes import MemType
@@ -169,7 +170,7 @@ def _missing_read(expect: str | None, claim_write: bool = False) -> None:
     c = Ctx(row, MemType("anon"))
     try:
         a = c.access(c.addr)
-        O.expect_access(O.Access(claim_write or a.write, a.msg), expect, "the read")
+        oracles.expect_access(oracles.Access(claim_write or a.write, a.msg), expect, "the read")
     finally:
         c.close()
 
@@ -191,15 +192,15 @@ def test_message_oracle_wrong_write_flag_fails() -> None:
 
 
 def test_message_oracle_completed_access_where_a_fault_was_expected_fails() -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
 
     with pytest.raises(AssertionError, match="expected a minor userfault"):
-        O.expect_access(O.Access(False, None, (b"", b"")), "minor", "the read")
+        oracles.expect_access(oracles.Access(False, None, (b"", b"")), "minor", "the read")
 
 
 # -- the signal oracle --------------------------------------------------------------------------
 def _child_then(action: str, expect: int | None) -> None:
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
     from lib.kernel.tasks import fork_call, reap
 
     def child() -> int:
@@ -207,7 +208,7 @@ def _child_then(action: str, expect: int | None) -> None:
             os.kill(os.getpid(), getattr(signal, action))
         return 0
 
-    O.expect_signal(reap(fork_call(child), 10), expect, "the child")
+    oracles.expect_signal(reap(fork_call(child), 10), expect, "the child")
 
 
 def test_signal_oracle_right_signal_passes() -> None:
@@ -230,24 +231,24 @@ def test_signal_oracle_signal_where_a_clean_exit_was_expected_fails() -> None:
 # -- whole scenarios against a broken operation -------------------------------------------------
 def _scenario(name: str, kind: str = "anon", patch: str = "") -> None:
     """Run the matrix's scenario ``name`` on ``kind`` with one part of the world broken."""
-    from cases.uffd_ops import test_uffd_ops as T
+    from cases.uffd_ops import test_uffd_ops
     from cases.uffd_ops.matrix import ROWS
     from lib.kernel.memtypes import MemType
     from lib.kernel.uffd import Userfaultfd
 
     if patch == "stale source":  # the source holds other bytes than the case expects
-        real = T.fill_sample
-        T.fill_sample = lambda addr, ps, byte: real(addr, ps, byte ^ 0xFF)
+        real = test_uffd_ops.fill_sample
+        test_uffd_ops.fill_sample = lambda addr, ps, byte: real(addr, ps, byte ^ 0xFF)
     elif patch == "poison maps zeroes":
         Userfaultfd.poison = lambda self, addr, length, mode=0: self.zeropage(addr, length)
     elif patch == "writeprotect does nothing":
         Userfaultfd.writeprotect = lambda self, addr, length, protect, dontwake=False: None
     elif patch == "never populated":
-        T.Ctx.populate = lambda self, byte: None
+        test_uffd_ops.Ctx.populate = lambda self, byte: None
     row = next(r for r in ROWS if r.scenario == name)
-    c = T.Ctx(row, MemType(kind))
+    c = test_uffd_ops.Ctx(row, MemType(kind))
     try:
-        T.SCENARIOS[name](c)
+        test_uffd_ops.SCENARIOS[name](c)
     finally:
         c.close()
 
@@ -277,8 +278,7 @@ def test_poison_signal_oracle_end_to_end() -> None:
     """The poison scenario's child check alone: a child whose POISON maps zeroes reads zeroes
     and exits 3, which the signal oracle reports."""
     def run() -> None:
-        from cases.uffd_ops import oracles as O
-        from cases.uffd_ops import test_uffd_ops as T
+        from cases.uffd_ops import oracles, test_uffd_ops
         from cases.uffd_ops.matrix import ROWS
         from lib.kernel.memtypes import MemType
         from lib.kernel.tasks import Pipe, fork_call, reap
@@ -286,12 +286,12 @@ def test_poison_signal_oracle_end_to_end() -> None:
 
         Userfaultfd.poison = lambda self, addr, length, mode=0: self.zeropage(addr, length)
         row = next(r for r in ROWS if r.scenario == "poison_plain")
-        c = T.Ctx(row, MemType("anon"))
+        c = test_uffd_ops.Ctx(row, MemType("anon"))
         ready = Pipe()
         try:
-            pid = fork_call(lambda: T._poison_child(c, ready))
+            pid = fork_call(lambda: test_uffd_ops._poison_child(c, ready))
             ready.wait(10)
-            O.expect_signal(reap(pid, 10), signal.SIGBUS, "a read of a poisoned page")
+            oracles.expect_signal(reap(pid, 10), signal.SIGBUS, "a read of a poisoned page")
         finally:
             ready.close()
             c.close()
@@ -301,6 +301,6 @@ def test_poison_signal_oracle_end_to_end() -> None:
 
 def test_abi_bits_used_by_the_oracles() -> None:
     """The oracles' fault kinds are the uAPI's pagefault flags."""
-    from cases.uffd_ops import oracles as O
+    from cases.uffd_ops import oracles
 
-    assert {"missing": 0, "wp": int(abi.PagefaultFlag.WP), "minor": int(abi.PagefaultFlag.MINOR)} == O.FAULT_FLAGS
+    assert {"missing": 0, "wp": int(abi.PagefaultFlag.WP), "minor": int(abi.PagefaultFlag.MINOR)} == oracles.FAULT_FLAGS

@@ -35,9 +35,9 @@ from lib.kernel.memtypes import (
     MemType,
 )
 
-F = abi.Feature
 MISSING, WP, MINOR = (int(m) for m in (abi.RegisterMode.MISSING, abi.RegisterMode.WP, abi.RegisterMode.MINOR))
 
+Feature = abi.Feature
 SHMEMS = (SHMEM, SHMEM_PRIVATE, SHMEM_MAP_PRIVATE)
 HUGES = (HUGETLB, HUGETLB_PRIVATE, HUGETLB_ANON)
 ALL = (ANON, *SHMEMS, *HUGES)
@@ -93,7 +93,7 @@ def _row(op: str, variant: str, outcome: str, kinds: tuple[str, ...], expect: st
 
 
 API = "UFFDIO_API"
-REG = "UFFDIO_REGISTER"
+REGISTER = "UFFDIO_REGISTER"
 UNREG = "UFFDIO_UNREGISTER"
 COPY = "UFFDIO_COPY"
 ZERO = "UFFDIO_ZEROPAGE"
@@ -133,32 +133,32 @@ ROWS: tuple[Row, ...] = (
     _row(API, "not done", "any other ioctl before the handshake fails", (), "EINVAL",
          "fs/userfaultfd.c userfaultfd_ioctl() (!userfaultfd_is_initialized)", "api_missing", mode=0),
     # -- UFFDIO_REGISTER --------------------------------------------------------------------
-    _row(REG, "MODE_MISSING", "returns the range's ioctls; a read of a hole raises a MISSING fault", ALL_THP,
+    _row(REGISTER, "MODE_MISSING", "returns the range's ioctls; a read of a hole raises a MISSING fault", ALL_THP,
          "success", REG_SRC + "; userfaultfd.rst", "register_missing", big="none", mode=0, wants=("missing",)),
-    _row(REG, "MODE_WP", "returns the range's ioctls with WRITEPROTECT; a write to a protected page raises "
+    _row(REGISTER, "MODE_WP", "returns the range's ioctls with WRITEPROTECT; a write to a protected page raises "
          "a WP fault", ALL_THP, "success", REG_SRC + "; userfaultfd.rst \"Write Protect Notifications\"",
          "register_wp", big="none", mode=0, wants=("wp",)),
-    _row(REG, "MODE_MINOR", "returns the range's ioctls with CONTINUE; a read of a cached page raises a MINOR "
+    _row(REGISTER, "MODE_MINOR", "returns the range's ioctls with CONTINUE; a read of a cached page raises a MINOR "
          "fault", CACHED, "success", REG_SRC + "; userfaultfd.rst (MINOR faults)", "register_minor", big="none", mode=0,
          wants=("minor",), impossible={ANON: MINOR_REFUSED, ANON_THP: MINOR_REFUSED, HUGETLB_ANON: NO_CACHE}),
-    _row(REG, "MODE_MINOR", "is refused on anonymous memory", (ANON, ANON_THP), "EINVAL",
+    _row(REGISTER, "MODE_MINOR", "is refused on anonymous memory", (ANON, ANON_THP), "EINVAL",
          REG_SRC + "; include/linux/userfaultfd_k.h vma_can_userfault()", "register_minor_anon", mode=0),
-    _row(REG, "mode 0", "fails", (), "EINVAL", REG_SRC + " (!mode)", "register_mode_zero", mode=0),
-    _row(REG, "unknown mode bit", "fails", (), "EINVAL", REG_SRC + " (mode & ~UFFD_API_REGISTER_MODES)",
+    _row(REGISTER, "mode 0", "fails", (), "EINVAL", REG_SRC + " (!mode)", "register_mode_zero", mode=0),
+    _row(REGISTER, "unknown mode bit", "fails", (), "EINVAL", REG_SRC + " (mode & ~UFFD_API_REGISTER_MODES)",
          "register_mode_unknown", mode=0),
-    _row(REG, "unaligned start", "fails", (), "EINVAL", RANGE_SRC + "; man UFFDIO_REGISTER(2const) ERRORS",
+    _row(REGISTER, "unaligned start", "fails", (), "EINVAL", RANGE_SRC + "; man UFFDIO_REGISTER(2const) ERRORS",
          "register_unaligned", mode=0),
-    _row(REG, "zero length", "fails", (), "EINVAL", RANGE_SRC + " (!len)", "register_zero_len", mode=0),
-    _row(REG, "no mapping", "a range without any VMA fails", (), "EINVAL", REG_SRC + " (vma_find() finds none)",
+    _row(REGISTER, "zero length", "fails", (), "EINVAL", RANGE_SRC + " (!len)", "register_zero_len", mode=0),
+    _row(REGISTER, "no mapping", "a range without any VMA fails", (), "EINVAL", REG_SRC + " (vma_find() finds none)",
          "register_no_vma", mode=0),
-    _row(REG, "across a hole", "registers the VMAs on both sides of the hole", (), "success",
+    _row(REGISTER, "across a hole", "registers the VMAs on both sides of the hole", (), "success",
          REG_SRC + " (for_each_vma_range: a hole inside the range is skipped)", "register_across_hole", mode=0),
-    _row(REG, "base-page length", "a range not aligned to the huge page size fails", HUGES, "EINVAL",
+    _row(REGISTER, "base-page length", "a range not aligned to the huge page size fails", HUGES, "EINVAL",
          REG_SRC + " (hugetlb end alignment)", "register_huge_unaligned", mode=0, wants=("missing",)),
-    _row(REG, "other uffd", "a range registered with another userfaultfd fails", ALL, "EBUSY",
+    _row(REGISTER, "other uffd", "a range registered with another userfaultfd fails", ALL, "EBUSY",
          REG_SRC + " (vm_userfaultfd_ctx.ctx != ctx); man UFFDIO_REGISTER(2const) ERRORS", "register_busy",
          mode=0, wants=("missing",)),
-    _row(REG, "read-only file", "a shared mapping of a file opened read-only is refused", (SHMEM, HUGETLB),
+    _row(REGISTER, "read-only file", "a shared mapping of a file opened read-only is refused", (SHMEM, HUGETLB),
          "EPERM", REG_SRC + " (!VM_MAYWRITE)", "register_readonly", mode=0, wants=("missing",)),
     # -- UFFDIO_UNREGISTER ------------------------------------------------------------------
     _row(UNREG, "", "wakes a thread blocked in a MISSING fault; later faults are ordinary", ALL, "success",
@@ -229,7 +229,7 @@ ROWS: tuple[Row, ...] = (
          mode=MISSING | WP),
     _row(WPROT, "MODE_WP with WP_UNPOPULATED", "on an anonymous hole installs a marker", (ANON,), "success",
          WP_SRC + "; UFFD_FEATURE_WP_UNPOPULATED (include/uapi/linux/userfaultfd.h)", "wp_anon_unpopulated",
-         mode=MISSING | WP, features=int(F.WP_UNPOPULATED)),
+         mode=MISSING | WP, features=int(Feature.WP_UNPOPULATED)),
     _row(WPROT, "mode 0 with DONTWAKE", "unprotects and leaves the faulting thread asleep until UFFDIO_WAKE",
          ALL, "success", WP_SRC + " (mode_dontwake)", "wp_dontwake", big="none", mode=MISSING | WP),
     _row(WPROT, "", "on a range without WP registration fails", ALL, "ENOENT",
@@ -263,56 +263,57 @@ ROWS: tuple[Row, ...] = (
     # -- UFFDIO_POISON ----------------------------------------------------------------------
     _row(POISON, "", "marks a hole poisoned: not present, the next access raises SIGBUS", ALL, "success",
          POISON_SRC + "; mm/memory.c handle_pte_marker() (VM_FAULT_HWPOISON)", "poison_plain",
-         features=int(F.POISON)),
+         features=int(Feature.POISON)),
     _row(POISON, "", "onto a mapped page fails", ALL_THP, "EEXIST", POISON_SRC + " (!pte_none)", "poison_eexist",
-         big="none", features=int(F.POISON)),
+         big="none", features=int(Feature.POISON)),
     _row(POISON, "unknown mode bit", "fails", (), "EINVAL", POISON_SRC + " (mode & ~DONTWAKE)",
-         "poison_bad_mode", features=int(F.POISON)),
+         "poison_bad_mode", features=int(Feature.POISON)),
     _row(POISON, "base-page length", "a range not aligned to the huge page size fails", HUGES, "EINVAL",
-         POISON_SRC + " (mfill_atomic_hugetlb: alignment)", "poison_huge_unaligned", features=int(F.POISON)),
+         POISON_SRC + " (mfill_atomic_hugetlb: alignment)", "poison_huge_unaligned", features=int(Feature.POISON)),
     # -- UFFDIO_MOVE ------------------------------------------------------------------------
     _row(MOVE, "", "moves the page itself (same PFN) and leaves a hole at the source", (ANON,), "success",
-         MOVE_SRC + " (move_present_pte)", "move_plain", features=int(F.MOVE),
+         MOVE_SRC + " (move_present_pte)", "move_plain", features=int(Feature.MOVE),
          impossible={k: MOVE_ANON_ONLY for k in (*SHMEMS, *HUGES)}),
     _row(MOVE, "", "of a large folio moves its content (PMD moved whole, mTHP split)", (ANON_THP,), "success",
-         MOVE_SRC + " (move_pages_huge_pmd / split_folio)", "move_thp", features=int(F.MOVE)),
+         MOVE_SRC + " (move_pages_huge_pmd / split_folio)", "move_thp", features=int(Feature.MOVE)),
     _row(MOVE, "", "from a hole fails", (ANON,), "ENOENT", MOVE_SRC + " (!ALLOW_SRC_HOLES: -ENOENT)",
-         "move_hole", features=int(F.MOVE)),
+         "move_hole", features=int(Feature.MOVE)),
     _row(MOVE, "ALLOW_SRC_HOLES", "from a hole succeeds and leaves the destination empty", (ANON,), "success",
-         MOVE_SRC + " (UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)", "move_hole_allowed", features=int(F.MOVE)),
+         MOVE_SRC + " (UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)", "move_hole_allowed", features=int(Feature.MOVE)),
     _row(MOVE, "", "onto a mapped page fails", (ANON,), "EEXIST", MOVE_SRC + " (move_pages_pte: !pte_none)",
-         "move_eexist", features=int(F.MOVE)),
+         "move_eexist", features=int(Feature.MOVE)),
     _row(MOVE, "", "of a COW-shared page (after fork) fails", (ANON,), "EBUSY",
-         MOVE_SRC + " (!PageAnonExclusive -> -EBUSY)", "move_cow_shared", features=int(F.MOVE)),
+         MOVE_SRC + " (!PageAnonExclusive -> -EBUSY)", "move_cow_shared", features=int(Feature.MOVE)),
     _row(MOVE, "", "into shared, file or hugetlb memory fails", (*SHMEMS, *HUGES), "EINVAL",
-         MOVE_SRC + " (VM_SHARED / validate_move_areas)", "move_not_anon", features=int(F.MOVE)),
+         MOVE_SRC + " (VM_SHARED / validate_move_areas)", "move_not_anon", features=int(Feature.MOVE)),
     _row(MOVE, "", "between VMAs of different protection fails", (ANON,), "EINVAL",
-         MOVE_SRC + " (validate_move_areas: VM_ACCESS_FLAGS)", "move_prot_mismatch", features=int(F.MOVE)),
+         MOVE_SRC + " (validate_move_areas: VM_ACCESS_FLAGS)", "move_prot_mismatch", features=int(Feature.MOVE)),
     _row(MOVE, "", "to an unregistered destination fails", (ANON,), "EINVAL",
          MOVE_SRC + " (validate_move_areas: dst ctx)", "move_dst_unregistered", mode=0, wants=("missing",),
-         features=int(F.MOVE)),
+         features=int(Feature.MOVE)),
     _row(MOVE, "", "from a source range crossing its VMA's end fails", (ANON,), "EINVAL",
-         MOVE_SRC + " (src_start + len > src_vma->vm_end)", "move_src_cross", pages=2, features=int(F.MOVE)),
+         MOVE_SRC + " (src_start + len > src_vma->vm_end)", "move_src_cross", pages=2, features=int(Feature.MOVE)),
     _row(MOVE, "unknown mode bit", "fails", (), "EINVAL", MOVE_SRC + " (mode & ~(DONTWAKE|ALLOW_SRC_HOLES))",
-         "move_bad_mode", features=int(F.MOVE)),
-    _row(MOVE, "unaligned", "fails", (), "EINVAL", RANGE_SRC, "move_unaligned", features=int(F.MOVE)),
+         "move_bad_mode", features=int(Feature.MOVE)),
+    _row(MOVE, "unaligned", "fails", (), "EINVAL", RANGE_SRC, "move_unaligned", features=int(Feature.MOVE)),
         _row(MOVE, "", "of a page pinned long-term (io_uring fixed buffer) fails", (ANON,), "EBUSY",
-         MOVE_SRC + " (move_present_pte: folio_maybe_dma_pinned -> -EBUSY)", "move_pinned", features=int(F.MOVE)),
+         MOVE_SRC + " (move_present_pte: folio_maybe_dma_pinned -> -EBUSY)", "move_pinned", features=int(Feature.MOVE)),
     # -- while the mappings change: an unread UFFD_EVENT_REMOVE --------------------------------
     _row(COPY, "during an unread REMOVE event", "fails and asks to retry", ALL, "EAGAIN",
-         MAPCHG + "; userfaultfd_copy()", "eagain_copy", features=int(F.EVENT_REMOVE), big="none"),
+         MAPCHG + "; userfaultfd_copy()", "eagain_copy", features=int(Feature.EVENT_REMOVE), big="none"),
     _row(ZERO, "during an unread REMOVE event", "fails and asks to retry", (ANON, *SHMEMS), "EAGAIN",
-         MAPCHG + "; userfaultfd_zeropage()", "eagain_zeropage", features=int(F.EVENT_REMOVE)),
+         MAPCHG + "; userfaultfd_zeropage()", "eagain_zeropage", features=int(Feature.EVENT_REMOVE)),
     _row(WPROT, "during an unread REMOVE event", "fails and asks to retry", ALL, "EAGAIN",
          MAPCHG + "; mwriteprotect_range()", "eagain_writeprotect", mode=MISSING | WP,
-         features=int(F.EVENT_REMOVE), big="none"),
+         features=int(Feature.EVENT_REMOVE), big="none"),
     _row(CONT, "during an unread REMOVE event", "fails and asks to retry", (*SHMEMS, *HUGES), "EAGAIN",
-         MAPCHG + "; userfaultfd_continue()", "eagain_continue", mode=MINOR, features=int(F.EVENT_REMOVE),
+         MAPCHG + "; userfaultfd_continue()", "eagain_continue", mode=MINOR, features=int(Feature.EVENT_REMOVE),
          big="none"),
     _row(POISON, "during an unread REMOVE event", "fails and asks to retry", ALL, "EAGAIN",
-         MAPCHG + "; userfaultfd_poison()", "eagain_poison", features=int(F.EVENT_REMOVE | F.POISON), big="none"),
+         MAPCHG + "; userfaultfd_poison()", "eagain_poison", features=int(Feature.EVENT_REMOVE | Feature.POISON),
+         big="none"),
     _row(MOVE, "during an unread REMOVE event", "fails and asks to retry", (ANON,), "EAGAIN",
-         MAPCHG + "; userfaultfd_move()", "eagain_move", features=int(F.EVENT_REMOVE | F.MOVE)),
+         MAPCHG + "; userfaultfd_move()", "eagain_move", features=int(Feature.EVENT_REMOVE | Feature.MOVE)),
     # -- UFFDIO_WAKE ------------------------------------------------------------------------
     _row(WAKE, "", "wakes a thread still missing its page: it faults again at the same address", ALL, "success",
          "fs/userfaultfd.c userfaultfd_wake(); man UFFDIO_WAKE(2const)", "wake_refault", big="none"),

@@ -29,8 +29,7 @@ from typing import cast
 
 import pytest
 
-from cases.uffd_ops import matrix as M
-from cases.uffd_ops import oracles as O
+from cases.uffd_ops import matrix, oracles
 from lib import check
 from lib.check import CannotTest
 from lib.kernel import abi, iouring, libc, memory, memtypes, system
@@ -42,7 +41,6 @@ from lib.kernel.uffd import UffdError, Userfaultfd, open_for
 
 PAGE = system.PAGE_SIZE
 WAIT = 10.0  # seconds any single wait may take
-B = abi.IoctlBit
 THP_SIZES = sorted({system.pmd_size() or 2 * system.MiB, 64 * system.KiB})
 
 
@@ -50,19 +48,19 @@ THP_SIZES = sorted({system.pmd_size() or 2 * system.MiB, 64 * system.KiB})
 # the matrix
 
 
-def mem_types_of(row: M.Row) -> list[MemType | None]:
+def mem_types_of(row: matrix.Row) -> list[MemType | None]:
     """The row's kinds at every size: anon-thp at THP_SIZES, hugetlb kinds at the default size
     and, as the row's ``big`` says, at the other hugetlb sizes."""
     if not row.kinds:
         return [None]
     default = system.default_hugetlb_size()
     return [mt for mt in memtypes.mem_types(row.kinds, thp_sizes=THP_SIZES)
-            if not mt.hugetlb or mt.size == default or mt.kind in M.BIG_KINDS[row.big]]
+            if not mt.hugetlb or mt.size == default or mt.kind in matrix.BIG_KINDS[row.big]]
 
 
 def cells() -> list:
     out = []
-    for row in M.ROWS:
+    for row in matrix.ROWS:
         for mt in mem_types_of(row):
             out.append(pytest.param(row, mt or MemType(memtypes.ANON), id=row.case_name(mt.name if mt else None)))
     return out
@@ -72,13 +70,13 @@ def expected_ioctls(mt: MemType, mode: int) -> int:
     """What UFFDIO_REGISTER reports for a range (fs/userfaultfd.c userfaultfd_register():
     UFFD_API_RANGE_IOCTLS, _BASIC for hugetlb; CONTINUE only with MODE_MINOR, WRITEPROTECT only
     with MODE_WP)."""
-    bits = [B.WAKE, B.COPY, B.POISON]
+    bits = [abi.IoctlBit.WAKE, abi.IoctlBit.COPY, abi.IoctlBit.POISON]
     if not mt.hugetlb:
-        bits += [B.ZEROPAGE, B.MOVE]
-    if mode & M.WP:
-        bits.append(B.WRITEPROTECT)
-    if mode & M.MINOR:
-        bits.append(B.CONTINUE)
+        bits += [abi.IoctlBit.ZEROPAGE, abi.IoctlBit.MOVE]
+    if mode & matrix.WP:
+        bits.append(abi.IoctlBit.WRITEPROTECT)
+    if mode & matrix.MINOR:
+        bits.append(abi.IoctlBit.CONTINUE)
     return abi.ioctl_mask(*bits)
 
 
@@ -87,7 +85,7 @@ def expected_ioctls(mt: MemType, mode: int) -> int:
 
 
 def _read_samples(addr: int, page_size: int) -> tuple[bytes, bytes]:
-    return libc.read(addr, O.SAMPLE), libc.read(addr + page_size - O.SAMPLE, O.SAMPLE)
+    return libc.read(addr, oracles.SAMPLE), libc.read(addr + page_size - oracles.SAMPLE, oracles.SAMPLE)
 
 
 def _where(t: Toucher) -> str:
@@ -101,10 +99,10 @@ class Ctx:
     """One case: the memory of its type (``region``, ``row.pages`` pages), an open uffd with the
     row's registration, the pagemap, and the accesses still blocked (woken at the end)."""
 
-    def __init__(self, row: M.Row, mt: MemType) -> None:
+    def __init__(self, row: matrix.Row, mt: MemType) -> None:
         self.row, self.mt = row, mt
         self.ps = mt.page_size
-        self.features = M.features_of(row, mt)
+        self.features = matrix.features_of(row, mt)
         mt.require(self.features, pages=row.pages)
         self.stack = contextlib.ExitStack()
         self.region = mt.map(row.pages)
@@ -192,10 +190,10 @@ class Ctx:
         fill_sample(alias.page(i), self.ps, byte)
 
     def file_head(self, offset: int = 0) -> bytes:
-        return os.pread(self.region.fd, O.SAMPLE, offset)
+        return os.pread(self.region.fd, oracles.SAMPLE, offset)
 
     # -- accesses --------------------------------------------------------------------------
-    def access(self, addr: int, write: bool = False, byte: int = 0x77) -> O.Access:
+    def access(self, addr: int, write: bool = False, byte: int = 0x77) -> oracles.Access:
         """Make one access and report whether it completed or raised a userfault message (the
         access then stays blocked in ``pending`` until the case resolves it)."""
         t = Toucher("access", pollable=True)
@@ -211,11 +209,11 @@ class Ctx:
         if self.u.fd in ready:
             msgs = self.u.read_msgs(1)
             if msgs:
-                return O.Access(write, msgs[0], toucher=t)
+                return oracles.Access(write, msgs[0], toucher=t)
         raise AssertionError(f"the {'write' if write else 'read'} at {addr:#x} neither completed nor raised a "
                              f"userfault within {WAIT}s ({_where(t)})")
 
-    def finished(self, t: Toucher, write: bool) -> O.Access:
+    def finished(self, t: Toucher, write: bool) -> oracles.Access:
         """The access ended: its data (a read's samples), or a failure naming its exception."""
         try:
             data = t.join(WAIT)
@@ -223,16 +221,16 @@ class Ctx:
             raise
         except Exception as e:
             raise AssertionError(f"the access failed: {e!r}") from None
-        return O.Access(write, None, None if write else cast("tuple[bytes, bytes]", data))
+        return oracles.Access(write, None, None if write else cast("tuple[bytes, bytes]", data))
 
-    def finish(self, a: O.Access) -> O.Access:
+    def finish(self, a: oracles.Access) -> oracles.Access:
         """The blocked access of ``a`` must now complete (lib.kernel.toucher.Toucher.join: a
         thread still sleeping fails naming its wchan, a starved one cannot test)."""
         t = a.toucher
         assert isinstance(t, Toucher)
         return self.finished(t, a.write)
 
-    def still_blocked(self, a: O.Access, what: str) -> None:
+    def still_blocked(self, a: oracles.Access, what: str) -> None:
         t = a.toucher
         assert isinstance(t, Toucher)
         t.wait_blocked(WCHAN_FAULT, WAIT)
@@ -244,12 +242,12 @@ class Ctx:
 
 def fill_sample(addr: int, page_size: int, byte: int) -> None:
     """Write ``byte`` into the head and the tail samples of the page at ``addr``."""
-    libc.fill(addr, byte, O.SAMPLE)
-    libc.fill(addr + page_size - O.SAMPLE, byte, O.SAMPLE)
+    libc.fill(addr, byte, oracles.SAMPLE)
+    libc.fill(addr + page_size - oracles.SAMPLE, byte, oracles.SAMPLE)
 
 
 def want(byte: int, page_size: int) -> tuple[bytes, bytes]:
-    return O.sample(O.expected_page(byte, page_size), page_size)
+    return oracles.sample(oracles.expected_page(byte, page_size), page_size)
 
 
 def folio_desc(pm: Pagemap, addr: int) -> str:
@@ -279,7 +277,7 @@ def scenario(fn: Callable[[Ctx], None]) -> Callable[[Ctx], None]:
 
 
 def expect_completed_write(c: Ctx, addr: int, what: str) -> None:
-    O.expect_access(c.access(addr, write=True), None, what)
+    oracles.expect_access(c.access(addr, write=True), None, what)
 
 
 # -- UFFDIO_API ------------------------------------------------------------------------------
@@ -308,74 +306,74 @@ def api_bad_version(c: Ctx) -> None:
 @scenario
 def api_unknown_feature(c: Ctx) -> None:
     with _fresh() as u:
-        O.expect_errno(lambda: u.api(1 << 62), "EINVAL", "UFFDIO_API with feature bit 62", result=False)
+        oracles.expect_errno(lambda: u.api(1 << 62), "EINVAL", "UFFDIO_API with feature bit 62", result=False)
 
 
 @scenario
 def api_twice(c: Ctx) -> None:
     with _fresh() as u:
         u.api(0)
-        O.expect_errno(lambda: u.api(0), "EINVAL", "the second UFFDIO_API", result=False)
+        oracles.expect_errno(lambda: u.api(0), "EINVAL", "the second UFFDIO_API", result=False)
 
 
 @scenario
 def api_missing(c: Ctx) -> None:
     with _fresh() as u:
-        O.expect_errno(lambda: u.register(c.addr, c.ps), "EINVAL", "UFFDIO_REGISTER before UFFDIO_API",
+        oracles.expect_errno(lambda: u.register(c.addr, c.ps), "EINVAL", "UFFDIO_REGISTER before UFFDIO_API",
                        result=False)
 
 
 # -- UFFDIO_REGISTER -------------------------------------------------------------------------
 @scenario
 def register_missing(c: Ctx) -> None:
-    check.eq(c.register(M.MISSING), expected_ioctls(c.mt, M.MISSING), "UFFDIO_REGISTER ioctls")
-    O.expect_access(c.access(c.addr), "missing", "a read of a hole")
+    check.eq(c.register(matrix.MISSING), expected_ioctls(c.mt, matrix.MISSING), "UFFDIO_REGISTER ioctls")
+    oracles.expect_access(c.access(c.addr), "missing", "a read of a hole")
 
 
 @scenario
 def register_wp(c: Ctx) -> None:
     c.populate(0x31)
-    check.eq(c.register(M.WP), expected_ioctls(c.mt, M.WP), "UFFDIO_REGISTER ioctls")
+    check.eq(c.register(matrix.WP), expected_ioctls(c.mt, matrix.WP), "UFFDIO_REGISTER ioctls")
     c.u.writeprotect(c.addr, c.region.size, True)
-    O.expect_access(c.access(c.addr, write=True), "wp", "a write to the protected page")
+    oracles.expect_access(c.access(c.addr, write=True), "wp", "a write to the protected page")
 
 
 @scenario
 def register_minor(c: Ctx) -> None:
     c.cache_page(0x32)
-    check.eq(c.register(M.MINOR), expected_ioctls(c.mt, M.MINOR), "UFFDIO_REGISTER ioctls")
-    O.expect_access(c.access(c.addr), "minor", "a read of a page in the page cache")
+    check.eq(c.register(matrix.MINOR), expected_ioctls(c.mt, matrix.MINOR), "UFFDIO_REGISTER ioctls")
+    oracles.expect_access(c.access(c.addr), "minor", "a read of a page in the page cache")
 
 
 @scenario
 def register_minor_anon(c: Ctx) -> None:
-    O.expect_errno(lambda: c.register(M.MINOR), "EINVAL", "UFFDIO_REGISTER MODE_MINOR", result=False)
+    oracles.expect_errno(lambda: c.register(matrix.MINOR), "EINVAL", "UFFDIO_REGISTER MODE_MINOR", result=False)
 
 
 @scenario
 def register_mode_zero(c: Ctx) -> None:
-    O.expect_errno(lambda: c.register(0), "EINVAL", "UFFDIO_REGISTER mode 0", result=False)
+    oracles.expect_errno(lambda: c.register(0), "EINVAL", "UFFDIO_REGISTER mode 0", result=False)
 
 
 @scenario
 def register_mode_unknown(c: Ctx) -> None:
-    O.expect_errno(lambda: c.register(1 << 3), "EINVAL", "UFFDIO_REGISTER mode 8", result=False)
+    oracles.expect_errno(lambda: c.register(1 << 3), "EINVAL", "UFFDIO_REGISTER mode 8", result=False)
 
 
 @scenario
 def register_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.register(c.addr + 1, c.ps), "EINVAL", "UFFDIO_REGISTER at addr+1", result=False)
+    oracles.expect_errno(lambda: c.u.register(c.addr + 1, c.ps), "EINVAL", "UFFDIO_REGISTER at addr+1", result=False)
 
 
 @scenario
 def register_zero_len(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.register(c.addr, 0), "EINVAL", "UFFDIO_REGISTER of length 0", result=False)
+    oracles.expect_errno(lambda: c.u.register(c.addr, 0), "EINVAL", "UFFDIO_REGISTER of length 0", result=False)
 
 
 @scenario
 def register_no_vma(c: Ctx) -> None:
     h = c.hole()
-    O.expect_errno(lambda: c.u.register(h, c.ps), "EINVAL", "UFFDIO_REGISTER of an unmapped range",
+    oracles.expect_errno(lambda: c.u.register(h, c.ps), "EINVAL", "UFFDIO_REGISTER of an unmapped range",
                    result=False)
 
 
@@ -384,7 +382,8 @@ def register_across_hole(c: Ctx) -> None:
     a = libc.mmap(3 * PAGE, memory.PROT_RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
     c.stack.callback(lambda: libc.munmap(a, 3 * PAGE))
     libc.munmap(a + PAGE, PAGE)
-    check.eq(c.u.register(a, 3 * PAGE, M.MISSING) & abi.ioctl_mask(B.COPY), abi.ioctl_mask(B.COPY),
+    copy_bit = abi.ioctl_mask(abi.IoctlBit.COPY)
+    check.eq(c.u.register(a, 3 * PAGE, matrix.MISSING) & copy_bit, copy_bit,
              "UFFDIO_REGISTER across a hole: the ioctls include COPY")
     src = c.source(1, 0xB1, PAGE)
     for page in (a, a + 2 * PAGE):  # both VMAs are registered: COPY works on each
@@ -394,15 +393,15 @@ def register_across_hole(c: Ctx) -> None:
 
 @scenario
 def register_huge_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.register(c.addr, PAGE), "EINVAL", "UFFDIO_REGISTER of one base page",
+    oracles.expect_errno(lambda: c.u.register(c.addr, PAGE), "EINVAL", "UFFDIO_REGISTER of one base page",
                    result=False)
 
 
 @scenario
 def register_busy(c: Ctx) -> None:
-    c.register(M.MISSING)
+    c.register(matrix.MISSING)
     with open_for(c.features) as u2:
-        O.expect_errno(lambda: u2.register(c.addr, c.ps), "EBUSY", "UFFDIO_REGISTER through a second uffd",
+        oracles.expect_errno(lambda: u2.register(c.addr, c.ps), "EBUSY", "UFFDIO_REGISTER through a second uffd",
                        result=False)
 
 
@@ -414,7 +413,7 @@ def register_readonly(c: Ctx) -> None:
     finally:
         os.close(fd)
     try:
-        O.expect_errno(lambda: c.u.register(ro, c.ps, M.MISSING), "EPERM",
+        oracles.expect_errno(lambda: c.u.register(ro, c.ps, matrix.MISSING), "EPERM",
                        "UFFDIO_REGISTER of a read-only shared file mapping", result=False)
     finally:
         libc.munmap(ro, c.ps)
@@ -424,11 +423,11 @@ def register_readonly(c: Ctx) -> None:
 @scenario
 def unregister_missing(c: Ctx) -> None:
     a = c.access(c.addr)
-    O.expect_access(a, "missing", "a read of a hole")
+    oracles.expect_access(a, "missing", "a read of a hole")
     c.unregister()
     done = c.finish(a)
-    O.expect_content(done.data, want(0, c.ps), "the woken read (an ordinary fault: zeroes)")
-    O.expect_access(c.access(c.addr), None, "a later read")
+    oracles.expect_content(done.data, want(0, c.ps), "the woken read (an ordinary fault: zeroes)")
+    oracles.expect_access(c.access(c.addr), None, "a later read")
 
 
 @scenario
@@ -436,9 +435,9 @@ def unregister_wp_blocked(c: Ctx) -> None:
     c.populate(0x42)
     c.u.writeprotect(c.addr, c.ps, True)
     w = c.access(c.addr, write=True)
-    O.expect_access(w, "wp", "a write to the protected page")
+    oracles.expect_access(w, "wp", "a write to the protected page")
     c.unregister()
-    O.expect_pagemap(c.entry(), "after UFFDIO_UNREGISTER", present=True, uffd_wp=False)
+    oracles.expect_pagemap(c.entry(), "after UFFDIO_UNREGISTER", present=True, uffd_wp=False)
     c.still_blocked(w, "after UFFDIO_UNREGISTER")
     c.u.wake(c.addr, c.ps)
     c.finish(w)
@@ -448,28 +447,28 @@ def unregister_wp_blocked(c: Ctx) -> None:
 def unregister_wp(c: Ctx) -> None:
     c.populate(0x41)
     c.u.writeprotect(c.addr, c.region.size, True)
-    O.expect_pagemap(c.entry(), "after UFFDIO_WRITEPROTECT", present=True, uffd_wp=True)
+    oracles.expect_pagemap(c.entry(), "after UFFDIO_WRITEPROTECT", present=True, uffd_wp=True)
     c.unregister()
-    O.expect_pagemap(c.entry(), "after UFFDIO_UNREGISTER", present=True, uffd_wp=False)
+    oracles.expect_pagemap(c.entry(), "after UFFDIO_UNREGISTER", present=True, uffd_wp=False)
     expect_completed_write(c, c.addr, "a write after UFFDIO_UNREGISTER")
 
 
 @scenario
 def unregister_other(c: Ctx) -> None:
     with open_for(0) as u2:
-        O.expect_errno(lambda: u2.unregister(c.addr, c.ps), "EINVAL", "UFFDIO_UNREGISTER through another uffd",
+        oracles.expect_errno(lambda: u2.unregister(c.addr, c.ps), "EINVAL", "UFFDIO_UNREGISTER through another uffd",
                        result=False)
 
 
 @scenario
 def unregister_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.unregister(c.addr + 1, c.ps), "EINVAL", "UFFDIO_UNREGISTER at addr+1",
+    oracles.expect_errno(lambda: c.u.unregister(c.addr + 1, c.ps), "EINVAL", "UFFDIO_UNREGISTER at addr+1",
                    result=False)
 
 
 @scenario
 def unregister_huge_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.unregister(c.addr, PAGE), "EINVAL", "UFFDIO_UNREGISTER of one base page",
+    oracles.expect_errno(lambda: c.u.unregister(c.addr, PAGE), "EINVAL", "UFFDIO_UNREGISTER of one base page",
                    result=False)
 
 
@@ -477,13 +476,13 @@ def unregister_huge_unaligned(c: Ctx) -> None:
 @scenario
 def copy_plain(c: Ctx) -> None:
     a = c.access(c.addr)
-    O.expect_access(a, "missing", "a read of a hole")
+    oracles.expect_access(a, "missing", "a read of a hole")
     src = c.source(1, 0xC1)
     check.eq(c.u.copy(c.addr, src, c.ps), c.ps, "uffdio_copy.copy")
-    O.expect_content(c.finish(a).data, want(0xC1, c.ps), "the woken read")
-    O.expect_pagemap(c.entry(), "the copied page", present=True, uffd_wp=False, file=c.mt.map_shared)
+    oracles.expect_content(c.finish(a).data, want(0xC1, c.ps), "the woken read")
+    oracles.expect_pagemap(c.entry(), "the copied page", present=True, uffd_wp=False, file=c.mt.map_shared)
     if c.mt.file_backed:  # shared: the page is in the file; private: an anonymous copy, the file keeps its hole
-        check.eq(c.file_head(), bytes([0xC1 if c.mt.map_shared else 0]) * O.SAMPLE, "the file's content")
+        check.eq(c.file_head(), bytes([0xC1 if c.mt.map_shared else 0]) * oracles.SAMPLE, "the file's content")
     expect_completed_write(c, c.addr, "a write to the copied page")
 
 
@@ -491,35 +490,35 @@ def copy_plain(c: Ctx) -> None:
 def copy_wp(c: Ctx) -> None:
     src = c.source(1, 0xC2)
     check.eq(c.u.copy(c.addr, src, c.ps, int(abi.CopyMode.WP)), c.ps, "uffdio_copy.copy")
-    O.expect_pagemap(c.entry(), "the page copied with MODE_WP", present=True, uffd_wp=True)
+    oracles.expect_pagemap(c.entry(), "the page copied with MODE_WP", present=True, uffd_wp=True)
     r = c.access(c.addr)
-    O.expect_access(r, None, "a read")
-    O.expect_content(r.data, want(0xC2, c.ps), "the read")
+    oracles.expect_access(r, None, "a read")
+    oracles.expect_content(r.data, want(0xC2, c.ps), "the read")
     w = c.access(c.addr, write=True)
-    O.expect_access(w, "wp", "a write")
+    oracles.expect_access(w, "wp", "a write")
     c.u.writeprotect(c.addr, c.ps, False)
     c.finish(w)
-    O.expect_pagemap(c.entry(), "after unprotecting", present=True, uffd_wp=False)
+    oracles.expect_pagemap(c.entry(), "after unprotecting", present=True, uffd_wp=False)
 
 
 @scenario
 def copy_dontwake(c: Ctx) -> None:
     a = c.access(c.addr)
-    O.expect_access(a, "missing", "a read of a hole")
+    oracles.expect_access(a, "missing", "a read of a hole")
     src = c.source(1, 0xC3)
     check.eq(c.u.copy(c.addr, src, c.ps, int(abi.CopyMode.DONTWAKE)), c.ps, "uffdio_copy.copy")
-    O.expect_pagemap(c.entry(), "the copied page", present=True)
+    oracles.expect_pagemap(c.entry(), "the copied page", present=True)
     c.still_blocked(a, "after COPY MODE_DONTWAKE")
     c.u.wake(c.addr, c.ps)
-    O.expect_content(c.finish(a).data, want(0xC3, c.ps), "the read woken by UFFDIO_WAKE")
+    oracles.expect_content(c.finish(a).data, want(0xC3, c.ps), "the read woken by UFFDIO_WAKE")
 
 
 @scenario
 def copy_eexist(c: Ctx) -> None:
     c.populate(0x21)
     src = c.source(1, 0xC4)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "EEXIST", "UFFDIO_COPY onto a mapped page")
-    O.expect_content(c.access(c.addr).data, want(0x21, c.ps), "the page keeps its content")
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "EEXIST", "UFFDIO_COPY onto a mapped page")
+    oracles.expect_content(c.access(c.addr).data, want(0x21, c.ps), "the page keeps its content")
 
 
 @scenario
@@ -529,33 +528,33 @@ def copy_partial(c: Ctx) -> None:
     with check.raises_errno(errno.EAGAIN, "UFFDIO_COPY of pages 0-1 with page 1 mapped") as e:
         c.u.copy(c.addr, src, 2 * c.ps)
     check.eq(e[0].result, c.ps, "uffdio_copy.copy: the bytes copied before the mapped page")
-    O.expect_content(c.access(c.addr).data, want(0xC5, c.ps), "page 0")
+    oracles.expect_content(c.access(c.addr).data, want(0xC5, c.ps), "page 0")
 
 
 @scenario
 def copy_unregistered(c: Ctx) -> None:
     src = c.source(1, 0xC6)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "ENOENT", "UFFDIO_COPY into an unregistered range")
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "ENOENT", "UFFDIO_COPY into an unregistered range")
 
 
 @scenario
 def copy_cross_vma(c: Ctx) -> None:
     c.unregister()
-    c.register(M.MISSING, c.ps)  # page 0 only: its VMA ends at page 1
+    c.register(matrix.MISSING, c.ps)  # page 0 only: its VMA ends at page 1
     src = c.source(2, 0xC7)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, 2 * c.ps), "ENOENT", "UFFDIO_COPY across the VMA's end")
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, 2 * c.ps), "ENOENT", "UFFDIO_COPY across the VMA's end")
 
 
 @scenario
 def copy_bad_src(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.copy(c.addr, c.hole(), c.ps), "EFAULT", "UFFDIO_COPY from an unmapped source")
+    oracles.expect_errno(lambda: c.u.copy(c.addr, c.hole(), c.ps), "EFAULT", "UFFDIO_COPY from an unmapped source")
 
 
 @scenario
 def copy_past_eof(c: Ctx) -> None:
     src = c.source(1, 0xC8)
     os.ftruncate(c.region.fd, 0)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "EFAULT", "UFFDIO_COPY beyond the file's end")
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, c.ps), "EFAULT", "UFFDIO_COPY beyond the file's end")
 
 
 @scenario
@@ -563,13 +562,13 @@ def copy_past_eof_private(c: Ctx) -> None:
     src = c.source(1, 0xC8)
     os.ftruncate(c.region.fd, 0)
     check.eq(c.u.copy(c.addr, src, c.ps), c.ps, "uffdio_copy.copy beyond the file's end")
-    O.expect_pagemap(c.entry(), "the copied page", present=True, file=False)
+    oracles.expect_pagemap(c.entry(), "the copied page", present=True, file=False)
 
 
 def _esrch_child(c: Ctx, sock: socket.socket) -> int:
     r = c.mt.map(1)
     u = open_for(c.features)
-    u.register(r.addr, r.size, M.MISSING)
+    u.register(r.addr, r.size, matrix.MISSING)
     socket.send_fds(sock, [r.addr.to_bytes(8, "little")], [u.fd])
     return 0
 
@@ -581,77 +580,77 @@ def copy_esrch(c: Ctx) -> None:
         pid = fork_call(lambda: _esrch_child(c, child))
         msg, fds, _, _ = socket.recv_fds(parent, 8, 1)
         res = reap(pid, WAIT)
-        O.expect_signal(res, None, "the registering child")
+        oracles.expect_signal(res, None, "the registering child")
         check.eq(len(fds), 1, "the child's uffd received")
         with Userfaultfd(fds[0]) as u:
             src = c.source(1, 0xC9)
             dst = int.from_bytes(msg, "little")
-            O.expect_errno(lambda: u.copy(dst, src, c.ps), "ESRCH", "UFFDIO_COPY after the process exited",
+            oracles.expect_errno(lambda: u.copy(dst, src, c.ps), "ESRCH", "UFFDIO_COPY after the process exited",
                            result=False)
 
 
 @scenario
 def copy_wp_unregistered(c: Ctx) -> None:
     src = c.source(1, 0xCA)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps, int(abi.CopyMode.WP)), "EINVAL",
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, c.ps, int(abi.CopyMode.WP)), "EINVAL",
                    "UFFDIO_COPY MODE_WP into a range registered MISSING only")
 
 
 @scenario
 def copy_bad_mode(c: Ctx) -> None:
     src = c.source(1, 0xCB)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, c.ps, 1 << 2), "EINVAL", "UFFDIO_COPY mode 4", result=False)
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, c.ps, 1 << 2), "EINVAL", "UFFDIO_COPY mode 4", result=False)
 
 
 @scenario
 def copy_unaligned(c: Ctx) -> None:
     src = c.source(1, 0xCC)
-    O.expect_errno(lambda: c.u.copy(c.addr + 1, src, c.ps), "EINVAL", "UFFDIO_COPY to addr+1", result=False)
+    oracles.expect_errno(lambda: c.u.copy(c.addr + 1, src, c.ps), "EINVAL", "UFFDIO_COPY to addr+1", result=False)
 
 
 @scenario
 def copy_zero_len(c: Ctx) -> None:
     src = c.source(1, 0xCD)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, 0), "EINVAL", "UFFDIO_COPY of length 0", result=False)
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, 0), "EINVAL", "UFFDIO_COPY of length 0", result=False)
 
 
 @scenario
 def copy_huge_unaligned(c: Ctx) -> None:
     src = c.source(1, 0xCE, PAGE)
-    O.expect_errno(lambda: c.u.copy(c.addr, src, PAGE), "EINVAL", "UFFDIO_COPY of one base page")
+    oracles.expect_errno(lambda: c.u.copy(c.addr, src, PAGE), "EINVAL", "UFFDIO_COPY of one base page")
 
 
 # -- UFFDIO_ZEROPAGE -------------------------------------------------------------------------
 @scenario
 def zeropage_plain(c: Ctx) -> None:
     a = c.access(c.addr)
-    O.expect_access(a, "missing", "a read of a hole")
+    oracles.expect_access(a, "missing", "a read of a hole")
     check.eq(c.u.zeropage(c.addr, c.ps), c.ps, "uffdio_zeropage.zeropage")
-    O.expect_content(c.finish(a).data, want(0, c.ps), "the woken read")
-    O.expect_pagemap(c.entry(), "the zero-filled page", present=True, uffd_wp=False)
+    oracles.expect_content(c.finish(a).data, want(0, c.ps), "the woken read")
+    oracles.expect_pagemap(c.entry(), "the zero-filled page", present=True, uffd_wp=False)
     expect_completed_write(c, c.addr, "a write to the zero-filled page")
 
 
 @scenario
 def zeropage_hugetlb(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.zeropage(c.addr, c.ps), "EINVAL", "UFFDIO_ZEROPAGE on hugetlb")
+    oracles.expect_errno(lambda: c.u.zeropage(c.addr, c.ps), "EINVAL", "UFFDIO_ZEROPAGE on hugetlb")
 
 
 @scenario
 def zeropage_eexist(c: Ctx) -> None:
     c.populate(0x22)
-    O.expect_errno(lambda: c.u.zeropage(c.addr, c.ps), "EEXIST", "UFFDIO_ZEROPAGE onto a mapped page")
-    O.expect_content(c.access(c.addr).data, want(0x22, c.ps), "the page keeps its content")
+    oracles.expect_errno(lambda: c.u.zeropage(c.addr, c.ps), "EEXIST", "UFFDIO_ZEROPAGE onto a mapped page")
+    oracles.expect_content(c.access(c.addr).data, want(0x22, c.ps), "the page keeps its content")
 
 
 @scenario
 def zeropage_bad_mode(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.zeropage(c.addr, c.ps, 1 << 1), "EINVAL", "UFFDIO_ZEROPAGE mode 2", result=False)
+    oracles.expect_errno(lambda: c.u.zeropage(c.addr, c.ps, 1 << 1), "EINVAL", "UFFDIO_ZEROPAGE mode 2", result=False)
 
 
 @scenario
 def zeropage_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.zeropage(c.addr + 1, c.ps), "EINVAL", "UFFDIO_ZEROPAGE at addr+1", result=False)
+    oracles.expect_errno(lambda: c.u.zeropage(c.addr + 1, c.ps), "EINVAL", "UFFDIO_ZEROPAGE at addr+1", result=False)
 
 
 # -- UFFDIO_WRITEPROTECT ---------------------------------------------------------------------
@@ -659,34 +658,34 @@ def zeropage_unaligned(c: Ctx) -> None:
 def wp_protect(c: Ctx) -> None:
     c.populate(0x51)
     c.u.writeprotect(c.addr, c.region.size, True)
-    O.expect_pagemap(c.entry(), "the protected page", present=True, uffd_wp=True)
+    oracles.expect_pagemap(c.entry(), "the protected page", present=True, uffd_wp=True)
     r = c.access(c.addr)
-    O.expect_access(r, None, "a read of the protected page")
-    O.expect_content(r.data, want(0x51, c.ps), "the read")
+    oracles.expect_access(r, None, "a read of the protected page")
+    oracles.expect_content(r.data, want(0x51, c.ps), "the read")
     w = c.access(c.addr, write=True, byte=0x52)
-    O.expect_access(w, "wp", "a write to the protected page")
+    oracles.expect_access(w, "wp", "a write to the protected page")
     c.u.writeprotect(c.addr, c.region.size, False)
     c.finish(w)
-    O.expect_pagemap(c.entry(), "after mode 0", present=True, uffd_wp=False)
+    oracles.expect_pagemap(c.entry(), "after mode 0", present=True, uffd_wp=False)
     check.eq(c.access(c.addr).data[0][:2], bytes([0x52, 0x51]), "the write landed after the resolution")
 
 
 @scenario
 def wp_marker(c: Ctx) -> None:
     c.u.writeprotect(c.addr, c.ps, True)
-    O.expect_pagemap(c.entry(), "the protected hole", present=False, uffd_wp=True)
+    oracles.expect_pagemap(c.entry(), "the protected hole", present=False, uffd_wp=True)
 
 
 @scenario
 def wp_anon_hole(c: Ctx) -> None:
     c.u.writeprotect(c.addr, c.ps, True)
-    O.expect_pagemap(c.entry(), "the protected anonymous hole", present=False, uffd_wp=False)
+    oracles.expect_pagemap(c.entry(), "the protected anonymous hole", present=False, uffd_wp=False)
 
 
 @scenario
 def wp_anon_unpopulated(c: Ctx) -> None:
     c.u.writeprotect(c.addr, c.ps, True)
-    O.expect_pagemap(c.entry(), "the protected anonymous hole", present=False, uffd_wp=True)
+    oracles.expect_pagemap(c.entry(), "the protected anonymous hole", present=False, uffd_wp=True)
 
 
 @scenario
@@ -694,9 +693,9 @@ def wp_dontwake(c: Ctx) -> None:
     c.populate(0x53)
     c.u.writeprotect(c.addr, c.ps, True)
     w = c.access(c.addr, write=True)
-    O.expect_access(w, "wp", "a write to the protected page")
+    oracles.expect_access(w, "wp", "a write to the protected page")
     c.u.writeprotect(c.addr, c.ps, False, dontwake=True)
-    O.expect_pagemap(c.entry(), "after mode DONTWAKE", present=True, uffd_wp=False)
+    oracles.expect_pagemap(c.entry(), "after mode DONTWAKE", present=True, uffd_wp=False)
     c.still_blocked(w, "after unprotecting with DONTWAKE")
     c.u.wake(c.addr, c.ps)
     c.finish(w)
@@ -705,40 +704,40 @@ def wp_dontwake(c: Ctx) -> None:
 @scenario
 def wp_unregistered(c: Ctx) -> None:
     c.populate(0x54)
-    O.expect_errno(lambda: c.u.writeprotect(c.addr, c.ps, True), "ENOENT",
+    oracles.expect_errno(lambda: c.u.writeprotect(c.addr, c.ps, True), "ENOENT",
                    "UFFDIO_WRITEPROTECT of a range registered MISSING only", result=False)
 
 
 @scenario
 def wp_wp_dontwake(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.writeprotect(c.addr, c.ps, True, dontwake=True), "EINVAL",
+    oracles.expect_errno(lambda: c.u.writeprotect(c.addr, c.ps, True, dontwake=True), "EINVAL",
                    "UFFDIO_WRITEPROTECT mode WP|DONTWAKE", result=False)
 
 
 @scenario
 def wp_bad_mode(c: Ctx) -> None:
     arg = abi.uffdio_writeprotect(abi.uffdio_range(c.addr, c.ps), 1 << 2)
-    O.expect_errno(lambda: raw_ioctl(c.u, abi.UFFDIO_WRITEPROTECT, arg, "UFFDIO_WRITEPROTECT"), "EINVAL",
+    oracles.expect_errno(lambda: raw_ioctl(c.u, abi.UFFDIO_WRITEPROTECT, arg, "UFFDIO_WRITEPROTECT"), "EINVAL",
                    "UFFDIO_WRITEPROTECT mode 4", result=False)
 
 
 @scenario
 def wp_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.writeprotect(c.addr + 1, c.ps, True), "EINVAL", "UFFDIO_WRITEPROTECT at addr+1",
+    oracles.expect_errno(lambda: c.u.writeprotect(c.addr + 1, c.ps, True), "EINVAL", "UFFDIO_WRITEPROTECT at addr+1",
                    result=False)
 
 
 @scenario
 def wp_huge_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.writeprotect(c.addr, PAGE, True), "EINVAL", "UFFDIO_WRITEPROTECT of one base page",
+    oracles.expect_errno(lambda: c.u.writeprotect(c.addr, PAGE, True), "EINVAL", "UFFDIO_WRITEPROTECT of one base page",
                    result=False)
 
 
 # -- UFFDIO_CONTINUE -------------------------------------------------------------------------
-def _minor_fault(c: Ctx, byte: int) -> O.Access:
+def _minor_fault(c: Ctx, byte: int) -> oracles.Access:
     c.cache_page(byte)
     a = c.access(c.addr)
-    O.expect_access(a, "minor", "a read of a page in the page cache")
+    oracles.expect_access(a, "minor", "a read of a page in the page cache")
     return a
 
 
@@ -746,29 +745,29 @@ def _minor_fault(c: Ctx, byte: int) -> O.Access:
 def continue_plain(c: Ctx) -> None:
     a = _minor_fault(c, 0xD1)
     check.eq(c.u.cont(c.addr, c.ps), c.ps, "uffdio_continue.mapped")
-    O.expect_content(c.finish(a).data, want(0xD1, c.ps), "the woken read")
-    O.expect_pagemap(c.entry(), "the mapped page cache page", present=True, uffd_wp=False, file=True)
+    oracles.expect_content(c.finish(a).data, want(0xD1, c.ps), "the woken read")
+    oracles.expect_pagemap(c.entry(), "the mapped page cache page", present=True, uffd_wp=False, file=True)
     expect_completed_write(c, c.addr, "a write to it")
     # shared: the write is the file's; private: a copy-on-write copy, the file is unchanged
     check.eq(c.file_head()[:1], bytes([0x77 if c.mt.map_shared else 0xD1]), "the file's first byte")
-    O.expect_pagemap(c.entry(), "after the write", present=True, file=c.mt.map_shared)
+    oracles.expect_pagemap(c.entry(), "after the write", present=True, file=c.mt.map_shared)
 
 
 @scenario
 def continue_wp(c: Ctx) -> None:
     a = _minor_fault(c, 0xD2)
     check.eq(c.u.cont(c.addr, c.ps, int(abi.ContinueMode.WP)), c.ps, "uffdio_continue.mapped")
-    O.expect_content(c.finish(a).data, want(0xD2, c.ps), "the woken read")
-    O.expect_pagemap(c.entry(), "the page mapped with MODE_WP", present=True, uffd_wp=True)
+    oracles.expect_content(c.finish(a).data, want(0xD2, c.ps), "the woken read")
+    oracles.expect_pagemap(c.entry(), "the page mapped with MODE_WP", present=True, uffd_wp=True)
     w = c.access(c.addr, write=True)
-    O.expect_access(w, "wp", "a write")
+    oracles.expect_access(w, "wp", "a write")
     c.u.writeprotect(c.addr, c.ps, False)
     c.finish(w)
 
 
 @scenario
 def continue_no_page(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EFAULT", "UFFDIO_CONTINUE without a page cache page")
+    oracles.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EFAULT", "UFFDIO_CONTINUE without a page cache page")
 
 
 @scenario
@@ -776,28 +775,28 @@ def continue_eexist(c: Ctx) -> None:
     a = _minor_fault(c, 0xD3)
     check.eq(c.u.cont(c.addr, c.ps), c.ps, "the first UFFDIO_CONTINUE")
     c.finish(a)
-    O.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EEXIST", "the second UFFDIO_CONTINUE")
+    oracles.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EEXIST", "the second UFFDIO_CONTINUE")
 
 
 @scenario
 def continue_anon(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EINVAL", "UFFDIO_CONTINUE on anonymous memory")
+    oracles.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EINVAL", "UFFDIO_CONTINUE on anonymous memory")
 
 
 @scenario
 def continue_wp_unregistered(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.cont(c.addr, c.ps, int(abi.ContinueMode.WP)), "EINVAL",
+    oracles.expect_errno(lambda: c.u.cont(c.addr, c.ps, int(abi.ContinueMode.WP)), "EINVAL",
                    "UFFDIO_CONTINUE MODE_WP into a range registered MINOR only")
 
 
 @scenario
 def continue_bad_mode(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.cont(c.addr, c.ps, 1 << 2), "EINVAL", "UFFDIO_CONTINUE mode 4", result=False)
+    oracles.expect_errno(lambda: c.u.cont(c.addr, c.ps, 1 << 2), "EINVAL", "UFFDIO_CONTINUE mode 4", result=False)
 
 
 @scenario
 def continue_huge_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.cont(c.addr, PAGE), "EINVAL", "UFFDIO_CONTINUE of one base page")
+    oracles.expect_errno(lambda: c.u.cont(c.addr, PAGE), "EINVAL", "UFFDIO_CONTINUE of one base page")
 
 
 # -- UFFDIO_POISON ---------------------------------------------------------------------------
@@ -806,7 +805,7 @@ def _poison_child(c: Ctx, ready: Pipe) -> int:
     must kill it with SIGBUS (exit 3: the poisoned read returned)."""
     r = c.mt.map(1)
     u = open_for(c.features)
-    u.register(r.addr, r.size, M.MISSING)
+    u.register(r.addr, r.size, matrix.MISSING)
     if u.poison(r.addr, r.size) != r.size:
         return 4
     ready.signal()
@@ -817,7 +816,7 @@ def _poison_child(c: Ctx, ready: Pipe) -> int:
 @scenario
 def poison_plain(c: Ctx) -> None:
     check.eq(c.u.poison(c.addr, c.ps), c.ps, "uffdio_poison.updated")
-    O.expect_pagemap(c.entry(), "the poisoned page", present=False)
+    oracles.expect_pagemap(c.entry(), "the poisoned page", present=False)
     ready = Pipe()
     try:
         pid = fork_call(lambda: _poison_child(c, ready))
@@ -826,7 +825,7 @@ def poison_plain(c: Ctx) -> None:
             ready.wait(WAIT)
         finally:
             res = reap(pid, WAIT)
-        O.expect_signal(res, signal.SIGBUS, "a read of a poisoned page (in a child)")
+        oracles.expect_signal(res, signal.SIGBUS, "a read of a poisoned page (in a child)")
     finally:
         ready.close()
 
@@ -834,18 +833,18 @@ def poison_plain(c: Ctx) -> None:
 @scenario
 def poison_eexist(c: Ctx) -> None:
     c.populate(0x23)
-    O.expect_errno(lambda: c.u.poison(c.addr, c.ps), "EEXIST", "UFFDIO_POISON onto a mapped page")
-    O.expect_content(c.access(c.addr).data, want(0x23, c.ps), "the page keeps its content")
+    oracles.expect_errno(lambda: c.u.poison(c.addr, c.ps), "EEXIST", "UFFDIO_POISON onto a mapped page")
+    oracles.expect_content(c.access(c.addr).data, want(0x23, c.ps), "the page keeps its content")
 
 
 @scenario
 def poison_bad_mode(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.poison(c.addr, c.ps, 1 << 1), "EINVAL", "UFFDIO_POISON mode 2", result=False)
+    oracles.expect_errno(lambda: c.u.poison(c.addr, c.ps, 1 << 1), "EINVAL", "UFFDIO_POISON mode 2", result=False)
 
 
 @scenario
 def poison_huge_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.poison(c.addr, PAGE), "EINVAL", "UFFDIO_POISON of one base page")
+    oracles.expect_errno(lambda: c.u.poison(c.addr, PAGE), "EINVAL", "UFFDIO_POISON of one base page")
 
 
 # -- UFFDIO_MOVE -----------------------------------------------------------------------------
@@ -854,13 +853,13 @@ def move_plain(c: Ctx) -> None:
     src = c.source(1, 0xE1)
     pfn = c.entry(src).pfn
     a = c.access(c.addr)
-    O.expect_access(a, "missing", "a read of a hole")
+    oracles.expect_access(a, "missing", "a read of a hole")
     check.eq(c.u.move(c.addr, src, c.ps), c.ps, "uffdio_move.move")
-    O.expect_content(c.finish(a).data, want(0xE1, c.ps), "the woken read")
-    O.expect_pagemap(c.entry(), "the destination", present=True, uffd_wp=False)
+    oracles.expect_content(c.finish(a).data, want(0xE1, c.ps), "the woken read")
+    oracles.expect_pagemap(c.entry(), "the destination", present=True, uffd_wp=False)
     if pfn:  # PFNs are shown to root only
         check.eq(c.entry().pfn, pfn, "the destination's PFN (the source page itself)")
-    O.expect_pagemap(c.entry(src), "the source", present=False)
+    oracles.expect_pagemap(c.entry(src), "the source", present=False)
     expect_completed_write(c, c.addr, "a write to the moved page")
 
 
@@ -872,19 +871,19 @@ def move_thp(c: Ctx) -> None:
     libc.fill(src.addr, 0xE2, size)
     check.diag(f"{c.mt}: the source is {folio_desc(c.pm, src.addr)}")
     check.eq(c.u.move(c.addr, src.addr, size), size, "uffdio_move.move")
-    O.expect_pagemap(c.entry(), "the destination", present=True)
-    O.expect_pagemap(c.entry(src.addr), "the source", present=False)
-    whole = bytes([0xE2]) * O.SAMPLE
-    O.expect_content(c.access(c.addr).data, (whole, whole), "the destination's first page")
+    oracles.expect_pagemap(c.entry(), "the destination", present=True)
+    oracles.expect_pagemap(c.entry(src.addr), "the source", present=False)
+    whole = bytes([0xE2]) * oracles.SAMPLE
+    oracles.expect_content(c.access(c.addr).data, (whole, whole), "the destination's first page")
     last = c.addr + size - PAGE
-    O.expect_content(c.access(last).data, (whole, whole), "the destination's last page")
+    oracles.expect_content(c.access(last).data, (whole, whole), "the destination's last page")
 
 
 @scenario
 def move_hole(c: Ctx) -> None:
     src = memory.anon(c.ps)
     c.stack.callback(src.close)
-    O.expect_errno(lambda: c.u.move(c.addr, src.addr, c.ps), "ENOENT", "UFFDIO_MOVE from a hole")
+    oracles.expect_errno(lambda: c.u.move(c.addr, src.addr, c.ps), "ENOENT", "UFFDIO_MOVE from a hole")
 
 
 @scenario
@@ -893,15 +892,15 @@ def move_hole_allowed(c: Ctx) -> None:
     c.stack.callback(src.close)
     mode = int(abi.MoveMode.ALLOW_SRC_HOLES)
     check.eq(c.u.move(c.addr, src.addr, c.ps, mode), c.ps, "uffdio_move.move (the hole counts as moved)")
-    O.expect_pagemap(c.entry(), "the destination", present=False)
+    oracles.expect_pagemap(c.entry(), "the destination", present=False)
 
 
 @scenario
 def move_eexist(c: Ctx) -> None:
     c.populate(0x24)
     src = c.source(1, 0xE3)
-    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EEXIST", "UFFDIO_MOVE onto a mapped page")
-    O.expect_pagemap(c.entry(src), "the source stays", present=True)
+    oracles.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EEXIST", "UFFDIO_MOVE onto a mapped page")
+    oracles.expect_pagemap(c.entry(src), "the source stays", present=True)
 
 
 @scenario
@@ -911,51 +910,52 @@ def move_cow_shared(c: Ctx) -> None:
     try:
         pid = fork_call(lambda: go.wait(WAIT))
         try:
-            O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EBUSY", "UFFDIO_MOVE of a page shared with a child")
+            oracles.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EBUSY",
+                                 "UFFDIO_MOVE of a page shared with a child")
         finally:
             go.signal()
             reap(pid, WAIT)
     finally:
         go.close()
-    O.expect_pagemap(c.entry(src), "the source stays", present=True)
+    oracles.expect_pagemap(c.entry(src), "the source stays", present=True)
 
 
 @scenario
 def move_not_anon(c: Ctx) -> None:
     src = c.source(1, 0xE5)
-    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", f"UFFDIO_MOVE into {c.mt}")
+    oracles.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", f"UFFDIO_MOVE into {c.mt}")
 
 
 @scenario
 def move_prot_mismatch(c: Ctx) -> None:
     src = c.source(1, 0xE6)
     libc.mprotect(src, c.ps, abi.PROT_READ)
-    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", "UFFDIO_MOVE from a read-only VMA")
+    oracles.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", "UFFDIO_MOVE from a read-only VMA")
 
 
 @scenario
 def move_dst_unregistered(c: Ctx) -> None:
     src = c.source(1, 0xE7)
-    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", "UFFDIO_MOVE into an unregistered range")
+    oracles.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EINVAL", "UFFDIO_MOVE into an unregistered range")
 
 
 @scenario
 def move_src_cross(c: Ctx) -> None:
     src = c.source(2, 0xE8)
     libc.munmap(src + c.ps, c.ps)
-    O.expect_errno(lambda: c.u.move(c.addr, src, 2 * c.ps), "EINVAL", "UFFDIO_MOVE across the source VMA's end")
+    oracles.expect_errno(lambda: c.u.move(c.addr, src, 2 * c.ps), "EINVAL", "UFFDIO_MOVE across the source VMA's end")
 
 
 @scenario
 def move_bad_mode(c: Ctx) -> None:
     src = c.source(1, 0xE9)
-    O.expect_errno(lambda: c.u.move(c.addr, src, c.ps, 1 << 2), "EINVAL", "UFFDIO_MOVE mode 4", result=False)
+    oracles.expect_errno(lambda: c.u.move(c.addr, src, c.ps, 1 << 2), "EINVAL", "UFFDIO_MOVE mode 4", result=False)
 
 
 @scenario
 def move_unaligned(c: Ctx) -> None:
     src = c.source(1, 0xEA)
-    O.expect_errno(lambda: c.u.move(c.addr + 1, src, c.ps), "EINVAL", "UFFDIO_MOVE to addr+1", result=False)
+    oracles.expect_errno(lambda: c.u.move(c.addr + 1, src, c.ps), "EINVAL", "UFFDIO_MOVE to addr+1", result=False)
 
 
 @scenario
@@ -970,9 +970,9 @@ def move_pinned(c: Ctx) -> None:
         pytest.skip(str(e))
     with ring:
         ring.register_buffer(src, c.ps)  # a R/W longterm pin (io_uring/rsrc.c)
-        O.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EBUSY", "UFFDIO_MOVE of a pinned page")
+        oracles.expect_errno(lambda: c.u.move(c.addr, src, c.ps), "EBUSY", "UFFDIO_MOVE of a pinned page")
         ring.unregister_buffers()
-    O.expect_pagemap(c.entry(src), "the source stays", present=True)
+    oracles.expect_pagemap(c.entry(src), "the source stays", present=True)
 
 
 # -- while the mappings change ----------------------------------------------------------------
@@ -1000,7 +1000,7 @@ class Remover:
 def _eagain(c: Ctx, call: Callable[[], object], what: str, result: bool = True) -> None:
     r = Remover(c)
     try:
-        O.expect_errno(call, "EAGAIN", what, result=result)
+        oracles.expect_errno(call, "EAGAIN", what, result=result)
     finally:
         r.release()
 
@@ -1042,24 +1042,24 @@ def eagain_move(c: Ctx) -> None:
 @scenario
 def wake_refault(c: Ctx) -> None:
     a = c.access(c.addr)
-    O.expect_access(a, "missing", "a read of a hole")
+    oracles.expect_access(a, "missing", "a read of a hole")
     c.still_blocked(a, "before UFFDIO_WAKE")
     c.u.wake(c.addr, c.ps)
     again = c.u.read_msg(WAIT)
     check.eq(again.address & ~(c.ps - 1), a.msg.address & ~(c.ps - 1), "the woken read faults again at the page")
     src = c.source(1, 0xF1)
     c.u.copy(c.addr, src, c.ps)
-    O.expect_content(c.finish(a).data, want(0xF1, c.ps), "the read after UFFDIO_COPY")
+    oracles.expect_content(c.finish(a).data, want(0xF1, c.ps), "the read after UFFDIO_COPY")
 
 
 @scenario
 def wake_unaligned(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.wake(c.addr + 1, c.ps), "EINVAL", "UFFDIO_WAKE at addr+1", result=False)
+    oracles.expect_errno(lambda: c.u.wake(c.addr + 1, c.ps), "EINVAL", "UFFDIO_WAKE at addr+1", result=False)
 
 
 @scenario
 def wake_zero_len(c: Ctx) -> None:
-    O.expect_errno(lambda: c.u.wake(c.addr, 0), "EINVAL", "UFFDIO_WAKE of length 0", result=False)
+    oracles.expect_errno(lambda: c.u.wake(c.addr, 0), "EINVAL", "UFFDIO_WAKE of length 0", result=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1067,7 +1067,7 @@ def wake_zero_len(c: Ctx) -> None:
 
 
 @pytest.mark.parametrize(("row", "mt"), cells())
-def test_uffd_op(row: M.Row, mt: MemType) -> None:
+def test_uffd_op(row: matrix.Row, mt: MemType) -> None:
     """One cell of the matrix: ``row``'s documented outcome of its operation on ``mt``
     (the row's ``source`` says where it is documented)."""
     check.note(row.case_name(str(mt)))
