@@ -11,7 +11,7 @@ import errno
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib.kernel import abi, handler, libc, uffd
 from lib.kernel.memtypes import MemType
 from lib.kernel.uffd import Msg, open_for
@@ -40,7 +40,7 @@ from cases.missing import test_register_ioctls as reg  # noqa: E402
 
 def test_register_ioctls_mask_missing_copy_is_caught() -> None:
     def run() -> None:
-        with uut.make_area(ANON, 1, counters=False) as a, open_for(0) as u:
+        with support.make_area(ANON, 1, counters=False) as a, open_for(0) as u:
             def broken(mode: int) -> int:
                 return u.register(a.dst.addr, a.page_size, mode) & ~abi.ioctl_mask(abi.IoctlBit.COPY)
 
@@ -52,14 +52,14 @@ def test_register_ioctls_mask_missing_copy_is_caught() -> None:
 
 def test_register_ioctls_expected_einval_is_caught() -> None:
     """MINOR on shmem succeeds: claiming the area is anon (EINVAL expected) must fail."""
-    with uut.make_area(SHMEM, 1, counters=False) as a, open_for(abi.Feature.MINOR_SHMEM) as u, \
+    with support.make_area(SHMEM, 1, counters=False) as a, open_for(abi.Feature.MINOR_SHMEM) as u, \
             pytest.raises(AssertionError, match="expected EINVAL"):
         reg.check_register_combo(lambda m: u.register(a.dst.addr, a.page_size, m),
                                  lambda: u.unregister(a.dst.addr, a.page_size), True, False, False, True)
 
 
 def test_zeropage_on_populated_page_is_caught() -> None:
-    with uut.make_area(ANON, 1, counters=False) as a, open_for(0) as u:
+    with support.make_area(ANON, 1, counters=False) as a, open_for(0) as u:
         libc.fill(a.dst.addr, 7, a.page_size)
         u.register(a.dst.addr, a.page_size)
         with pytest.raises((AssertionError, OSError)):  # the first ZEROPAGE fails with EEXIST
@@ -67,7 +67,7 @@ def test_zeropage_on_populated_page_is_caught() -> None:
 
 
 def test_zeropage_einval_expectation_is_caught() -> None:
-    with uut.make_area(ANON, 1, counters=False) as a, open_for(0) as u:
+    with support.make_area(ANON, 1, counters=False) as a, open_for(0) as u:
         u.register(a.dst.addr, a.page_size)
         with pytest.raises(AssertionError, match="succeeded"):
             reg.check_zeropage(u, a.dst.addr, None, a.page_size, False)
@@ -132,7 +132,7 @@ def test_mutex_oracle_names_glibc() -> None:
 def test_write_access_is_seen_as_write() -> None:
     """The mutex check would catch a writing lock: a plain write faults with WRITE here."""
     def run() -> None:
-        with uut.make_area(ANON, 1) as a, open_for(0) as u:
+        with support.make_area(ANON, 1) as a, open_for(0) as u:
             u.register(a.dst.addr, a.page_size)
             m, _ = ff.fault_once(u, a, lambda: libc.write(a.dst.addr, b"\1"))
             ff.check_mutex_fault(m, libc.glibc_version())
@@ -144,7 +144,7 @@ def test_thread_id_and_exact_address_checks_can_fail() -> None:
     """Without the features the kernel reports ptid 0 and an aligned address, so the cases'
     equality checks (ptid == tid, address == target) distinguish the two."""
     def run() -> None:
-        with uut.make_area(ANON, 1) as a, open_for(0) as u:
+        with support.make_area(ANON, 1) as a, open_for(0) as u:
             u.register(a.dst.addr, a.page_size)
             target = a.dst.addr + 0x123
             m, tid = ff.fault_once(u, a, lambda: libc.read(target, 1))
@@ -189,7 +189,7 @@ def test_sigbus_unresolved_signal_is_caught() -> None:
 def test_poison_handler_that_never_poisons_is_caught() -> None:
     def copy_only(a, u, stats):
         def handle(m: Msg) -> None:
-            uut.copy_page(u, m.address & ~(a.page_size - 1), uut.zero_source(a.page_size), a.page_size)
+            support.copy_page(u, m.address & ~(a.page_size - 1), support.zero_source(a.page_size), a.page_size)
 
         return handle
 
@@ -232,7 +232,7 @@ def test_minor_handler_without_inversion_is_caught() -> None:
 def test_minor_wp_pagemap_check_is_caught() -> None:
     """CONTINUE without MODE_WP on a MINOR|WP range leaves the uffd-wp bit clear."""
     def no_wp(a, u, stats, apply_wp, registered):
-        return uut.default_handler(a, u, stats, False, registered)
+        return support.default_handler(a, u, stats, False, registered)
 
     fails(lambda: mn.run_minor(SHMEM, wp=True, handler_factory=no_wp))
 
@@ -242,8 +242,8 @@ from cases.missing import test_mmap_changing as mc  # noqa: E402
 
 
 def test_mmap_changing_without_pending_event_is_caught() -> None:
-    with uut.make_area(SHMEM, 4, counters=False, alias=False) as a, open_for(mc.FEATURES) as u:
-        src = uut.zero_source(a.page_size)
+    with support.make_area(SHMEM, 4, counters=False, alias=False) as a, open_for(mc.FEATURES) as u:
+        src = support.zero_source(a.page_size)
         u.register(a.dst.addr, a.size)
         with pytest.raises(AssertionError, match="EAGAIN"):
             mc.check_eagain_ops(u, a, src)

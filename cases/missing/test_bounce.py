@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.kernel import abi, libc, memory, memtypes, system
 from lib.kernel.memtypes import UFFD_UNIT_KINDS, MemType, mem_types
@@ -131,12 +131,12 @@ def locker(b: Bounce, cpu: int) -> None:
         page_nr %= b.nr_pages
         addr = b.dst.addr + page_nr * b.ps
         libc.mutex_lock(addr)
-        count = uut.read_count(addr + uut.COUNT_OFF)
+        count = support.read_count(addr + support.COUNT_OFF)
         if count != b.count_verify[page_nr]:
             b.fail(f"page_nr {page_nr} memory corruption {count} {b.count_verify[page_nr]}")
             b.finished = True
         count += 1
-        uut.write_count(addr + uut.COUNT_OFF, count)
+        support.write_count(addr + support.COUNT_OFF, count)
         b.count_verify[page_nr] = count
         libc.mutex_unlock(addr)
 
@@ -269,14 +269,14 @@ def stress(b: Bounce, mt: MemType) -> None:
 
 def verify(b: Bounce) -> list[int]:
     return [nr for nr in range(b.nr_pages)
-            if uut.read_count(b.dst.addr + nr * b.ps + uut.COUNT_OFF) != b.count_verify[nr]]
+            if support.read_count(b.dst.addr + nr * b.ps + support.COUNT_OFF) != b.count_verify[nr]]
 
 
 def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) -> list[str]:
     """All bounces; returns a one-line summary per bounce (the errors raise)."""
     feats = mt.missing_feature
     wp_feats = mt.wp_feature
-    avail = uut.uffd_probe_features()
+    avail = support.uffd_probe_features()
     wp = (avail & wp_feats) == wp_feats
     if wp:
         feats |= wp_feats
@@ -287,7 +287,7 @@ def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) ->
     sentinel = memory.anon(cpus * memory.PAGE_SIZE)
     count_verify = [1] * npages
     for nr in range(npages):
-        uut.write_count(src.addr + nr * mt.page_size + uut.COUNT_OFF, 1)
+        support.write_count(src.addr + nr * mt.page_size + support.COUNT_OFF, 1)
     lines = []
     eexist = served = 0
     with open_for(feats, flags=abi.O_CLOEXEC) as u:
@@ -323,7 +323,7 @@ def run_bounce(mt: MemType, npages: int, bounces: int = BOUNCES, handle=None) ->
 @pytest.mark.parametrize("bm", MEMS, ids=[f"bounce on {m}" for m in MEMS])
 def test_bounce(bm: BounceMem) -> None:
     mt = bm.mt
-    uut.need_type(mt, npages=2 * bm.nr_pages)
+    support.need_type(mt, npages=2 * bm.nr_pages)
     if bm.nr_pages < nr_cpus():
         pytest.skip("fewer pages than CPUs")
     from lib.check import note

@@ -27,7 +27,7 @@ import socket
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.check import note
 from lib.kernel import abi, libc
@@ -49,7 +49,7 @@ def reader(addr: int, length: int = 8) -> Toucher:
 
 
 def run_copy_eexist(mt: MemType, first_copy: bool = True) -> None:
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
         if first_copy:
             check.eq(u.copy(a.dst.addr, a.src.addr, a.page_size), a.page_size, "first UFFDIO_COPY")
@@ -61,10 +61,10 @@ def run_copy_eexist(mt: MemType, first_copy: bool = True) -> None:
             with check.raises_errno(errno.EEXIST, f"UFFDIO_COPY onto a mapped page at {t:#x}") as c:
                 u.copy(t, a.src.addr, a.page_size)
             check.eq(c[0].result, -errno.EEXIST, "uffdio_copy.copy")
-        check.eq(uut.read_count(a.count_addr(0)), 1, "the page holds the first copy")
+        check.eq(support.read_count(a.count_addr(0)), 1, "the page holds the first copy")
 
 
-def settle(u: Userfaultfd, a: uut.Area, *threads: Toucher) -> None:
+def settle(u: Userfaultfd, a: support.Area, *threads: Toucher) -> None:
     """On the way out (also after a failed check): unregister, which wakes blocked readers, and
     let them finish before the area is unmapped (else a woken reader faults on a hole)."""
     try:
@@ -77,12 +77,12 @@ def settle(u: Userfaultfd, a: uut.Area, *threads: Toucher) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("copy-eexist"))
 def test_copy_eexist(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
+    support.need_type(mt, npages=1)
     run_copy_eexist(mt)
 
 
 def _esrch_child(mt: MemType, sock: socket.socket, ready: Pipe) -> None:
-    a = uut.make_area(mt, 1, counters=False)
+    a = support.make_area(mt, 1, counters=False)
     u = open_for(mt.missing_feature)
     u.register(a.dst.addr, a.page_size)
     socket.send_fds(sock, [a.dst.addr.to_bytes(8, "little")], [u.fd])
@@ -111,7 +111,7 @@ def run_copy_esrch(mt: MemType, kill_child: bool = True) -> None:
         u = Userfaultfd(fds[0])
         m = u.read_msg(10)
         check.eq(m.event, abi.Event.PAGEFAULT, "the child's fault message")
-        src = uut.zero_source(mt.page_size)
+        src = support.zero_source(mt.page_size)
         if kill_child:
             os.kill(pid, signal.SIGKILL)
             r = reap(pid, 10)
@@ -131,12 +131,12 @@ def run_copy_esrch(mt: MemType, kill_child: bool = True) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("copy-esrch"))
 def test_copy_esrch(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
+    support.need_type(mt, npages=1)
     run_copy_esrch(mt)
 
 
 def run_copy_partial(mt: MemType, populate_second: bool = True) -> None:
-    with uut.make_area(mt, 2) as a, open_for(mt.missing_feature) as u:
+    with support.make_area(mt, 2) as a, open_for(mt.missing_feature) as u:
         ps = a.page_size
         u.register(a.dst.addr, 2 * ps)
         if populate_second:
@@ -144,7 +144,7 @@ def run_copy_partial(mt: MemType, populate_second: bool = True) -> None:
         with check.raises_errno(errno.EAGAIN, "UFFDIO_COPY of pages 0-1 with page 1 mapped") as c:
             u.copy(a.page(0), a.src_page(0), 2 * ps)
         check.eq(c[0].result, ps, "uffdio_copy.copy of the partial copy (bytes copied)")
-        check.eq(uut.read_count(a.count_addr(0)), 1, "page 0 holds the copied content")
+        check.eq(support.read_count(a.count_addr(0)), 1, "page 0 holds the copied content")
         with check.raises_errno(errno.EEXIST, "UFFDIO_COPY of the remainder") as c:
             u.copy(a.page(1), a.src_page(1), ps)
         check.eq(c[0].result, -errno.EEXIST, "uffdio_copy.copy of the remainder")
@@ -152,13 +152,13 @@ def run_copy_partial(mt: MemType, populate_second: bool = True) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("copy-partial"))
 def test_copy_partial(mt: MemType) -> None:
-    uut.need_type(mt, npages=2)
+    support.need_type(mt, npages=2)
     run_copy_partial(mt)
 
 
 def run_wake(mt: MemType, wake: bool = True) -> None:
     """UFFDIO_WAKE without resolving: the thread retries and faults again at the same page."""
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
         t = reader(a.count_addr(0))
         try:
@@ -170,7 +170,7 @@ def run_wake(mt: MemType, wake: bool = True) -> None:
             check.eq(m2.address & ~(a.page_size - 1), m1.address & ~(a.page_size - 1),
                      "the woken thread faults again at the same page")
             check.false(t.done(), "the thread completed its read without the page")
-            uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
+            support.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
             check.true(t.wait(10), "the reader finishes after UFFDIO_COPY")
             check.eq(t.result, (1).to_bytes(8, "little"), "the reader's data")
         finally:
@@ -179,13 +179,13 @@ def run_wake(mt: MemType, wake: bool = True) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("wake"))
 def test_wake(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
+    support.need_type(mt, npages=1)
     run_wake(mt)
 
 
 def run_copy_dontwake(mt: MemType, mode: int = abi.CopyMode.DONTWAKE) -> str:
     """COPY(DONTWAKE): the faulting thread stays in handle_userfault until UFFDIO_WAKE."""
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
         t = reader(a.count_addr(0))
         other: Toucher | None = None
@@ -203,7 +203,7 @@ def run_copy_dontwake(mt: MemType, mode: int = abi.CopyMode.DONTWAKE) -> str:
                 if u.wait(5):
                     u.read_msgs()
                     seen = "another thread took a MISSING fault after COPY(DONTWAKE)"
-                    uut.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
+                    support.copy_page(u, a.dst.addr, a.src.addr, a.page_size)
                 check.true(other.wait(10), "the other reader finishes")
             note(f"copy-dontwake on {mt}: {seen}")
             check.false(t.done(), "faulting thread woke without UFFDIO_WAKE")
@@ -217,5 +217,5 @@ def run_copy_dontwake(mt: MemType, mode: int = abi.CopyMode.DONTWAKE) -> str:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("copy-dontwake"))
 def test_copy_dontwake(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
+    support.need_type(mt, npages=1)
     run_copy_dontwake(mt)

@@ -28,8 +28,7 @@ import threading
 
 import pytest
 
-from cases.missing import support as uut
-from cases.missing import write_load
+from cases.missing import support, write_load
 from lib import check
 from lib.kernel import abi, handler, libc, memory, needs
 from lib.kernel.memtypes import ANON as ANON_KIND
@@ -141,7 +140,7 @@ def run_matrix(mt: MemType, npages: int, ops: list[tuple[str, int]], options: ha
 
 @pytest.mark.parametrize("test,mt,shape,npages,ops", CASES, ids=[f"{c[0]}/{c[2]}" for c in CASES])
 def test_e2b_matrix(test: str, mt: MemType, shape: str, npages: int, ops: list[tuple[str, int]]) -> None:
-    uut.need_type(mt, npages=npages)
+    support.need_type(mt, npages=npages)
     needs.kernel_faults("MADV_POPULATE_READ/WRITE fault the pages in through GUP")
     run_matrix(mt, npages, ops)
 
@@ -239,5 +238,5 @@ def run_load(op: str, parallel: bool, n: int, prefault: bool, options: handler.O
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("name,op,parallel,n,prefault", LOADS, ids=[c[0] for c in LOADS])
 def test_e2b_load(name: str, op: str, parallel: bool, n: int, prefault: bool) -> None:
-    uut.need_type(ANON)
+    support.need_type(ANON)
     run_load(op, parallel, n, prefault)

@@ -24,7 +24,7 @@ from collections import Counter
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.check import note
 from lib.kernel import abi, handler, libc
@@ -36,14 +36,14 @@ MEMS = mem_types()
 EVENT_FEATURES = abi.Feature.EVENT_FORK | abi.Feature.EVENT_REMAP | abi.Feature.EVENT_REMOVE
 
 
-def faulting_process(a: uut.Area, pipes: CommPipes) -> None:
+def faulting_process(a: support.Area, pipes: CommPipes) -> None:
     half = (a.npages + 1) // 2
 
     def touch(nr: int, base: int) -> None:
-        count = uut.read_count(a.count_addr(nr, base))
+        count = support.read_count(a.count_addr(nr, base))
         if count != a.count_verify[nr]:
             raise AssertionError(f"nr {nr} memory corruption {count} {a.count_verify[nr]}")
-        uut.write_count(a.count_addr(nr, base), count)  # a WP fault where installed protected
+        support.write_count(a.count_addr(nr, base), count)  # a WP fault where installed protected
 
     for nr in range(half):
         touch(nr, a.dst.addr)
@@ -54,11 +54,11 @@ def faulting_process(a: uut.Area, pipes: CommPipes) -> None:
     pipes.parent_ready.wait(30)
     a.release(new)
     for nr in range(a.npages):
-        if not uut.is_zero(a.page(nr, new), a.page_size):
+        if not support.is_zero(a.page(nr, new), a.page_size):
             raise AssertionError(f"page {nr} is not zero after the release")
 
 
-def page_counts(faults: list[dict], a: uut.Area, new_base: int, flag: int, want: bool) -> Counter:
+def page_counts(faults: list[dict], a: support.Area, new_base: int, flag: int, want: bool) -> Counter:
     c: Counter = Counter()
     for f in faults:
         if bool(f["flags"] & flag) != want:
@@ -71,14 +71,14 @@ def page_counts(faults: list[dict], a: uut.Area, new_base: int, flag: int, want:
 
 
 def run_events(mt: MemType, wp: bool, options: handler.Options | None = None) -> None:
-    feats = uut.features_for(mt, EVENT_FEATURES, mt.wp_feature if wp else 0)
+    feats = support.features_for(mt, EVENT_FEATURES, mt.wp_feature if wp else 0)
     mode = abi.RegisterMode.MISSING | (abi.RegisterMode.WP if wp else 0)
     opts = options or handler.Options(reject_write_missing=True, copy_mode_wp=wp)
-    with uut.make_area(mt, alias=False) as a:
+    with support.make_area(mt, alias=False) as a:
         src = types.SimpleNamespace(addr=a.src.addr, size=a.size)
         with served(a.dst, "process", feats, mode, source=src, options=opts) as s:
             pipes = CommPipes()
-            child = uut.Child(lambda: faulting_process(a, pipes))
+            child = support.Child(lambda: faulting_process(a, pipes))
             note(f"waiting for the faulting process {child.pid} to touch every page")
             pipes.child_ready.wait(30)
             before = s.stats()
@@ -109,11 +109,11 @@ def run_events(mt: MemType, wp: bool, options: handler.Options | None = None) ->
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"events on {m}" for m in MEMS])
 def test_events(mt: MemType) -> None:
-    uut.need_type(mt, EVENT_FEATURES)
+    support.need_type(mt, EVENT_FEATURES)
     run_events(mt, wp=False)
 
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"events-wp on {m}" for m in MEMS])
 def test_events_wp(mt: MemType) -> None:
-    uut.need_type(mt, EVENT_FEATURES | mt.wp_feature)
+    support.need_type(mt, EVENT_FEATURES | mt.wp_feature)
     run_events(mt, wp=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.check import note
 from lib.kernel import abi, libc
@@ -32,13 +32,13 @@ def ids(name: str, mems: list[MemType] = MEMS) -> list[str]:
     return [f"{name} on {m}" for m in mems]
 
 
-def fault_once(u: Userfaultfd, a: uut.Area, access, resolve: bool = True) -> tuple[Msg, int]:
+def fault_once(u: Userfaultfd, a: support.Area, access, resolve: bool = True) -> tuple[Msg, int]:
     """Run ``access`` on a thread, read its one fault message, serve it; (message, thread id)."""
     t = Toucher.call(access, "access")
     try:
         m = u.read_msg(10)
         if resolve:
-            uut.copy_page(u, m.address & ~(a.page_size - 1), a.src.addr, a.page_size)
+            support.copy_page(u, m.address & ~(a.page_size - 1), a.src.addr, a.page_size)
     finally:
         if not t.wait(10 if resolve else 0):
             try:
@@ -58,8 +58,8 @@ def check_rw_flag(m: Msg, write: bool) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("read fault flags"))
 def test_read_flags(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
+    support.need_type(mt, npages=1)
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
         m, _ = fault_once(u, a, lambda: libc.read(a.dst.addr + OFFSET, 8))
         check_rw_flag(m, write=False)
@@ -67,8 +67,8 @@ def test_read_flags(mt: MemType) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("write fault flags"))
 def test_write_flags(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
+    support.need_type(mt, npages=1)
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
         m, _ = fault_once(u, a, lambda: libc.write(a.dst.addr + OFFSET, b"w" * 8))
         check_rw_flag(m, write=True)
@@ -85,10 +85,10 @@ def check_mutex_fault(m: Msg, glibc: str) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=ids("pthread_mutex_lock fault flags"))
 def test_mutex_lock_flags(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
+    support.need_type(mt, npages=1)
     glibc = libc.glibc_version()
     note(f"glibc {glibc}")
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature) as u:
         u.register(a.dst.addr, a.page_size)
 
         def lock() -> None:
@@ -107,8 +107,8 @@ THREAD_MEMS = [m for m in MEMS if m.kind in ("anon", "hugetlb") and m.page_size 
                          ids=[f"{'' if w else 'no '}thread-id on {m}" for m in THREAD_MEMS for w in (True, False)])
 def test_thread_id(mt: MemType, with_feature: bool) -> None:
     feat = abi.Feature.THREAD_ID if with_feature else 0
-    uut.need_type(mt, feat, npages=1)
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature | feat) as u:
+    support.need_type(mt, feat, npages=1)
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature | feat) as u:
         u.register(a.dst.addr, a.page_size)
         m, tid = fault_once(u, a, lambda: libc.read(a.dst.addr, 8))
         check.eq(m.ptid, tid if with_feature else 0, "pagefault.feat.ptid")
@@ -119,8 +119,8 @@ def test_thread_id(mt: MemType, with_feature: bool) -> None:
                               for m in THREAD_MEMS for w in (True, False)])
 def test_exact_address(mt: MemType, with_feature: bool) -> None:
     feat = abi.Feature.EXACT_ADDRESS if with_feature else 0
-    uut.need_type(mt, feat, npages=1)
-    with uut.make_area(mt, 1) as a, open_for(mt.missing_feature | feat) as u:
+    support.need_type(mt, feat, npages=1)
+    with support.make_area(mt, 1) as a, open_for(mt.missing_feature | feat) as u:
         u.register(a.dst.addr, a.page_size)
         target = a.dst.addr + a.page_size // 2 + OFFSET
         m, _ = fault_once(u, a, lambda: libc.read(target, 1))

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.kernel import abi, libc, needs
 from lib.kernel.memtypes import MemType, mem_types
@@ -41,7 +41,7 @@ def _io(op: str, addr: int) -> int:
 def run_kernel_mode(mt: MemType, op: str, user_mode_only: bool, open_user_mode_only: bool | None = None) -> None:
     """``open_user_mode_only`` (default: as expected) lets a negative control open the other kind."""
     umo = user_mode_only if open_user_mode_only is None else open_user_mode_only
-    with uut.make_area(mt, 1, alias=False) as a:
+    with support.make_area(mt, 1, alias=False) as a:
         with served(a.dst, "thread", mt.missing_feature, source=_src(a), user_mode_only=umo) as s:
             if user_mode_only:
                 with check.raises_errno(errno.EFAULT, f"{op}(2) on registered memory with UFFD_USER_MODE_ONLY"):
@@ -54,7 +54,7 @@ def run_kernel_mode(mt: MemType, op: str, user_mode_only: bool, open_user_mode_o
             if op == "read":
                 check.eq(libc.read(a.dst.addr, len(DATA)), DATA, "data read(2) into the served page")
             else:
-                check.eq(uut.read_count(a.count_addr(0)), 1, "served page content")
+                check.eq(support.read_count(a.count_addr(0)), 1, "served page content")
         check.eq(st.errors, [], "handler errors")
         check.eq([f["address"] for f in st.faults], [a.dst.addr], "fault addresses")
         check.eq(bool(st.faults[0]["flags"] & abi.PagefaultFlag.WRITE), op == "read",
@@ -64,7 +64,7 @@ def run_kernel_mode(mt: MemType, op: str, user_mode_only: bool, open_user_mode_o
 class _src:
     """The area's src as a lib.kernel.handler source (the thread handler only needs .addr)."""
 
-    def __init__(self, a: uut.Area) -> None:
+    def __init__(self, a: support.Area) -> None:
         self.addr, self.size = a.src.addr, a.size
 
 
@@ -77,7 +77,7 @@ def _name(m: MemType, op: str, umo: bool) -> str:
 
 @pytest.mark.parametrize("mt,op,umo", CASES, ids=[_name(*c) for c in CASES])
 def test_kernel_mode(mt: MemType, op: str, umo: bool) -> None:
-    uut.need_type(mt, npages=1)
+    support.need_type(mt, npages=1)
     if umo:
         needs.uffd_features(mt.missing_feature, user_mode_only=True)
     else:

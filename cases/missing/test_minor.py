@@ -21,7 +21,7 @@ import os
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.kernel import abi, libc, setup_step, system
 from lib.kernel.memtypes import MemType, mem_types
@@ -38,19 +38,19 @@ def expected_byte(p: int) -> int:
 
 
 def run_minor(mt: MemType, wp: bool, collapse: bool = False, npages: int | None = None,
-              handler_factory=uut.default_handler) -> None:
+              handler_factory=support.default_handler) -> None:
     feats = MINOR_WP_FEATURES if wp else MINOR_FEATURES
     align = system.pmd_size() if collapse else 0
-    with uut.make_area(mt, npages, counters=False, align=align, alias=False) as a, open_for(feats) as u:
-        a.dst_alias = alias = uut.alias_of(a.dst, align)
+    with support.make_area(mt, npages, counters=False, align=align, alias=False) as a, open_for(feats) as u:
+        a.dst_alias = alias = support.alias_of(a.dst, align)
         ps = a.page_size
         mode = abi.RegisterMode.MINOR | (abi.RegisterMode.WP if wp else 0)
         u.register(alias.addr, a.size, mode)
         for p in range(a.npages):
             libc.fill(a.page(p), p % 255, ps)
-        stats = uut.FaultStats()
-        with uut.PollThread(u, handler_factory(a, u, stats, wp, alias), (alias.addr, a.size), stats) as pt:
-            bad = [p for p in range(a.npages) if not uut.filled(alias.addr + p * ps, expected_byte(p), ps)]
+        stats = support.FaultStats()
+        with support.PollThread(u, handler_factory(a, u, stats, wp, alias), (alias.addr, a.size), stats) as pt:
+            bad = [p for p in range(a.npages) if not support.filled(alias.addr + p * ps, expected_byte(p), ps)]
             pt.stop()
         check.eq(stats.errors, [], "handler errors")
         check.eq(bad, [], "alias pages with unexpected content")
@@ -62,7 +62,7 @@ def run_minor(mt: MemType, wp: bool, collapse: bool = False, npages: int | None 
         if collapse:
             collapse_or_cannot_test(alias.addr, a.size)
             check.eq(smaps_kb(alias.addr, "ShmemPmdMapped"), a.size // 1024, "ShmemPmdMapped of the alias (kB)")
-            bad = [p for p in range(a.npages) if not uut.filled(alias.addr + p * ps, expected_byte(p), ps)]
+            bad = [p for p in range(a.npages) if not support.filled(alias.addr + p * ps, expected_byte(p), ps)]
             check.eq(bad, [], "alias pages with unexpected content after MADV_COLLAPSE")
 
 
@@ -104,19 +104,19 @@ def collapse_or_cannot_test(addr: int, size: int) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"minor on {m}" for m in MEMS])
 def test_minor(mt: MemType) -> None:
-    uut.need_type(mt, MINOR_FEATURES)
+    support.need_type(mt, MINOR_FEATURES)
     run_minor(mt, wp=False)
 
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"minor-wp on {m}" for m in MEMS])
 def test_minor_wp(mt: MemType) -> None:
-    uut.need_type(mt, MINOR_WP_FEATURES)
+    support.need_type(mt, MINOR_WP_FEATURES)
     run_minor(mt, wp=True)
 
 
 @pytest.mark.tap("minor-collapse on shmem")
 def test_minor_collapse() -> None:
     mt = MemType("shmem")
-    uut.need_type(mt, abi.Feature.MINOR_SHMEM)
+    support.need_type(mt, abi.Feature.MINOR_SHMEM)
     require_shmem_collapse()
     run_minor(mt, wp=False, collapse=True, npages=2 * system.pmd_size() // system.PAGE_SIZE)

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.kernel import abi, libc, memory
 from lib.kernel.memtypes import MemType
@@ -28,7 +28,7 @@ FEATURES = (abi.Feature.EVENT_REMOVE | abi.Feature.MOVE | abi.Feature.POISON | a
             | abi.Feature.MISSING_SHMEM)
 
 
-def check_eagain_ops(u: Userfaultfd, a: uut.Area, src: int) -> None:
+def check_eagain_ops(u: Userfaultfd, a: support.Area, src: int) -> None:
     """Each resolving ioctl on page 1 must fail with EAGAIN and -EAGAIN in its result field."""
     ps = a.page_size
     page = a.page(1)
@@ -47,11 +47,11 @@ def check_eagain_ops(u: Userfaultfd, a: uut.Area, src: int) -> None:
 
 def run_mmap_changing(check_fn=check_eagain_ops) -> None:
     mt = MemType("shmem")
-    with uut.make_area(mt, 4, counters=False, alias=False) as a, open_for(FEATURES) as u, \
+    with support.make_area(mt, 4, counters=False, alias=False) as a, open_for(FEATURES) as u, \
             memory.anon(a.page_size) as src:
         libc.fill(src.addr, 0x11, a.page_size)
         u.register(a.dst.addr, a.size)
-        uut.copy_page(u, a.page(0), src.addr, a.page_size)
+        support.copy_page(u, a.page(0), src.addr, a.page_size)
         tid: list[int] = []
         err: list[BaseException] = []
 
@@ -75,10 +75,10 @@ def run_mmap_changing(check_fn=check_eagain_ops) -> None:
         check.eq((m.start, m.end), (a.page(0), a.page(1)), "REMOVE range")
         check.false(t.is_alive(), "the MADV_REMOVE thread finished after the event was read")
         check.eq(err, [], "MADV_REMOVE errors")
-        uut.copy_page(u, a.page(1), src.addr, a.page_size)  # mmap_changing is over
+        support.copy_page(u, a.page(1), src.addr, a.page_size)  # mmap_changing is over
 
 
 @pytest.mark.tap("mmap-changing on shmem")
 def test_mmap_changing() -> None:
-    uut.need_type(MemType("shmem"), FEATURES)
+    support.need_type(MemType("shmem"), FEATURES)
     run_mmap_changing()

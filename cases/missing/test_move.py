@@ -17,7 +17,7 @@ import errno
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.kernel import abi, libc, memory, needs, system
 from lib.kernel.uffd import Msg, UffdError, Userfaultfd, open_for
@@ -26,7 +26,7 @@ PAGE_SIZE = memory.PAGE_SIZE
 NPAGES = 2048  # 8 MiB: four PMDs
 
 
-def move_handler(u: Userfaultfd, src: int, dst: int, chunk: int, stats: uut.FaultStats):
+def move_handler(u: Userfaultfd, src: int, dst: int, chunk: int, stats: support.FaultStats):
     def handle(m: Msg) -> None:
         if m.event != abi.Event.PAGEFAULT:
             raise AssertionError(f"unexpected event {m}")
@@ -56,18 +56,20 @@ def run_move(chunk: int, src_advice: int, dst_advice: int | None, make_handler=m
             libc.madvise(dst.addr, size, dst_advice)
         libc.madvise(src.addr, size, abi.Madv.DONTFORK)
         for nr in range(NPAGES):
-            uut.write_count(src.addr + nr * PAGE_SIZE + uut.COUNT_OFF, nr + 1)
+            support.write_count(src.addr + nr * PAGE_SIZE + support.COUNT_OFF, nr + 1)
         u.register(dst.addr, size)
-        stats = uut.FaultStats()
+        stats = support.FaultStats()
         step = chunk // PAGE_SIZE
-        with uut.PollThread(u, make_handler(u, src.addr, dst.addr, chunk, stats), (dst.addr, size), stats) as pt:
+        with support.PollThread(u, make_handler(u, src.addr, dst.addr, chunk, stats), (dst.addr, size), stats) as pt:
             for nr in range(0, NPAGES, step):
                 for i in range(nr, nr + step):
-                    check.eq(uut.read_count(src.addr + i * PAGE_SIZE + uut.COUNT_OFF), i + 1, f"nr {i} source before")
+                    check.eq(support.read_count(src.addr + i * PAGE_SIZE + support.COUNT_OFF), i + 1,
+                             f"nr {i} source before")
                 for i in range(nr, nr + step):
-                    check.eq(uut.read_count(dst.addr + i * PAGE_SIZE + uut.COUNT_OFF), i + 1, f"nr {i} moved content")
+                    check.eq(support.read_count(dst.addr + i * PAGE_SIZE + support.COUNT_OFF), i + 1,
+                             f"nr {i} moved content")
                 for i in range(nr, nr + step):
-                    check.eq(uut.read_count(src.addr + i * PAGE_SIZE + uut.COUNT_OFF), 0,
+                    check.eq(support.read_count(src.addr + i * PAGE_SIZE + support.COUNT_OFF), 0,
                              f"nr {i} source after the move")
             pt.stop()
         check.eq(stats.errors, [], "handler errors")

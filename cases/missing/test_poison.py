@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.check import note
 from lib.kernel import abi
@@ -23,7 +23,7 @@ BUS_MCEERR_AR = 4
 POISON_PAGES = 4  # at least this many (uffd-unit-tests skips below: "Too less pages for POISON test")
 
 
-def poison_handler(a: uut.Area, u: Userfaultfd, stats: uut.FaultStats):
+def poison_handler(a: support.Area, u: Userfaultfd, stats: support.FaultStats):
     ps = a.page_size
 
     def handle(m: Msg) -> None:
@@ -31,7 +31,7 @@ def poison_handler(a: uut.Area, u: Userfaultfd, stats: uut.FaultStats):
             raise AssertionError(f"unexpected message {m}")
         page = m.address & ~(ps - 1)
         if ((page - a.dst.addr) // ps) % 2:
-            uut.copy_page(u, page, uut.zero_source(ps), ps)
+            support.copy_page(u, page, support.zero_source(ps), ps)
         else:
             check.eq(u.poison(page, ps), ps, "uffdio_poison.updated")
         stats.missing += 1
@@ -40,16 +40,16 @@ def poison_handler(a: uut.Area, u: Userfaultfd, stats: uut.FaultStats):
 
 
 def run_poison(mt: MemType, make_handler=poison_handler) -> None:
-    npages = max(POISON_PAGES, min(uut.area_pages(mt), 16))
-    with uut.make_area(mt, npages, counters=False, alias=False) as a, open_for(
-            uut.features_for(mt, abi.Feature.POISON)) as u:
+    npages = max(POISON_PAGES, min(support.area_pages(mt), 16))
+    with support.make_area(mt, npages, counters=False, alias=False) as a, open_for(
+            support.features_for(mt, abi.Feature.POISON)) as u:
         ps = a.page_size
         mask = u.register(a.dst.addr, a.size)
         check.mask_has(mask, abi.ioctl_mask(abi.IoctlBit.COPY, abi.IoctlBit.POISON), "register ioctls")
-        stats = uut.FaultStats()
-        with uut.PollThread(u, make_handler(a, u, stats), (a.dst.addr, a.size), stats) as pt, \
-                uut.SigbusCatcher(ps, lambda page: uut.replace_page(page, ps)) as c:
-            nonzero = [nr for nr in range(a.npages) if not uut.is_zero(a.page(nr), ps)]
+        stats = support.FaultStats()
+        with support.PollThread(u, make_handler(a, u, stats), (a.dst.addr, a.size), stats) as pt, \
+                support.SigbusCatcher(ps, lambda page: support.replace_page(page, ps)) as c:
+            nonzero = [nr for nr in range(a.npages) if not support.is_zero(a.page(nr), ps)]
             pt.stop()
         check.eq(stats.errors + c.errors, [], "handler errors")
         check.eq(c.pages(), [a.page(nr) for nr in range(0, a.npages, 2)], "pages that raised SIGBUS")
@@ -61,5 +61,5 @@ def run_poison(mt: MemType, make_handler=poison_handler) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"poison on {m}" for m in MEMS])
 def test_poison(mt: MemType) -> None:
-    uut.need_type(mt, abi.Feature.POISON, npages=POISON_PAGES)
+    support.need_type(mt, abi.Feature.POISON, npages=POISON_PAGES)
     run_poison(mt)

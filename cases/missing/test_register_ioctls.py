@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.kernel import abi
 from lib.kernel.memtypes import MemType, mem_types
@@ -65,8 +65,8 @@ def run_register_ioctls(u: Userfaultfd, addr: int, length: int, anon: bool) -> N
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"register-ioctls on {m}" for m in MEMS])
 def test_register_ioctls(mt: MemType) -> None:
-    uut.need_type(mt, REGISTER_FEATURES, npages=1)
-    with uut.make_area(mt, 1, counters=False) as a, open_for(REGISTER_FEATURES) as u:
+    support.need_type(mt, REGISTER_FEATURES, npages=1)
+    with support.make_area(mt, 1, counters=False) as a, open_for(REGISTER_FEATURES) as u:
         run_register_ioctls(u, a.dst.addr, a.page_size, mt.kind == "anon")
 
 
@@ -81,13 +81,13 @@ def check_zeropage(u: Userfaultfd, addr: int, alias: int | None, page_size: int,
     with check.raises_errno(errno.EEXIST, "UFFDIO_ZEROPAGE again (through the alias)") as c:
         u.zeropage(alias if alias is not None else addr, page_size)
     check.eq(c[0].result, -errno.EEXIST, "repeated uffdio_zeropage.zeropage")
-    check.true(uut.is_zero(addr, page_size), "the zero-filled page reads zero")
+    check.true(support.is_zero(addr, page_size), "the zero-filled page reads zero")
 
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"zeropage on {m}" for m in MEMS])
 def test_zeropage(mt: MemType) -> None:
-    uut.need_type(mt, npages=1)
-    with uut.make_area(mt, 1, counters=False) as a, open_for(mt.missing_feature) as u:
+    support.need_type(mt, npages=1)
+    with support.make_area(mt, 1, counters=False) as a, open_for(mt.missing_feature) as u:
         mask = u.register(a.dst.addr, a.page_size)
         if a.dst_alias is not None:
             u.register(a.dst_alias.addr, a.page_size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from cases.missing import support as uut
+from cases.missing import support
 from lib import check
 from lib.kernel import abi
 from lib.kernel.memtypes import MemType, mem_types
@@ -25,19 +25,19 @@ MEMS = mem_types()
 SIGBUS_FEATURES = abi.Feature.SIGBUS | abi.Feature.EVENT_FORK
 
 
-def child_phase(a: uut.Area, half: int) -> None:
-    with uut.SigbusCatcher(a.page_size, lambda page: uut.replace_page(page, a.page_size)) as c:
+def child_phase(a: support.Area, half: int) -> None:
+    with support.SigbusCatcher(a.page_size, lambda page: support.replace_page(page, a.page_size)) as c:
         for nr in range(half):
-            uut.read_count(a.count_addr(nr))
+            support.read_count(a.count_addr(nr))
     if c.errors:
         raise AssertionError("; ".join(c.errors))
     check.eq(c.pages(), [a.page(nr) for nr in range(half)], "pages that raised SIGBUS in the child")
 
 
 def run_sigbus(mt: MemType, wp: bool, resolve: bool = True) -> None:
-    feats = uut.features_for(mt, SIGBUS_FEATURES, mt.wp_feature if wp else 0)
+    feats = support.features_for(mt, SIGBUS_FEATURES, mt.wp_feature if wp else 0)
     mode = abi.RegisterMode.MISSING | (abi.RegisterMode.WP if wp else 0)
-    with uut.make_area(mt, alias=False) as a, served(a.dst, "process", feats, mode) as s:
+    with support.make_area(mt, alias=False) as a, served(a.dst, "process", feats, mode) as s:
         u, ps = s.uffd, a.page_size
         half = (a.npages + 1) // 2
         steps: dict[int, int] = {}
@@ -47,23 +47,23 @@ def run_sigbus(mt: MemType, wp: bool, resolve: bool = True) -> None:
             step = steps.get(nr, 0)
             steps[nr] = step + 1
             if step == 0 and resolve:
-                uut.copy_page(u, page, a.src_page(nr), ps, wp)
+                support.copy_page(u, page, a.src_page(nr), ps, wp)
             elif step == 1 and wp:
                 u.writeprotect(page, ps, False)
             else:
                 raise AssertionError(f"Signal repeated on page {nr}")
 
-        with uut.SigbusCatcher(ps, on_sigbus) as c:
+        with support.SigbusCatcher(ps, on_sigbus) as c:
             for nr in range(half):
-                count = uut.read_count(a.count_addr(nr))
+                count = support.read_count(a.count_addr(nr))
                 check.eq(count, a.count_verify[nr], f"nr {nr} counter")
-                uut.write_count(a.count_addr(nr), count)  # write back: a WP fault with wp
+                support.write_count(a.count_addr(nr), count)  # write back: a WP fault with wp
         check.eq(c.errors, [], "SIGBUS handling in phase 1")
         per_page = 2 if wp else 1
         check.eq(c.pages(), [a.page(nr) for nr in range(half) for _ in range(per_page)],
                  "pages that raised SIGBUS in phase 1, in order")
         a.release()
-        err = uut.Child(lambda: child_phase(a, half)).finish(30)
+        err = support.Child(lambda: child_phase(a, half)).finish(30)
         check.eq(err, "", "phase 2 child")
         flush(s.handler)  # the fork returned once the FORK event was read, maybe not yet recorded
         st = s.stats()
@@ -74,11 +74,11 @@ def run_sigbus(mt: MemType, wp: bool, resolve: bool = True) -> None:
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"sigbus on {m}" for m in MEMS])
 def test_sigbus(mt: MemType) -> None:
-    uut.need_type(mt, SIGBUS_FEATURES)
+    support.need_type(mt, SIGBUS_FEATURES)
     run_sigbus(mt, wp=False)
 
 
 @pytest.mark.parametrize("mt", MEMS, ids=[f"sigbus-wp on {m}" for m in MEMS])
 def test_sigbus_wp(mt: MemType) -> None:
-    uut.need_type(mt, SIGBUS_FEATURES | mt.wp_feature)
+    support.need_type(mt, SIGBUS_FEATURES | mt.wp_feature)
     run_sigbus(mt, wp=True)
