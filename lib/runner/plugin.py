@@ -35,7 +35,7 @@ import pytest
 from lib import check
 from lib.kernel import swap, system
 from lib.runner import exitcodes, interrupt, isolation, kmsg, results
-from lib.runner import report as rpt
+from lib.runner.report import CaseResult, Planned, TapWriter, iso, one_line, suite_version, summary, write_reports
 from lib.runner.verdict import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,21 +98,21 @@ class KmmRun:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.active = False
-        self.results: list[rpt.CaseResult] = []
+        self.results: list[CaseResult] = []
         self.partial = ""
         self.started = time.time()
-        self.tap: rpt.TapWriter | None = None
+        self.tap: TapWriter | None = None
         self.names: dict[str, str] = {}
         self.areas: dict[str, str] = {}
-        self.pending: dict[str, rpt.CaseResult] = {}
+        self.pending: dict[str, CaseResult] = {}
         self.starts: dict[str, float] = {}
         self.props: dict[str, str] = {}
         self.run_facts: dict[str, str] = {}
-        self.planned: list[rpt.Planned] = []
+        self.planned: list[Planned] = []
         self.watch: kmsg.KmsgWatch | None = None
         self.last_summary = 0.0
         self.outdir: Path | None = None
-        self.collect_errors: list[rpt.CaseResult] = []
+        self.collect_errors: list[CaseResult] = []
         self.session: pytest.Session | None = None
         self.write_errors: list[str] = []
         self.final_summary: dict | None = None  # the final summary.json data, None until the run ended
@@ -127,7 +127,7 @@ class KmmRun:
                 return
             lines = [ln for ln in str(report.longrepr).splitlines() if ln.startswith("E ")]
             msg = lines[-1].removeprefix("E").strip() if lines else "collection failed"
-            self.collect_errors.append(rpt.CaseResult(area, f"collect {report.nodeid}", "error",
+            self.collect_errors.append(CaseResult(area, f"collect {report.nodeid}", "error",
                                                       f"harness error: {msg}", traceback=str(report.longrepr),
                                                       nodeid=report.nodeid))
 
@@ -205,8 +205,8 @@ class KmmRun:
             repaired = {**swap.repair(system.SETTINGS.state_dir), **system.SETTINGS.repair()}
         facts = system.facts()
         self.props = facts.properties()
-        self.planned = [rpt.Planned(r.area, r.name, r.nodeid) for r in self.collect_errors] + [
-            rpt.Planned(self.areas[i.nodeid], self.names[i.nodeid], i.nodeid)
+        self.planned = [Planned(r.area, r.name, r.nodeid) for r in self.collect_errors] + [
+            Planned(self.areas[i.nodeid], self.names[i.nodeid], i.nodeid)
             for i in session.items if i.nodeid in self.names]
         self.run_facts = self._run_facts()
         given = self.config.getoption("--kmm-results")
@@ -225,7 +225,7 @@ class KmmRun:
         if fd is not None:
             streams.append(os.fdopen(os.dup(fd), "w"))
             names.append("")
-        self.tap = rpt.TapWriter(streams, names)
+        self.tap = TapWriter(streams, names)
         self.tap.header(len(self.planned))
         self.tap.diag(f"kernel {facts.release} {facts.version} ({facts.machine})")
         self.tap.diag(f"uffd features {facts.uffd_features:#x}; THP sizes: "
@@ -242,7 +242,7 @@ class KmmRun:
         isolation.start_watchdog()
         self._write_reports(final=False)  # from here on a killed run leaves reports marked running
         for r in self.collect_errors:
-            r.started = rpt.iso(time.time())
+            r.started = iso(time.time())
             self.results.append(r)
             self.tap.result(r)
 
@@ -261,12 +261,12 @@ class KmmRun:
             "option.keyword": opt("keyword") or "",
             "option.no_swap_setup": "yes" if opt("--kmm-no-swap-setup") else "no",
             "planned": str(len(self.planned)),
-            "started": rpt.iso(self.started),
+            "started": iso(self.started),
             "hostname": os.uname().nodename,
             "python": sys.version.split()[0],
             "pytest": pytest.__version__,
         }
-        facts.update(rpt.suite_version(str(ROOT)))
+        facts.update(suite_version(str(ROOT)))
         return facts
 
     # -- running --------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class KmmRun:
             if flaky:
                 info["details"] = final.details
                 message = f"flaky: verdicts differ between repeats ({', '.join(kinds)}): {final.message}"
-                info["verdict"], info["message"] = Verdict.FAIL, rpt.one_line(message)
+                info["verdict"], info["message"] = Verdict.FAIL, one_line(message)
                 pytest.fail(message, pytrace=False)
         info["details"] = final.details
         info["traceback"] = final.traceback
@@ -345,9 +345,9 @@ class KmmRun:
             return
         r = self.pending.get(rep.nodeid)
         if r is None:
-            r = rpt.CaseResult(area=self.areas[rep.nodeid],
+            r = CaseResult(area=self.areas[rep.nodeid],
                                name=self.names[rep.nodeid], verdict=Verdict.PASS, nodeid=rep.nodeid,
-                               started=rpt.iso(self.starts.get(rep.nodeid, time.time())))
+                               started=iso(self.starts.get(rep.nodeid, time.time())))
             self.pending[rep.nodeid] = r
         r.duration += rep.duration
         info = getattr(rep, "kmm_info", None) or {}
@@ -358,7 +358,7 @@ class KmmRun:
             r.message = "teardown: " + _longrepr_line(rep)
             r.traceback = str(rep.longrepr)
 
-    def _verdict(self, r: rpt.CaseResult, rep: pytest.TestReport, info: dict) -> None:
+    def _verdict(self, r: CaseResult, rep: pytest.TestReport, info: dict) -> None:
         r.details = info.get("details", "")
         r.traceback = info.get("traceback", "")
         r.kmsg = info.get("kmsg", "")
@@ -428,13 +428,13 @@ class KmmRun:
         partial = self.partial or ("" if final else "running")
         if partial:
             props["run.partial"] = partial
-        data = rpt.summary(self.results, props, partial=partial, started=self.started, exit_code=None,
+        data = summary(self.results, props, partial=partial, started=self.started, exit_code=None,
                            planned=self.planned, run=self.run_facts)
         if final:
             data["exit_code"] = exitcodes.decide(data, bisect=False).code
             self.final_summary = data
         try:
-            rpt.write_reports(str(self.outdir), data, sync=final)
+            write_reports(str(self.outdir), data, sync=final)
         except OSError as e:
             name = os.path.basename(str(e.filename or "")).split(".tmp")[0] or "reports"
             self.write_errors.append(f"{name}: {e.strerror}")
@@ -477,10 +477,10 @@ def reported_message(o: isolation.Outcome) -> str:
         return o.message or "skipped"
     if o.kind is Verdict.XFAIL:
         return o.message or "expected failure"
-    return rpt.one_line(o.message or o.kind)
+    return one_line(o.message or o.kind)
 
 
-def _from_pytest(r: rpt.CaseResult, rep: pytest.TestReport, info: dict) -> None:
+def _from_pytest(r: CaseResult, rep: pytest.TestReport, info: dict) -> None:
     """The verdict of a phase without an isolation verdict (set-up), or of a case carrying
     pytest's ``xfail`` marker (pytest applies the marker to the reported outcome)."""
     if hasattr(rep, "wasxfail"):
@@ -507,8 +507,8 @@ def _longrepr_line(rep: pytest.TestReport) -> str:
         return str(lr[2])
     text = getattr(lr, "reprcrash", None)
     if text is not None and text.message:
-        return rpt.one_line(text.message.removeprefix("Failed: "))
-    return rpt.one_line(str(lr).strip().splitlines()[-1] if str(lr).strip() else "")
+        return one_line(text.message.removeprefix("Failed: "))
+    return one_line(str(lr).strip().splitlines()[-1] if str(lr).strip() else "")
 
 
 def _skip_reason(rep: pytest.TestReport) -> str:
