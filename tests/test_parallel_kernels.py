@@ -293,16 +293,23 @@ def test_harness_problem_stops_the_parallel_series(tmp_path):
 HANGS = BOOT + 'echo "KMM-GUEST-START"\necho "# [RUN] demo pass"\necho "# hanging"\nsleep 600 & wait\n'
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @root_only
-def test_interrupt_ends_every_guest_with_partial_reports(tmp_path):
+@pytest.mark.parametrize("ignored", [False, True], ids=["", "started with SIGINT ignored"])
+def test_interrupt_ends_every_guest_with_partial_reports(tmp_path, ignored):
     """SIGINT to a -j 2 series: both guests end (no stand-in vng left), each folder's report
-    is marked partial, and the series exits 130 without a traceback."""
+    is marked partial, and the series exits 130 without a traceback; also when the series was
+    started with SIGINT ignored (in the background of a script), which its children would
+    otherwise inherit."""
     _, env = fake(tmp_path, HANGS)
     kernels = images(tmp_path, ["1-good", "2-good"])
     e = dict(env, KMM_CASES=str(DATA / "passing"), KMM_STATE_DIR=PRIVATE_STATE)
     p = subprocess.Popen([sys.executable, str(ROOT / "run_suite.py"), "--kernels", *kernels, "-j", "2",
                           f"--results={tmp_path / 'r'}"], env=e, cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint if ignored else None)
     seen: list[str] = []
     assert p.stdout is not None
     anyway = threading.Timer(60, p.send_signal, (signal.SIGINT,))  # the deadline for both to start

@@ -208,11 +208,6 @@ def child_argv(args: argparse.Namespace, root: Path, image: str, folder: Path) -
     return argv
 
 
-def _child_setup() -> None:  # in the child, before exec: its own group, SIGINT ends it cleanly
-    os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # even when this run inherited it ignored
-
-
 class Series:
     """The kernels of one series, run by up to ``jobs`` children at once."""
 
@@ -242,7 +237,7 @@ class Series:
             self.say(f"# ===== kernel {i + 1}/{len(self.images)}: {image} (results: {folder})")
             proc = subprocess.Popen(argv, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    errors="replace", preexec_fn=_child_setup)
+                                    errors="replace", process_group=0)  # Ctrl-C: to us only
             self.children[i] = proc
         errors: list[str] = []
 
@@ -251,6 +246,8 @@ class Series:
                 if keep is not None:
                     keep.append(line.rstrip("\n"))
                     del keep[:-20]
+                    if self.stopping:  # what a child says while it is being stopped (a signal that
+                        continue  # landed in a fork hook prints "Exception ignored ... Traceback")
                 self.say(prefix + line, out)
 
         pumps = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout, None), daemon=True),
@@ -352,6 +349,9 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     series.say(f"# -j {args.jobs}: up to {args.jobs} kernels at once, each guest --memory {args.memory} "
                f"--cpus {args.cpus} (nproc {nproc}, MemAvailable {avail} MiB); results: {base}")
     old = signal.signal(signal.SIGTERM, _sigterm)
+    old_int = signal.getsignal(signal.SIGINT)
+    if old_int == signal.SIG_IGN:  # started in the background: the children would inherit it ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (a handler is reset by exec, SIG_IGN is not)
     try:
         first_bad: int | None = None
         note = ""
@@ -371,4 +371,5 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
             series.batch(list(range(len(images))))
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     return vmrun.finish_series(args, base, images, series.runs, first_bad, note)
