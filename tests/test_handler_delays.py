@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import pytest
 
-from cases.remove.common import (
+from cases.remove.support import (
     HEAD,
     PAGE,
     WCHAN_EVENT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
-from cases.remove.common import PAGE, WCHAN_EVENT, madvise_async, read_async
+from cases.remove.support import PAGE, WCHAN_EVENT, madvise_async, read_async
 from lib.kernel import abi, memory, tasks
 from lib.kernel.handler.options import BEFORE_RESOLVE, CLEAN, REMOVED, ZERO, Options
 from lib.kernel.handler.serve_loop import FaultServer

@@ -12,13 +12,8 @@ from __future__ import annotations
 import pytest
 
 from cases.remove import test_after, test_blocking, test_delivery, test_gated, test_multipage, test_race, test_teardown
-from cases.remove.common import (
-    Backing,
-    MiB,
-    check_ranges_cover,
-    check_zero,
-    returns_within,
-)
+from cases.remove.backings import Backing
+from cases.remove.support import MiB, check_ranges_cover, check_zero, returns_within
 from lib import check
 from lib.kernel import abi, libc, memtypes, system
 from lib.kernel.handler.messages import DISPATCHED
@@ -111,7 +106,7 @@ def _no_zap(s, addr, length, advice):
 def _late_zap(s, addr, length, advice):
     """A kernel whose madvise returns before the zap: it returns while its REMOVE is unread
     (the handler is paused, so the zap has not happened yet, deterministically)."""
-    from cases.remove.common import WCHAN_EVENT, madvise_async
+    from cases.remove.support import WCHAN_EVENT, madvise_async
 
     s.handler.pause()
     madvise_async(addr, length, advice).wait_blocked(WCHAN_EVENT)
@@ -164,12 +159,12 @@ GOOD = ["read PAGEFAULT@0x2008 flags=<PagefaultFlag: 0>", "dispatched PAGEFAULT@
 
 
 def test_delivery_oracles_accept_the_kernel_order():
-    from cases.remove import common
+    from cases.remove import support
 
     st = _stats(GOOD)
-    assert common.check_one_remove(st, 0x1000, 0x3000, "x") == 2
-    common.check_faults_before(st, 0x2000, 0x1000, 2, "x")
-    common.check_no_fault_after(st, 0x2000, 0x1000, 3, "x")
+    assert support.check_one_remove(st, 0x1000, 0x3000, "x") == 2
+    support.check_faults_before(st, 0x2000, 0x1000, 2, "x")
+    support.check_no_fault_after(st, 0x2000, 0x1000, 3, "x")
 
 
 @pytest.mark.parametrize("log,oracle,contains", [
@@ -181,16 +176,16 @@ def test_delivery_oracles_accept_the_kernel_order():
     ([*GOOD, "read PAGEFAULT@0x2fff flags=<PagefaultFlag: 0>"], "after", "after the handler filled"),
 ], ids=["no-remove", "two-removes", "wrong-range", "no-fault-before", "one-fault-before", "fault-after-fill"])
 def test_delivery_oracles_catch(log, oracle, contains):
-    from cases.remove import common
+    from cases.remove import support
 
     st = _stats(log)
     with pytest.raises(AssertionError, match=contains) as e:
         if oracle == "remove":
-            common.check_one_remove(st, 0x1000, 0x3000, "x")
+            support.check_one_remove(st, 0x1000, 0x3000, "x")
         elif oracle == "before":
-            common.check_faults_before(st, 0x2000, 0x1000, 2, "x")
+            support.check_faults_before(st, 0x2000, 0x1000, 2, "x")
         else:
-            common.check_no_fault_after(st, 0x2000, 0x1000, 3, "x")
+            support.check_no_fault_after(st, 0x2000, 0x1000, 3, "x")
     assert "fault records: 0x2000" in str(e.value), "the failure names the fault records"
 
 

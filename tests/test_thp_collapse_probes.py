@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from cases.thp_collapse import areas, contexts, probes, scratchfs, variants
+from cases.thp_collapse import contexts, matrix, probes, regions, scratchfs
 from lib import check
 from lib.kernel import abi, libc, system
 
@@ -86,38 +86,38 @@ def _skip_reason(fn) -> str | None:
 @root
 @thp
 def test_require_skips_a_file_variant_from_the_config_alone(monkeypatch, tmp_path):
-    v = variants.Variant("x", "madvise", variants.FILE)
+    v = matrix.Variant("x", "madvise", matrix.FILE)
     monkeypatch.setattr(system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "n"})
-    assert "CONFIG_READ_ONLY_THP_FOR_FS is not set" in (_skip_reason(lambda: variants.require(v)) or "")
+    assert "CONFIG_READ_ONLY_THP_FOR_FS is not set" in (_skip_reason(lambda: matrix.require(v)) or "")
     monkeypatch.setattr(system, "kernel_config", lambda: {**THP_Y, probes.RO_THP: "y"})
     monkeypatch.setenv("KMM_FILE_DIR", str(tmp_path))
-    assert _skip_reason(lambda: variants.require(v)) is None  # claimed: the case runs (and may fail)
+    assert _skip_reason(lambda: matrix.require(v)) is None  # claimed: the case runs (and may fail)
 
 
 @root
 @thp
 def test_require_skips_an_mthp_khugepaged_variant_from_sysfs_alone(monkeypatch, tmp_path):
-    v = variants.Variant("x", "khugepaged", variants.ANON, 16 * system.KiB)
+    v = matrix.Variant("x", "khugepaged", matrix.ANON, 16 * system.KiB)
     monkeypatch.setattr(system, "THP", str(tmp_path))
-    assert "collapse_exceed_none_pte" in (_skip_reason(lambda: variants.require(v)) or "")
+    assert "collapse_exceed_none_pte" in (_skip_reason(lambda: matrix.require(v)) or "")
     stats = tmp_path / "hugepages-16kB" / "stats"
     stats.mkdir(parents=True)
     (stats / "collapse_exceed_none_pte").write_text("0\n")
-    assert _skip_reason(lambda: variants.require(v)) is None
+    assert _skip_reason(lambda: matrix.require(v)) is None
 
 
 def test_no_madvise_variant_of_an_mthp_size_exists():
     for case in ("collapse_full", "collapse_empty"):
-        vs = [p.values[0] for p in variants.params(case)]
-        assert all(v.size == variants.PMD_SIZE for v in vs if v.ctx == "madvise")
-        assert all(any(m.name == "deadline" for m in p.marks) for p in variants.params(case) if p.values[0].khugepaged)
+        vs = [p.values[0] for p in matrix.params(case)]
+        assert all(v.size == matrix.PMD_SIZE for v in vs if v.ctx == "madvise")
+        assert all(any(m.name == "deadline" for m in p.marks) for p in matrix.params(case) if p.values[0].khugepaged)
 
 
 # -- the collapse context's verdicts after the wait -----------------------------------------------
-def _base_pages() -> areas.Area:
-    a = areas.setup_area(variants.ANON, variants.PMD_SIZE)
-    libc.madvise(a.addr, variants.PMD_SIZE, abi.Madv.NOHUGEPAGE)
-    areas.fault(a, 0, variants.PMD_SIZE)
+def _base_pages() -> regions.Area:
+    a = regions.setup_area(matrix.ANON, matrix.PMD_SIZE)
+    libc.madvise(a.addr, matrix.PMD_SIZE, abi.Madv.NOHUGEPAGE)
+    regions.fault(a, 0, matrix.PMD_SIZE)
     return a
 
 
@@ -129,7 +129,7 @@ def test_collapse_fails_when_khugepaged_scans_but_never_collapses(monkeypatch):
     a = _base_pages()
     try:
         with pytest.raises(AssertionError, match="expected 1 of 1 2048 kB windows huge, got 0"):
-            contexts.collapse(variants.Variant("t", "khugepaged"), a, 1, True, "t")
+            contexts.collapse(matrix.Variant("t", "khugepaged"), a, 1, True, "t")
     finally:
         a.close()
 
@@ -144,7 +144,7 @@ def test_collapse_hands_cannot_test_on_unchanged(monkeypatch):
     a = _base_pages()
     try:
         with pytest.raises(check.CannotTest):
-            contexts.collapse(variants.Variant("t", "khugepaged"), a, 1, True, "t")
+            contexts.collapse(matrix.Variant("t", "khugepaged"), a, 1, True, "t")
     finally:
         a.close()
 
@@ -190,20 +190,20 @@ def test_scratch_fs_maps_a_large_folio_by_pmd_and_leaves_nothing_behind():
         assert system.read_text(f"/sys/block/{os.path.basename(dev)}/queue/read_ahead_kb").strip() == "0"
         path = os.path.join(d, "f")
         with open(path, "wb") as f:
-            f.write(areas.pattern_bytes(0, variants.PMD_PAGES))
+            f.write(regions.pattern_bytes(0, matrix.PMD_PAGES))
         fd = os.open(path, os.O_RDONLY)
-        addr = areas.reserve(variants.PMD_SIZE)
+        addr = regions.reserve(matrix.PMD_SIZE)
         try:
-            libc.mmap(variants.PMD_SIZE, abi.PROT_READ, abi.MAP_SHARED | abi.MAP_FIXED, fd, 0, addr=addr)
-            libc.madvise(addr, variants.PMD_SIZE, abi.Madv.HUGEPAGE)
-            libc.madvise(addr, variants.PMD_SIZE, abi.Madv.POPULATE_READ)
-            orders = set(areas.folio_orders(addr, variants.PMD_PAGES))
-            if orders != {variants.order_of(variants.PMD_SIZE)}:
+            libc.mmap(matrix.PMD_SIZE, abi.PROT_READ, abi.MAP_SHARED | abi.MAP_FIXED, fd, 0, addr=addr)
+            libc.madvise(addr, matrix.PMD_SIZE, abi.Madv.HUGEPAGE)
+            libc.madvise(addr, matrix.PMD_SIZE, abi.Madv.POPULATE_READ)
+            orders = set(regions.folio_orders(addr, matrix.PMD_PAGES))
+            if orders != {matrix.order_of(matrix.PMD_SIZE)}:
                 pytest.skip(f"the {fs.fstype} page cache made folio orders {orders} (no PMD-sized folio to map)")
-            mapped_kb = areas.pmd_mapped_kb(addr, variants.PMD_SIZE, variants.FILE)
-            assert mapped_kb == variants.PMD_SIZE // 1024, areas.describe(addr, variants.PMD_SIZE, variants.FILE)
+            mapped_kb = regions.pmd_mapped_kb(addr, matrix.PMD_SIZE, matrix.FILE)
+            assert mapped_kb == matrix.PMD_SIZE // 1024, regions.describe(addr, matrix.PMD_SIZE, matrix.FILE)
         finally:
-            libc.munmap(addr, variants.PMD_SIZE)
+            libc.munmap(addr, matrix.PMD_SIZE)
             os.close(fd)
     finally:
         fs.close()

@@ -29,7 +29,7 @@ def isolated(fn, timeout: float = 30.0):
 
 # -- sync WP round trip ---------------------------------------------------------------------
 def _sync_case(resolve_name: str) -> None:
-    from cases.wp_async.common import check_sync_wp, resolve_unprotect, sync_wp_write, wp_uffd
+    from cases.wp_async.support import check_sync_wp, resolve_unprotect, sync_wp_write, wp_uffd
     from lib.kernel import memory
 
     resolvers = {
@@ -100,7 +100,7 @@ def test_e2b_oracle_catches_wrong_page_served() -> None:
 # -- PAGEMAP_SCAN region counts ---------------------------------------------------------------
 def _async_written(claim: list[int]) -> None:
     from cases.wp_async.backings import WpBacking
-    from cases.wp_async.common import wp_uffd
+    from cases.wp_async.support import wp_uffd
     from cases.wp_async.test_async_wp import check_written, scan_written
 
     b = WpBacking("anon")
@@ -199,7 +199,7 @@ def test_fork_oracle_distinguishes_event() -> None:
 
 def _close_check(do_close: bool) -> None:
     from cases.wp_async.backings import WpBacking
-    from cases.wp_async.common import wp_bits
+    from cases.wp_async.support import wp_bits
     from lib import check
     from lib.kernel.uffd import open_for
 
@@ -221,7 +221,7 @@ def test_close_oracle_catches_bits_left_behind() -> None:
 
 
 def _marker(protect: bool) -> None:
-    from cases.wp_async.common import wp_bits, wp_uffd
+    from cases.wp_async.support import wp_bits, wp_uffd
     from lib import check
     from lib.kernel import memory
 

@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import pytest
 
-from cases.remove.common import (
-    BACKINGS,
+from cases.remove.backings import BACKINGS, HUGETLBFS, PRIVATE, SHARED, Backing, matrix
+from cases.remove.support import (
     EVENT_REMOVE,
     HEAD,
-    HUGETLBFS,
-    PRIVATE,
-    SHARED,
     TOPOLOGIES,
-    Backing,
     check_no_errors,
     check_ranges_cover,
     check_zero,
     fault_records,
     make_source,
-    matrix,
     ranges_of,
     read_async,
 )

@@ -17,14 +17,13 @@ import errno
 
 import pytest
 
-from cases.remove.common import (
-    BACKINGS,
+from cases.remove.backings import BACKINGS, Backing, matrix
+from cases.remove.support import (
     EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     WAIT,
     WCHAN_EVENT,
-    Backing,
     check_no_errors,
     check_source,
     drain,
@@ -32,7 +31,6 @@ from cases.remove.common import (
     header,
     madvise_async,
     make_source,
-    matrix,
     read_async,
     write_async,
 )

@@ -24,12 +24,9 @@ import errno
 
 import pytest
 
-from cases.remove.common import (
-    BACKINGS,
+from cases.remove.backings import BACKINGS, PRIVATE, SHARED, Backing, matrix
+from cases.remove.support import (
     EVENT_REMOVE,
-    PRIVATE,
-    SHARED,
-    Backing,
     check_ranges_cover,
     drain,
     fault_records,
@@ -37,7 +34,6 @@ from cases.remove.common import (
     header,
     madvise_async,
     make_source,
-    matrix,
     read_async,
 )
 from lib import check

@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import pytest
 
-from cases.remove.common import (
-    BACKINGS,
+from cases.remove.backings import BACKINGS, Backing, matrix
+from cases.remove.support import (
     EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     WCHAN_EVENT,
     WCHAN_FAULT,
-    Backing,
     check_no_errors,
     check_zero,
     fault_records,
     header,
     madvise_async,
     make_source,
-    matrix,
     read_async,
     write_async,
 )

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import pytest
 
-from cases.remove.common import (
-    BACKINGS,
+from cases.remove.backings import BACKINGS, Backing, matrix
+from cases.remove.support import (
     EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
-    Backing,
     check_no_errors,
     check_ranges_cover,
     check_source,
     check_zero,
     fault_records,
     make_source,
-    matrix,
     ranges_of,
     read_async,
 )

@@ -27,13 +27,12 @@ from collections.abc import Callable
 
 import pytest
 
-from cases.remove.common import (
-    BACKINGS,
+from cases.remove.backings import BACKINGS, Backing, matrix
+from cases.remove.support import (
     EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     WAIT,
-    Backing,
     check_faults_before,
     check_no_errors,
     check_no_fault_after,
@@ -43,7 +42,6 @@ from cases.remove.common import (
     delivered,
     header,
     make_source,
-    matrix,
     read_async,
     returns_within,
 )

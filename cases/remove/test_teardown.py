@@ -21,19 +21,17 @@ import signal
 
 import pytest
 
-from cases.remove.common import (
-    BACKINGS,
+from cases.remove.backings import BACKINGS, Backing, matrix
+from cases.remove.support import (
     EVENT_REMOVE,
     HEAD,
     PROCESS_TOPOLOGIES,
     WAIT,
     WCHAN_EVENT,
     WCHAN_FAULT,
-    Backing,
     check_no_errors,
     check_zero,
     madvise_async,
-    matrix,
     ranges_of,
     read_async,
     returns_within,

@@ -19,8 +19,8 @@ from collections.abc import Callable
 import pytest
 
 from cases.thp_collapse import khwait
-from cases.thp_collapse.areas import Area, check_huge, describe, fault, folio_orders, huge_windows, setup_area
-from cases.thp_collapse.variants import ANON, KH_DEADLINE, PMD_SIZE, Variant, order_of
+from cases.thp_collapse.matrix import ANON, KH_DEADLINE, PMD_SIZE, Variant, order_of
+from cases.thp_collapse.regions import Area, check_huge, describe, fault, folio_orders, huge_windows, setup_area
 from lib import check
 from lib.kernel import abi, libc, system, tasks
 

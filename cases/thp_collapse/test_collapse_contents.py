@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from cases.thp_collapse import areas, contexts, variants
-from cases.thp_collapse.variants import ANON, PAGE_SIZE, SHMEM, Variant
+from cases.thp_collapse import contexts, matrix, regions
+from cases.thp_collapse.matrix import ANON, PAGE_SIZE, SHMEM, Variant
 from lib.kernel import libc
 from lib.kernel.pagemap import Pagemap
 
@@ -59,10 +59,10 @@ def check_presence(addr: int, npages: int, populated: set[int], what: str) -> No
         raise AssertionError(f"{what}: present pages {len(present)}, expected exactly the {len(populated)} populated")
 
 
-@pytest.mark.parametrize("v", variants.params("collapse fills holes with zeros", mems=(ANON, SHMEM)))
+@pytest.mark.parametrize("v", matrix.params("collapse fills holes with zeros", mems=(ANON, SHMEM)))
 def test_collapse_fills_holes(v: Variant) -> None:
-    variants.require(v)
-    area = areas.setup_area(v.mem, v.size)
+    matrix.require(v)
+    area = regions.setup_area(v.mem, v.size)
     populated = populate_sparse(area.addr, v.nr)
     check_presence(area.addr, v.nr, populated, "before the collapse")
     contexts.collapse(v, area, 1, True, "Collapse a range with every third page populated")

@@ -18,8 +18,8 @@ import os
 
 import pytest
 
-from cases.thp_collapse import areas, contexts, uffd_checks, variants
-from cases.thp_collapse.variants import ANON, PAGE_SIZE, SHMEM, Variant
+from cases.thp_collapse import contexts, matrix, oracles, regions
+from cases.thp_collapse.matrix import ANON, PAGE_SIZE, SHMEM, Variant
 from lib import check
 from lib.kernel import abi, libc, needs
 from lib.kernel.pagemap import Pagemap
@@ -39,7 +39,7 @@ def features(mem: str, mode: int) -> int:
 
 
 @contextlib.contextmanager
-def registered(area: areas.Area, mode: int):
+def registered(area: regions.Area, mode: int):
     feats = features(area.mem, mode)
     needs.uffd_features(feats)
     u = open_for(feats)
@@ -54,18 +54,18 @@ def registered(area: areas.Area, mode: int):
         u.close()
 
 
-def do_collapse(v: Variant, area: areas.Area) -> str:
+def do_collapse(v: Variant, area: regions.Area) -> str:
     """The context's collapse without an expectation; returns what happened (for notes)."""
     libc.madvise(area.addr, area.size, abi.Madv.HUGEPAGE)
     if v.khugepaged:
         contexts.register_with_khugepaged()
-        r = contexts.wait_for_scan(lambda: areas.huge_windows(area.addr, 1, v.size, area.mem) == 1, min_scans=1)
+        r = contexts.wait_for_scan(lambda: regions.huge_windows(area.addr, 1, v.size, area.mem) == 1, min_scans=1)
         what = f"khugepaged: collapsed={r.collapsed} after {r.scans} full scans"
     else:
         e = contexts.madvise_collapse(area.addr, area.size)
         what = f"MADV_COLLAPSE: {check.errname(e or None)}"
     libc.madvise(area.addr, area.size, abi.Madv.NOHUGEPAGE)
-    check.note(f"{what}; {areas.describe(area.addr, area.size, area.mem)}")
+    check.note(f"{what}; {regions.describe(area.addr, area.size, area.mem)}")
     return what
 
 
@@ -84,7 +84,7 @@ def in_page_cache(fd: int, npages: int) -> set[int]:
     return out
 
 
-def missing_kept(u, area: areas.Area, holes: list[int], toucher: Toucher) -> None:
+def missing_kept(u, area: regions.Area, holes: list[int], toucher: Toucher) -> None:
     """Oracle: every hole is still unpopulated (pagemap; for shmem also not in the page cache)
     and a read of it raises a MISSING fault (resolved with a zero page)."""
     with Pagemap() as pm:
@@ -97,34 +97,34 @@ def missing_kept(u, area: areas.Area, holes: list[int], toucher: Toucher) -> Non
         raise AssertionError(f"{len(filled)} hole(s) of the MISSING-registered range got populated, first {filled[:8]}")
     for i in holes:
         a = area.page(i)
-        m = uffd_checks.touch_outcome(u, toucher, "r", a)
+        m = oracles.touch_outcome(u, toucher, "r", a)
         if m is None:
             raise AssertionError(f"read of hole {i} raised no MISSING fault")
         if m.is_wp or (m.address & ~(PAGE_SIZE - 1)) != a:
             raise AssertionError(f"read of hole {i}: unexpected uffd message {m}")
         u.zeropage(a, PAGE_SIZE)
-        uffd_checks.wait_done(toucher)
+        oracles.wait_done(toucher)
 
 
 MEMS = (ANON, SHMEM)
 
 
 def uvariants(case: str, ctxs=("madvise", "khugepaged")) -> list:
-    return variants.params(case, ctxs=ctxs, mems=MEMS, sizes=False)
+    return matrix.params(case, ctxs=ctxs, mems=MEMS, sizes=False)
 
 
 @pytest.mark.parametrize("v", uvariants("collapse of MISSING-registered range with holes"))
 def test_collapse_missing_holes(v: Variant) -> None:
-    variants.require(v)
-    area = areas.setup_area(v.mem, v.size)
-    areas.fault(area, 0, v.size)
+    matrix.require(v)
+    area = regions.setup_area(v.mem, v.size)
+    regions.fault(area, 0, v.size)
     holes = list(range(1, v.nr, 2))
     for i in holes:  # punch the holes (anon: zap; shmem: drop from the page cache)
         libc.madvise(area.page(i), PAGE_SIZE, abi.Madv.REMOVE if v.mem == SHMEM else abi.Madv.DONTNEED)
     with registered(area, MODE.MISSING) as (u, toucher):
         do_collapse(v, area)
         for i in range(0, v.nr, 2):
-            areas.validate(area.addr, i * PAGE_SIZE, (i + 1) * PAGE_SIZE)
+            regions.validate(area.addr, i * PAGE_SIZE, (i + 1) * PAGE_SIZE)
         missing_kept(u, area, holes, toucher)
 
 
@@ -132,36 +132,36 @@ def test_collapse_missing_holes(v: Variant) -> None:
 def test_collapse_missing_full(v: Variant) -> None:
     """No hole: the collapse may proceed (it does on 6.18); contents must be kept and, if it
     collapsed, the range is one PMD-mapped THP."""
-    variants.require(v)
-    area = areas.setup_area(v.mem, v.size)
-    areas.fault(area, 0, v.size)
+    matrix.require(v)
+    area = regions.setup_area(v.mem, v.size)
+    regions.fault(area, 0, v.size)
     with registered(area, MODE.MISSING):
         do_collapse(v, area)
-        areas.validate(area.addr, 0, v.size)
+        regions.validate(area.addr, 0, v.size)
         if contexts.madvise_collapse(area.addr, area.size) == 0:
-            areas.check_huge(area, 1, v.size, "MISSING-registered range after a successful MADV_COLLAPSE")
+            regions.check_huge(area, 1, v.size, "MISSING-registered range after a successful MADV_COLLAPSE")
 
 
 def wp_case(v: Variant, protect_pages: int) -> None:
-    area = areas.setup_area(v.mem, v.size)
-    areas.fault(area, 0, v.size)
+    area = regions.setup_area(v.mem, v.size)
+    regions.fault(area, 0, v.size)
     with registered(area, MODE.WP) as (u, toucher):
         u.writeprotect(area.addr, protect_pages * PAGE_SIZE, True)
         do_collapse(v, area)
-        areas.validate(area.addr, 0, v.size)
-        uffd_checks.wp_kept(u, area.addr, v.nr, [i < protect_pages for i in range(v.nr)], toucher)
-        areas.validate(area.addr, 0, v.size)
+        regions.validate(area.addr, 0, v.size)
+        oracles.wp_kept(u, area.addr, v.nr, [i < protect_pages for i in range(v.nr)], toucher)
+        regions.validate(area.addr, 0, v.size)
 
 
 @pytest.mark.parametrize("v", uvariants("collapse of uffd-wp protected range"))
 def test_collapse_wp(v: Variant) -> None:
     """Every subpage protected: after the collapse attempt each still has bit 57 and traps."""
-    variants.require(v)
+    matrix.require(v)
     wp_case(v, v.nr)
 
 
 @pytest.mark.parametrize("v", uvariants("collapse of partly uffd-wp protected range"))
 def test_collapse_wp_partial(v: Variant) -> None:
     """The lower half protected: those pages stay protected, the upper half stays writable."""
-    variants.require(v)
+    matrix.require(v)
     wp_case(v, v.nr // 2)

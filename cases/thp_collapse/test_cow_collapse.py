@@ -19,8 +19,8 @@ collapses to the PMD size only (cases/thp_collapse/probes.py).
 
 import pytest
 
-from cases.thp_collapse import areas, variants
-from cases.thp_collapse.variants import PAGE_SIZE
+from cases.thp_collapse import matrix, regions
+from cases.thp_collapse.matrix import PAGE_SIZE
 from lib import check
 from lib.kernel import abi, libc, system, tasks
 from lib.kernel.pagemap import Pagemap
@@ -41,17 +41,17 @@ class CowSize:
         self.test, self.size = test, size
 
     def prepare(self, settings) -> None:
-        if variants.PMD_SIZE:
+        if matrix.PMD_SIZE:
             settings.thp_only_size(self.size, "always")
 
     @property
     def name(self) -> str:
-        suffix = "" if self.size == variants.PMD_SIZE else f" with THP ({system.size_label(self.size)})"
+        suffix = "" if self.size == matrix.PMD_SIZE else f" with THP ({system.size_label(self.size)})"
         return CASES[self.test] + suffix
 
 
 def params() -> list:
-    return [pytest.param(CowSize(t, variants.PMD_SIZE), id=CowSize(t, variants.PMD_SIZE).name) for t in CASES]
+    return [pytest.param(CowSize(t, matrix.PMD_SIZE), id=CowSize(t, matrix.PMD_SIZE).name) for t in CASES]
 
 
 def child_memcmp(addr: int, size: int, pipes: CommPipes) -> int:
@@ -93,19 +93,19 @@ def collapse_or_skip(addr: int, size: int, when: str) -> None:
     try:
         libc.madvise(addr, size, abi.Madv.COLLAPSE)
     except OSError as e:
-        pytest.skip(f"MADV_COLLAPSE failed: {e.strerror} ({when}; {areas.describe(addr, size)})")
-    if not areas.pmd_mapped_thp(addr, size):
+        pytest.skip(f"MADV_COLLAPSE failed: {e.strerror} ({when}; {regions.describe(addr, size)})")
+    if not regions.pmd_mapped_thp(addr, size):
         raise AssertionError(f"after MADV_COLLAPSE {when}: range is not one PMD-mapped THP "
-                             f"({areas.describe(addr, size)})")
-    check.note(f"PMD-mapped after MADV_COLLAPSE {when}: {areas.describe(addr, size)}")
+                             f"({regions.describe(addr, size)})")
+    check.note(f"PMD-mapped after MADV_COLLAPSE {when}: {regions.describe(addr, size)}")
 
 
 @pytest.mark.parametrize("p", params())
 def test_cow_collapse(p: CowSize) -> None:
     size = p.size
-    v = variants.Variant("cow", "madvise", variants.ANON, size)
-    variants.require(v)
-    r = areas.setup_area(variants.ANON, size)
+    v = matrix.Variant("cow", "madvise", matrix.ANON, size)
+    matrix.require(v)
+    r = regions.setup_area(matrix.ANON, size)
     libc.madvise(r.addr, size, abi.Madv.HUGEPAGE)
     libc.touch_write(r.addr, 0)
     with Pagemap() as pm:
@@ -117,12 +117,12 @@ def test_cow_collapse(p: CowSize) -> None:
     # precondition race, not the behaviour under test): PTE-map again, at most three times.
     for _ in range(3):
         libc.mprotect(r.addr + PAGE_SIZE, PAGE_SIZE, abi.PROT_READ)
-        libc.mprotect(r.addr + PAGE_SIZE, PAGE_SIZE, areas.PROT_RW)
-        if areas.pte_mapped_thp(r.addr, size):
+        libc.mprotect(r.addr + PAGE_SIZE, PAGE_SIZE, regions.PROT_RW)
+        if regions.pte_mapped_thp(r.addr, size):
             break
     else:
-        raise AssertionError(f"prelude: THP is not PTE-mapped ({areas.describe(r.addr, size)})")
-    check.note(f"PTE-mapped before the collapse: {areas.describe(r.addr, size)}")
+        raise AssertionError(f"prelude: THP is not PTE-mapped ({regions.describe(r.addr, size)})")
+    check.note(f"PTE-mapped before the collapse: {regions.describe(r.addr, size)}")
     half = size // 2
     if p.test == "unshared":
         collapse_or_skip(r.addr, size, "before fork()")

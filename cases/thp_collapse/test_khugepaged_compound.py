@@ -9,55 +9,55 @@ first page); the collapse must rebuild a PMD-mapped THP with the contents kept.
 
 import pytest
 
-from cases.thp_collapse import areas, contexts, variants
+from cases.thp_collapse import contexts, matrix, regions
+from cases.thp_collapse.matrix import ANON, FILE, FILE_RW, PAGE_SIZE, SHMEM, Variant
 from cases.thp_collapse.scratchfs import file_fs, scratch_fs
-from cases.thp_collapse.variants import ANON, FILE, FILE_RW, PAGE_SIZE, SHMEM, Variant
 from lib.kernel import abi, libc
 
 FIXTURES = (file_fs, scratch_fs)  # the file contexts' scratch filesystem (pytest fixtures)
 
 
-@pytest.mark.parametrize("v", variants.params("collapse_single_pte_entry_compound", mems=(ANON, FILE, FILE_RW)))
+@pytest.mark.parametrize("v", matrix.params("collapse_single_pte_entry_compound", mems=(ANON, FILE, FILE_RW)))
 def test_collapse_single_pte_entry_compound(v: Variant) -> None:
     """One PTE left mapping a compound page (the rest zapped) collapses into a new THP.
     (Upstream skips tmpfs: MADV_DONTNEED does not evict shmem pages; not run on shmem.)"""
-    variants.require(v)
+    matrix.require(v)
     area = contexts.alloc_hpage(v)
     libc.madvise(area.addr, v.size, abi.Madv.NOHUGEPAGE)
     libc.madvise(area.addr + PAGE_SIZE, v.size - PAGE_SIZE, abi.Madv.DONTNEED)
-    areas.check_huge(area, 0, v.size, "Split huge page leaving single PTE mapping compound page")
+    regions.check_huge(area, 0, v.size, "Split huge page leaving single PTE mapping compound page")
     contexts.collapse(v, area, 1, True, "Collapse PTE table with single PTE mapping compound page")
-    areas.validate(area.addr, 0, PAGE_SIZE)
+    regions.validate(area.addr, 0, PAGE_SIZE)
 
 
-@pytest.mark.parametrize("v", variants.params("collapse_full_of_compound", mems=(ANON, FILE, FILE_RW, SHMEM)))
+@pytest.mark.parametrize("v", matrix.params("collapse_full_of_compound", mems=(ANON, FILE, FILE_RW, SHMEM)))
 def test_collapse_full_of_compound(v: Variant) -> None:
     """A PTE table full of the subpages of one THP (PMD split by a VMA split and merge) is
     collapsed again."""
-    variants.require(v)
+    matrix.require(v)
     area = contexts.alloc_hpage(v)
     libc.madvise(area.addr, PAGE_SIZE, abi.Madv.NOHUGEPAGE)
     libc.madvise(area.addr, v.size, abi.Madv.NOHUGEPAGE)
-    areas.check_huge(area, 0, v.size, "Split huge page leaving single PTE page table full of compound pages")
+    regions.check_huge(area, 0, v.size, "Split huge page leaving single PTE page table full of compound pages")
     contexts.collapse(v, area, 1, True, "Collapse PTE table full of compound pages")
-    areas.validate(area.addr, 0, v.size)
+    regions.validate(area.addr, 0, v.size)
 
 
 def build_compound_extreme(size: int) -> tuple[int, int]:
     """A PTE table whose nr entries each map a page of a *different* THP (khugepaged.c
     collapse_compound_extreme): nr rounds of 'make a THP at B, move its first page out and
     back below B'.  Returns (start of the built range, reservation to unmap)."""
-    nr, order = size // PAGE_SIZE, variants.order_of(size)
-    resv = areas.reserve(6 * size)
+    nr, order = size // PAGE_SIZE, matrix.order_of(size)
+    resv = regions.reserve(6 * size)
     base, tmp = resv + 2 * size, resv + 4 * size
-    libc.mmap(size, areas.PROT_RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED, addr=base)
+    libc.mmap(size, regions.PROT_RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED, addr=base)
     for i in range(nr):
         libc.madvise(base, size, abi.Madv.HUGEPAGE)
         libc.touch_write(base, 1)  # a THP at fault where enabled ...
-        if areas.folio_orders(base, 1) != [order]:
+        if regions.folio_orders(base, 1) != [order]:
             libc.madvise(base, size, abi.Madv.POPULATE_WRITE)  # ... else collapse one
             ret = contexts.madvise_collapse(base, size)
-            if ret or areas.folio_orders(base, 1) != [order]:
+            if ret or regions.folio_orders(base, 1) != [order]:
                 raise AssertionError(f"round {i}: failed to allocate a huge page at B (MADV_COLLAPSE {ret})")
         libc.madvise(base, size, abi.Madv.NOHUGEPAGE)
         libc.mremap(base - i * PAGE_SIZE, i * PAGE_SIZE + size, (i + 1) * PAGE_SIZE,
@@ -68,53 +68,53 @@ def build_compound_extreme(size: int) -> tuple[int, int]:
     return base - size, resv
 
 
-@pytest.mark.deadline(variants.KH_DEADLINE)  # nr THPs built one by one: about 2 minutes under TCG
-@pytest.mark.parametrize("v", variants.params("collapse_compound_extreme", madvise=(("enabled", "madvise"),)))
+@pytest.mark.deadline(matrix.KH_DEADLINE)  # nr THPs built one by one: about 2 minutes under TCG
+@pytest.mark.parametrize("v", matrix.params("collapse_compound_extreme", madvise=(("enabled", "madvise"),)))
 def test_collapse_compound_extreme(v: Variant) -> None:
     """A PTE table full of pages from nr different THPs collapses into one THP.  The THPs are
     built at fault (enabled=madvise in both contexts, as upstream builds them; MADV_COLLAPSE
     ignores the knob)."""
-    variants.require(v)
+    matrix.require(v)
     start, resv = build_compound_extreme(v.size)
-    area = areas.Area(start, v.size, ANON)
-    areas.fault(area, 0, v.size)
-    areas.check_huge(area, 0, v.size, "Construct PTE page table full of different PTE-mapped compound pages")
+    area = regions.Area(start, v.size, ANON)
+    regions.fault(area, 0, v.size)
+    regions.check_huge(area, 0, v.size, "Construct PTE page table full of different PTE-mapped compound pages")
     contexts.collapse(v, area, 1, True, "Collapse PTE table full of different compound pages")
-    areas.validate(area.addr, 0, v.size)
+    regions.validate(area.addr, 0, v.size)
     libc.munmap(resv, 6 * v.size)
 
 
-@pytest.mark.parametrize("v", variants.params("madvise_collapse_existing_thps", ctxs=("madvise",),
+@pytest.mark.parametrize("v", matrix.params("madvise_collapse_existing_thps", ctxs=("madvise",),
                                          mems=(ANON, FILE, FILE_RW, SHMEM)))
 def test_madvise_collapse_existing_thps(v: Variant) -> None:
     """MADV_COLLAPSE of a range that is already PMD-mapped succeeds and changes nothing."""
-    variants.require(v)
-    area = areas.setup_area(v.mem, v.size)
-    areas.fault(area, 0, v.size)
+    matrix.require(v)
+    area = regions.setup_area(v.mem, v.size)
+    regions.fault(area, 0, v.size)
     contexts.collapse(v, area, 1, True, "Collapse fully populated PTE table")
-    areas.validate(area.addr, 0, v.size)
+    regions.validate(area.addr, 0, v.size)
     contexts.collapse(v, area, 1, True, "Re-collapse PMD-mapped hugepage", sanity=False)
-    areas.validate(area.addr, 0, v.size)
+    regions.validate(area.addr, 0, v.size)
 
 
-@pytest.mark.deadline(variants.KH_DEADLINE)  # waits for khugepaged
+@pytest.mark.deadline(matrix.KH_DEADLINE)  # waits for khugepaged
 @pytest.mark.parametrize("v", [pytest.param(x, id=x.name) for x in (
     Variant("madvise_retracted_page_tables", "madvise", m, settings_ctx="khugepaged") for m in (FILE, FILE_RW, SHMEM))])
 def test_madvise_retracted_page_tables(v: Variant) -> None:
     """khugepaged collapses the page cache and retracts the page table (PMD cleared); then
     MADV_COLLAPSE installs the huge PMD from the page cache.  Runs with the khugepaged
     context's knobs throughout (upstream pushes enabled=never only around the MADV_COLLAPSE)."""
-    variants.require(v)
-    area = areas.setup_area(v.mem, v.size)
-    areas.fault(area, 0, v.size)
-    areas.check_huge(area, 0, v.size, "Collapse and leave PMD cleared: sanity")
+    matrix.require(v)
+    area = regions.setup_area(v.mem, v.size)
+    regions.fault(area, 0, v.size)
+    regions.check_huge(area, 0, v.size, "Collapse and leave PMD cleared: sanity")
     contexts.register_with_khugepaged()
     libc.madvise(area.addr, v.size, abi.Madv.HUGEPAGE)
     alias = libc.mmap(v.size, abi.PROT_READ, abi.MAP_SHARED, area.fd, 0)  # watches the page cache
 
     def page_cache_huge() -> bool:
         libc.touch_read(alias)
-        return areas.folio_orders(alias, 1) == [variants.order_of(v.size)]
+        return regions.folio_orders(alias, 1) == [matrix.order_of(v.size)]
 
     try:
         r = contexts.wait_for_scan(page_cache_huge)
@@ -125,4 +125,4 @@ def test_madvise_retracted_page_tables(v: Variant) -> None:
         raise AssertionError(f"khugepaged did not collapse the page cache within {r.scans} full scans: "
                              f"nothing retracted to test")
     contexts.collapse(v, area, 1, True, "Install huge PMD from page cache")
-    areas.validate(area.addr, 0, v.size)
+    regions.validate(area.addr, 0, v.size)

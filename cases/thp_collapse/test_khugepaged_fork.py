@@ -9,74 +9,74 @@ PMD-mapped THP), and both keep their contents.
 
 import pytest
 
-from cases.thp_collapse import areas, contexts, variants
-from cases.thp_collapse.variants import ANON, PAGE_SIZE, Variant
+from cases.thp_collapse import contexts, matrix, regions
+from cases.thp_collapse.matrix import ANON, PAGE_SIZE, Variant
 from lib.kernel import abi, libc
 
 
-@pytest.mark.parametrize("v", variants.params("collapse_fork"))
+@pytest.mark.parametrize("v", matrix.params("collapse_fork"))
 def test_collapse_fork(v: Variant) -> None:
     """A PTE table with one page shared with the parent is collapsed in the child; the parent
     keeps its small page."""
-    variants.require(v)
-    area = areas.setup_area(ANON, v.size)
-    areas.fault(area, 0, PAGE_SIZE)
-    areas.check_huge(area, 0, v.size, "Allocate small page")
+    matrix.require(v)
+    area = regions.setup_area(ANON, v.size)
+    regions.fault(area, 0, PAGE_SIZE)
+    regions.check_huge(area, 0, v.size, "Allocate small page")
 
     def in_child() -> None:
-        areas.check_huge(area, 0, v.size, "Share small page over fork(): child")
-        areas.fault(area, PAGE_SIZE, 2 * PAGE_SIZE)
+        regions.check_huge(area, 0, v.size, "Share small page over fork(): child")
+        regions.fault(area, PAGE_SIZE, 2 * PAGE_SIZE)
         contexts.collapse(v, area, 1, True, "Collapse PTE table with single page shared with parent process")
-        areas.validate(area.addr, 0, PAGE_SIZE)
+        regions.validate(area.addr, 0, PAGE_SIZE)
 
     contexts.in_child(in_child)
-    areas.check_huge(area, 0, v.size, "Check if parent still has small page")
-    areas.validate(area.addr, 0, PAGE_SIZE)
+    regions.check_huge(area, 0, v.size, "Check if parent still has small page")
+    regions.validate(area.addr, 0, PAGE_SIZE)
 
 
-@pytest.mark.parametrize("v", variants.params("collapse_fork_compound",
-                                         madvise=(("khugepaged/max_ptes_shared", variants.PMD_PAGES - 1),),
-                                         khugepaged=(("khugepaged/max_ptes_shared", variants.PMD_PAGES - 1),)))
+@pytest.mark.parametrize("v", matrix.params("collapse_fork_compound",
+                                         madvise=(("khugepaged/max_ptes_shared", matrix.PMD_PAGES - 1),),
+                                         khugepaged=(("khugepaged/max_ptes_shared", matrix.PMD_PAGES - 1),)))
 def test_collapse_fork_compound(v: Variant) -> None:
     """A THP shared with the parent, PMD split in the child and one page COWed there, is
     collapsed in the child (max_ptes_shared = nr-1, as upstream sets around this collapse);
     the parent keeps its PMD-mapped THP."""
-    variants.require(v)
+    matrix.require(v)
     area = contexts.alloc_hpage(v)
 
     def in_child() -> None:
-        areas.check_huge(area, 1, v.size, "Share huge page over fork(): child")
+        regions.check_huge(area, 1, v.size, "Share huge page over fork(): child")
         libc.madvise(area.addr, PAGE_SIZE, abi.Madv.NOHUGEPAGE)
         libc.madvise(area.addr, v.size, abi.Madv.NOHUGEPAGE)
-        areas.check_huge(area, 0, v.size, "Split huge page PMD in child process")
-        areas.fault(area, 0, PAGE_SIZE)
+        regions.check_huge(area, 0, v.size, "Split huge page PMD in child process")
+        regions.fault(area, 0, PAGE_SIZE)
         contexts.collapse(v, area, 1, True, "Collapse PTE table full of compound pages in child")
-        areas.validate(area.addr, 0, v.size)
+        regions.validate(area.addr, 0, v.size)
 
     contexts.in_child(in_child)
-    areas.check_huge(area, 1, v.size, "Check if parent still has huge page")
-    areas.validate(area.addr, 0, v.size)
+    regions.check_huge(area, 1, v.size, "Check if parent still has huge page")
+    regions.validate(area.addr, 0, v.size)
 
 
-@pytest.mark.parametrize("v", variants.params("collapse_max_ptes_shared"))
+@pytest.mark.parametrize("v", matrix.params("collapse_max_ptes_shared"))
 def test_collapse_max_ptes_shared(v: Variant) -> None:
     """With more than max_ptes_shared (nr/2) pages still shared with the parent khugepaged does
     not collapse (MADV_COLLAPSE does); one more COW brings it to the limit and it collapses."""
-    variants.require(v)
-    max_shared = (variants.PMD_PAGES // 2) * v.nr // variants.PMD_PAGES
+    matrix.require(v)
+    max_shared = (matrix.PMD_PAGES // 2) * v.nr // matrix.PMD_PAGES
     area = contexts.alloc_hpage(v)
 
     def in_child() -> None:
-        areas.check_huge(area, 1, v.size, "Share huge page over fork(): child")
-        areas.fault(area, 0, (v.nr - max_shared - 1) * PAGE_SIZE)
-        areas.check_huge(area, 0, v.size, f"Trigger CoW on page {v.nr - max_shared - 1} of {v.nr}")
+        regions.check_huge(area, 1, v.size, "Share huge page over fork(): child")
+        regions.fault(area, 0, (v.nr - max_shared - 1) * PAGE_SIZE)
+        regions.check_huge(area, 0, v.size, f"Trigger CoW on page {v.nr - max_shared - 1} of {v.nr}")
         contexts.collapse(v, area, 1, not v.khugepaged, "Maybe collapse with max_ptes_shared exceeded")
         if v.khugepaged:
-            areas.fault(area, 0, (v.nr - max_shared) * PAGE_SIZE)
-            areas.check_huge(area, 0, v.size, f"Trigger CoW on page {v.nr - max_shared} of {v.nr}")
+            regions.fault(area, 0, (v.nr - max_shared) * PAGE_SIZE)
+            regions.check_huge(area, 0, v.size, f"Trigger CoW on page {v.nr - max_shared} of {v.nr}")
             contexts.collapse(v, area, 1, True, "Collapse with max_ptes_shared PTEs shared")
-        areas.validate(area.addr, 0, v.size)
+        regions.validate(area.addr, 0, v.size)
 
     contexts.in_child(in_child)
-    areas.check_huge(area, 1, v.size, "Check if parent still has huge page")
-    areas.validate(area.addr, 0, v.size)
+    regions.check_huge(area, 1, v.size, "Check if parent still has huge page")
+    regions.validate(area.addr, 0, v.size)

@@ -9,8 +9,8 @@ for the run when none is active, and removed at its end; without one the cases S
 
 import pytest
 
-from cases.thp_collapse import areas, contexts, variants
-from cases.thp_collapse.variants import ANON, PAGE_SIZE, Variant
+from cases.thp_collapse import contexts, matrix, regions
+from cases.thp_collapse.matrix import ANON, PAGE_SIZE, Variant
 from lib.kernel import abi, libc, system
 
 
@@ -26,41 +26,41 @@ def require_swap(swap: str) -> None:
         pytest.skip("no swap" + (f" ({swap})" if swap else ""))
 
 
-def pageout(area: areas.Area, npages: int) -> None:
+def pageout(area: regions.Area, npages: int) -> None:
     """MADV_PAGEOUT the first ``npages``; smaps Swap must then show exactly them (check_swap)."""
     libc.madvise(area.addr, npages * PAGE_SIZE, abi.Madv.PAGEOUT)
-    kb = areas.smaps_sum(area.addr, area.size, "Swap")
+    kb = regions.smaps_sum(area.addr, area.size, "Swap")
     if kb != npages * PAGE_SIZE // 1024:
         raise AssertionError(f"Swapout {npages} of {area.size // PAGE_SIZE} pages: smaps Swap {kb} kB, "
                              f"expected {npages * PAGE_SIZE // 1024} kB")
 
 
-@pytest.mark.parametrize("v", variants.params("collapse_swapin_single_pte"))
+@pytest.mark.parametrize("v", matrix.params("collapse_swapin_single_pte"))
 def test_collapse_swapin_single_pte(v: Variant, swap) -> None:
     """One swapped-out PTE is swapped in by the collapse."""
-    variants.require(v)
+    matrix.require(v)
     require_swap(swap)
-    area = areas.setup_area(ANON, v.size)
-    areas.fault(area, 0, v.size)
+    area = regions.setup_area(ANON, v.size)
+    regions.fault(area, 0, v.size)
     pageout(area, 1)
     contexts.collapse(v, area, 1, True, "Collapse with swapping in single PTE entry")
-    areas.validate(area.addr, 0, v.size)
+    regions.validate(area.addr, 0, v.size)
 
 
-@pytest.mark.parametrize("v", variants.params("collapse_max_ptes_swap"))
+@pytest.mark.parametrize("v", matrix.params("collapse_max_ptes_swap"))
 def test_collapse_max_ptes_swap(v: Variant, swap) -> None:
     """max_ptes_swap+1 swapped-out PTEs: khugepaged refuses, MADV_COLLAPSE collapses;
     exactly max_ptes_swap: khugepaged collapses."""
-    variants.require(v)
+    matrix.require(v)
     require_swap(swap)
-    max_swap = contexts.kh_counter("max_ptes_swap") * v.nr // variants.PMD_PAGES
-    area = areas.setup_area(ANON, v.size)
-    areas.fault(area, 0, v.size)
+    max_swap = contexts.kh_counter("max_ptes_swap") * v.nr // matrix.PMD_PAGES
+    area = regions.setup_area(ANON, v.size)
+    regions.fault(area, 0, v.size)
     pageout(area, max_swap + 1)
     contexts.collapse(v, area, 1, not v.khugepaged, "Maybe collapse with max_ptes_swap exceeded")
-    areas.validate(area.addr, 0, v.size)
+    regions.validate(area.addr, 0, v.size)
     if v.khugepaged:
-        areas.fault(area, 0, v.size)
+        regions.fault(area, 0, v.size)
         pageout(area, max_swap)
         contexts.collapse(v, area, 1, True, "Collapse with max_ptes_swap pages swapped out")
-        areas.validate(area.addr, 0, v.size)
+        regions.validate(area.addr, 0, v.size)

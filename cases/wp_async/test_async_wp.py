@@ -13,7 +13,7 @@ subpages become written; on hugetlb the unit is the huge page.
 import pytest
 
 from cases.wp_async.backings import backings
-from cases.wp_async.common import wp_bits, wp_uffd
+from cases.wp_async.support import wp_bits, wp_uffd
 from lib import check
 from lib.kernel import abi, libc
 from lib.kernel.pagemap import Pagemap

@@ -14,7 +14,7 @@ On a THP backing the protection is applied to the whole THP and the fault resolv
 import pytest
 
 from cases.wp_async.backings import backings
-from cases.wp_async.common import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from cases.wp_async.support import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
 from lib import check
 from lib.kernel import libc
 

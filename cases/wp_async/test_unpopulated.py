@@ -13,7 +13,7 @@ without a message and keeps the protection, a write traps with UFFD_PAGEFAULT_FL
 import pytest
 
 from cases.wp_async.backings import WpBacking, backings
-from cases.wp_async.common import SETTLE_TIMEOUT, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from cases.wp_async.support import SETTLE_TIMEOUT, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
 from lib import check
 from lib.kernel import abi, libc
 from lib.kernel.pagemap import Pagemap

@@ -12,7 +12,7 @@ its diagnostics (lib.check.diag: JUnit body, summary.json) either way and fails 
 import pytest
 
 from cases.wp_async.backings import backings
-from cases.wp_async.common import SETTLE_TIMEOUT, wp_bits
+from cases.wp_async.support import SETTLE_TIMEOUT, wp_bits
 from lib import check
 from lib.kernel import abi, libc
 from lib.kernel.toucher import Toucher

@@ -22,7 +22,7 @@ import os
 import pytest
 
 from cases.wp_async.backings import WpBacking, backings
-from cases.wp_async.common import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from cases.wp_async.support import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
 from lib import check
 from lib.kernel import abi, libc, pagemap, setup_step, system
 from lib.kernel.pagemap import Pagemap

@@ -17,8 +17,8 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 
+from cases.thp_collapse.matrix import ANON, FILE, FILES, PAGE_SIZE, PMD_SIZE, SHMEM, SMAPS_FIELD, label, order_of
 from cases.thp_collapse.scratchfs import file_dir
-from cases.thp_collapse.variants import ANON, FILE, FILES, PAGE_SIZE, PMD_SIZE, SHMEM, SMAPS_FIELD, label, order_of
 from lib.kernel import abi, libc, system
 from lib.kernel.pagemap import Pagemap, folio_order
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import select
 
-from cases.thp_collapse.variants import PAGE_SIZE
+from cases.thp_collapse.matrix import PAGE_SIZE
 from lib.kernel import libc
 from lib.kernel.pagemap import Pagemap
 from lib.kernel.toucher import Toucher
