@@ -5,7 +5,7 @@
   off and the swapped variants then skip as cow.c's do), requested only by cases whose backing
   swaps, so a run without them never touches swap.  Why there is no swap goes into the skip
   reason (backings.SWAP_STATE).
-* ``gup_test``: the gup_test debugfs file, probed once (lib.kernel.gup_test).
+* ``gup_test`` (the gup_test debugfs file) is the suite's fixture in lib/runner/fixtures.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 from cases.cow import backings
-from lib.kernel import gup_test as gup
 
 
 @pytest.fixture(autouse=True)
@@ -21,12 +20,3 @@ def _swap_for_swapped_variants(request: pytest.FixtureRequest) -> None:
     cs = getattr(request.node, "callspec", None)
     if cs is not None and any(getattr(v, "swap", False) for v in cs.params.values()):
         backings.SWAP_STATE["note"] = request.getfixturevalue("swap_setup").note
-
-
-@pytest.fixture(scope="session")
-def gup_test():
-    g = gup.probe()
-    try:
-        yield g
-    finally:
-        g.close()

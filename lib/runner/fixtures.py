@@ -9,6 +9,9 @@
   lib.runner.plugin).  ``--kmm-no-swap-setup`` turns it off; the cases that need swap then skip
   (cow.c's swapped variants do the same without swap).  Only cases that need swap request it,
   so a run without them never touches swap.
+* ``gup_test``: the gup_test debugfs file (:class:`lib.kernel.gup_test.GupTest`), probed once per
+  run (cow, gup_longterm); debugfs mounted only to look is unmounted again at once, or at the end
+  of the run when the file is there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from lib.kernel import gup_test as gup
 from lib.kernel import swap as swapdev
 from lib.kernel import system
 from lib.runner.plugin import is_case
@@ -149,3 +153,13 @@ def swap_setup(request: pytest.FixtureRequest) -> Iterator[SwapSetup]:
         failed = swapdev.remove(dev)
         if failed:
             raise RuntimeError("could not remove the temporary swap device: " + "; ".join(failed))
+
+
+@pytest.fixture(scope="session")
+def gup_test() -> Iterator[gup.GupTest]:
+    """The gup_test file for longterm-pin cases (cow.c, gup_longterm.c), probed once per run."""
+    g = gup.probe()
+    try:
+        yield g
+    finally:
+        g.close()
