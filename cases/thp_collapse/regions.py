@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cases.thp_collapse.matrix import ANON, FILE, FILES, PAGE_SIZE, PMD_SIZE, SHMEM, SMAPS_FIELD, label, order_of
 from cases.thp_collapse.scratchfs import file_dir
-from lib.kernel import abi, libc, system
+from lib.kernel import abi, libc, memory, system
 from lib.kernel.pagemap import Pagemap, folio_order
 
 PROT_RW = abi.PROT_READ | abi.PROT_WRITE
@@ -47,15 +47,8 @@ class Area:
 
 def reserve(size: int, align: int = 0) -> int:
     """Address space of ``size`` bytes aligned to ``align`` (PMD by default), PROT_NONE."""
-    align = align or PMD_SIZE
-    raw = libc.mmap(size + align, abi.PROT_NONE, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_NORESERVE)
-    start = (raw + align - 1) & ~(align - 1)
-    if start > raw:
-        libc.munmap(raw, start - raw)
-    tail = raw + size + align - (start + size)
-    if tail:
-        libc.munmap(start + size, tail)
-    return start
+    return memory.aligned_mmap(size, align or PMD_SIZE, abi.PROT_NONE,
+                               abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_NORESERVE)
 
 
 def pattern_bytes(first: int, n: int) -> bytes:
