@@ -13,23 +13,34 @@ is a pytest parameter:
 
 Anonymous variants fill the memory with 0x01; the test then compares against that content.
 
-The case names keep cow.c's words; in the suite's vocabulary (lib.kernel.memtypes) they are:
+The case names keep cow.c's words.  Where cow.c's initial mapping is a memory type of the
+suite's vocabulary (lib.kernel.memtypes), the backing creates it through ``MemType(...).map()``
+and then applies cow.c's own steps to it; the rest map their memory here, and the table says
+why:
 
 =====================================  ==============================================
 cow.c backing                          memory type (lib.kernel.memtypes)
 =====================================  ==============================================
-base page (swapped out or not)         ``anon``
+base page (swapped out or not)         ``anon`` (one page, MADV_NOHUGEPAGE, then
+                                       paged out for the swapped variant)
 THP (N kB), every variant              ``anon-thp (N kB)``, then PTE-mapped, cut to a
                                        single PTE, half mremap()'ed, half shared or
                                        swapped out as the name says
 hugetlb (N kB)                         ``hugetlb-anon``: MAP_PRIVATE|MAP_ANONYMOUS|
                                        MAP_HUGETLB (memtypes' ``hugetlb`` is a memfd)
-shared zeropage                        ``anon``, read-faulted (a R/W and a R/O mapping)
-huge zeropage                          ``anon-thp (<PMD size>)``, read-faulted
-memfd                                  ``shmem-map-private``, plus a MAP_SHARED R/O view
-tmpfile                                none: a private mapping of an unlinked /tmp
-                                       file, plus a MAP_SHARED R/O view
-memfd hugetlb (N kB)                   ``hugetlb-private``, plus a MAP_SHARED R/O view
+memfd                                  ``shmem-map-private`` (the page fallocate()'d),
+                                       plus a MAP_SHARED R/O view (Region.alias)
+memfd hugetlb (N kB)                   ``hugetlb-private`` (the page fallocate()'d),
+                                       plus a MAP_SHARED R/O view (Region.alias)
+shared zeropage                        none, own code: not a mapping type but the page
+                                       a read fault maps into private anon memory (a
+                                       R/W and a R/O mapping, both read-faulted)
+huge zeropage                          none, own code: the PMD page a read fault maps
+                                       into THP-aligned MADV_HUGEPAGE anon memory (two
+                                       mappings, R/W and R/O, both read-faulted)
+tmpfile                                none, own code: a private mapping of an unlinked
+                                       file in the temporary directory (a disk file
+                                       system, no memfd), plus a MAP_SHARED R/O view
 =====================================  ==============================================
 """
 
@@ -44,7 +55,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib.kernel import abi, hugetlb_pool, libc, memtypes, system
+from lib.kernel import abi, hugetlb_pool, libc, memory, memtypes, needs, system
+from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap
 
 PAGE = system.PAGE_SIZE
@@ -146,6 +158,15 @@ class AnonBacking:
     def __str__(self) -> str:
         return self.suffix
 
+    @property
+    def memtype(self) -> MemType:
+        """The memory type cow.c's initial mapping is (lib.kernel.memtypes)."""
+        if self.hugetlb:
+            return MemType(memtypes.HUGETLB_ANON, self.size, pages=HUGETLB_PAGES)
+        if self.thp:
+            return MemType(memtypes.ANON_THP, self.size)
+        return MemType(memtypes.ANON)
+
     def prepare(self, settings) -> None:
         if self.thp:
             settings.thp_only_size(self.size)
@@ -155,21 +176,25 @@ class AnonBacking:
     @contextlib.contextmanager
     def setup(self) -> Iterator[Mem]:
         maps: list[tuple[int, int]] = []
+        regions: list[memory.Region] = []
         try:
             if self.run.startswith("base"):
-                yield self._base(maps)
+                yield self._base(maps, regions)
             elif self.hugetlb:
-                yield self._hugetlb(maps)
+                yield self._hugetlb(maps, regions)
             else:
-                yield self._thp(maps)
+                yield self._thp(maps, regions)
         finally:
             for a, n in maps:
                 with contextlib.suppress(OSError):
                     libc.munmap(a, n)
+            for r in regions:
+                r.close()
 
-    def _base(self, maps: list) -> Mem:
-        mem = libc.mmap(PAGE)
-        maps.append((mem, PAGE))
+    def _base(self, maps: list, regions: list) -> Mem:
+        r = self.memtype.map(1)
+        regions.append(r)
+        mem = r.addr
         try:
             libc.madvise(mem, PAGE, abi.Madv.NOHUGEPAGE)
         except OSError as e:
@@ -180,12 +205,13 @@ class AnonBacking:
             _page_out(mem, PAGE, "the base page")
         return Mem(mem, PAGE)
 
-    def _thp(self, maps: list) -> Mem:
+    def _thp(self, maps: list, regions: list) -> Mem:
         thpsize = self.size
-        raw = libc.mmap(2 * thpsize)  # twice the size, for alignment
-        maps.append((raw, 2 * thpsize))
-        mem = (raw + thpsize) & ~(thpsize - 1)
-        libc.madvise(mem, thpsize, abi.Madv.HUGEPAGE)
+        mt = self.memtype
+        mt.require()  # a probe: the THP size is offered
+        r = mt.map(thpsize // PAGE)  # aligned to thpsize, MADV_HUGEPAGE (cow.c's mmap + madvise)
+        regions.append(r)
+        mem = r.addr
         # touch the first subpage; a THP of this size populates the last one too
         libc.touch_write(mem, FILL)
         with Pagemap() as pm:
@@ -222,21 +248,15 @@ class AnonBacking:
             _page_out(mem, size, "the THP" if size == thpsize else "the subpage")
         return Mem(mem, size)
 
-    def _hugetlb(self, maps: list) -> Mem:
-        flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_HUGETLB | abi.huge_size_flag(self.size)
-        hugetlb_pool.require_before_map(self.size, HUGETLB_PAGES)
-        try:
-            mem = libc.mmap(self.size, PROT_RW, flags)
-        except OSError as e:
-            pytest.skip(f"need more free huge pages (mmap: {e.strerror})")
-        maps.append((mem, self.size))
+    def _hugetlb(self, maps: list, regions: list) -> Mem:
+        mt = self.memtype
+        hugetlb_pool.require_before_map(self.size, HUGETLB_PAGES)  # the pool probe (cow.c: two pages)
+        r = mt.map(1)  # with the pages there, a refused mapping is a failure (memtypes)
+        regions.append(r)
+        mem = r.addr
         libc.fill(mem, FILL, self.size)
-        # COW/unsharing needs a second hugetlb page, otherwise SIGBUS
-        try:
-            dummy = libc.mmap(self.size, PROT_RW, flags)
-        except OSError as e:
-            pytest.skip(f"need more free huge pages (second page: {e.strerror})")
-        libc.munmap(dummy, self.size)
+        # COW/unsharing needs a second hugetlb page, otherwise SIGBUS (cow.c maps a dummy one)
+        mt.map(1).close()
         hugetlb_pool.require_spare_before_fork(self.size)  # the case's fork()/copy-on-write comes next
         return Mem(mem, self.size, hugetlb=True)
 
@@ -300,6 +320,16 @@ class NonAnonBacking:
     def __str__(self) -> str:
         return self.suffix
 
+    @property
+    def memtype(self) -> MemType | None:
+        """The memory type of cow.c's private mapping (lib.kernel.memtypes); None where it is
+        none (the zeropages, tmpfile: see the table above)."""
+        if self.kind == "memfd":
+            return MemType(memtypes.SHMEM_MAP_PRIVATE)
+        if self.kind == "memfd_hugetlb":
+            return MemType(memtypes.HUGETLB_PRIVATE, self.size, pages=HUGETLB_PAGES)
+        return None
+
     def prepare(self, settings) -> None:
         if self.kind == "huge_zeropage" and system.pmd_size():
             settings.thp_only_size(system.pmd_size())
@@ -310,9 +340,15 @@ class NonAnonBacking:
     def setup(self) -> Iterator[NonAnonMem]:
         maps: list[tuple[int, int]] = []
         fds: list[int] = []
+        regions: list[memory.Region] = []
         try:
-            yield getattr(self, f"_{self.kind}")(maps, fds)
+            if self.memtype is not None:
+                yield getattr(self, f"_{self.kind}")(regions)
+            else:
+                yield getattr(self, f"_{self.kind}")(maps, fds)
         finally:
+            for r in reversed(regions):  # the views first, the file's owner (its fd) last
+                r.close()
             for a, n in maps:
                 with contextlib.suppress(OSError):
                     libc.munmap(a, n)
@@ -352,11 +388,26 @@ class NonAnonBacking:
         _populate((mem, smem))
         return NonAnonMem(mem, smem, size)
 
-    def _memfd(self, maps: list, fds: list) -> NonAnonMem:
-        fd = libc.memfd_create("test", abi.MFD_CLOEXEC)
-        fds.append(fd)
-        libc.fallocate(fd, 0, 0, PAGE)  # one page of zeroes
-        return self._file(fd, PAGE, maps)
+    def _memtype_file(self, regions: list) -> NonAnonMem:
+        """cow.c's memfd backings: the memory type's private mapping of a memfd whose page is
+        allocated (fallocate: zeroes), and a MAP_SHARED R/O view of the same file."""
+        mt = self.memtype
+        assert mt is not None
+        r = mt.map(1)
+        regions.append(r)
+        try:
+            libc.fallocate(r.fd, 0, 0, r.size)
+        except OSError as e:
+            if not mt.hugetlb:
+                raise
+            pytest.skip(f"need more free huge pages (fallocate: {e.strerror})")
+        view = r.alias(abi.PROT_READ)
+        regions.append(view)
+        _populate((r.addr, view.addr))
+        return NonAnonMem(r.addr, view.addr, r.size)
+
+    def _memfd(self, regions: list) -> NonAnonMem:
+        return self._memtype_file(regions)
 
     def _tmpfile(self, maps: list, fds: list) -> NonAnonMem:
         fd, path = tempfile.mkstemp(prefix="kmm-cow-")  # tmpfile(3): an unlinked file in /tmp
@@ -370,28 +421,13 @@ class NonAnonBacking:
             raise
         return self._file(fd, PAGE, maps)
 
-    def _memfd_hugetlb(self, maps: list, fds: list) -> NonAnonMem:
-        hugetlb_pool.require_before_map(self.size, HUGETLB_PAGES)
-        try:
-            fd = libc.memfd_create("test", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(self.size))
-        except OSError as e:
-            pytest.skip(f"memfd_create() failed: {e.strerror}")
-        fds.append(fd)
-        try:
-            libc.fallocate(fd, 0, 0, self.size)
-        except OSError as e:
-            pytest.skip(f"need more free huge pages (fallocate: {e.strerror})")
-        try:
-            mem = libc.mmap(self.size, PROT_RW, abi.MAP_PRIVATE, fd, 0)
-        except OSError as e:
-            pytest.skip(f"need more free huge pages (private mmap: {e.strerror})")
-        maps.append((mem, self.size))
-        smem = libc.mmap(self.size, abi.PROT_READ, abi.MAP_SHARED, fd, 0)
-        maps.append((smem, self.size))
-        _populate((mem, smem))
+    def _memfd_hugetlb(self, regions: list) -> NonAnonMem:
+        hugetlb_pool.require_before_map(self.size, HUGETLB_PAGES)  # the pool probe (cow.c: two pages)
+        needs.memfd_hugetlb(self.size)  # a probe: memfd_create(MFD_HUGETLB) of this size
+        m = self._memtype_file(regions)
         # the case's copy-on-write comes next; the private mapping's reservation is its own
         hugetlb_pool.require_spare_before_fork(self.size, own_reserved=1)
-        return NonAnonMem(mem, smem, self.size)
+        return m
 
 
 def non_anon_backings(hugetlb_sizes: tuple[int, ...] | None = None, pmd_size: int | None = None) -> list:
