@@ -65,6 +65,18 @@ class Ctx:
         self.fd = libc.memfd_create("hugetlb-madvise", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.huge_size_flag(self.hp))
         return self.fd
 
+    def fallocated_file(self) -> int:
+        """A hugetlb memfd with ``n`` pages fallocated (checked: n pages consumed)."""
+        fd = self.memfd()
+        libc.fallocate(fd, 0, 0, self.n * self.hp)
+        self.free_is(self.free0 - self.n, "fallocate")
+        return fd
+
+    def advise(self, addr: int, advice: int, expected: int, step: str) -> None:
+        """madvise the ``n`` pages at ``addr``, then check free_hugepages."""
+        libc.madvise(addr, self.n * self.hp, advice)
+        self.free_is(expected, step)
+
     def mmap_file(self, shared: bool) -> int:
         a = libc.mmap(self.n * self.hp, abi.PROT_READ | abi.PROT_WRITE,
                       abi.MAP_SHARED if shared else abi.MAP_PRIVATE, self.fd, 0)
@@ -148,12 +160,11 @@ def test_dontneed_alignment(mem: MemType) -> None:
 @cases("hugetlb-madvise: MADV_DONTNEED on anonymous private mapping")
 def test_dontneed_anon_private(mem: MemType) -> None:
     c = Ctx(mem)
-    n, hp = c.n, c.hp
+    n = c.n
     addr = c.mmap_anon(n)
     c.write_fault(addr)
     c.free_is(c.free0 - n, "write faults")
-    libc.madvise(addr, n * hp, abi.Madv.DONTNEED)
-    c.free_is(c.free0, "MADV_DONTNEED of the whole mapping")
+    c.advise(addr, abi.Madv.DONTNEED, c.free0, "MADV_DONTNEED of the whole mapping")
     c.close()
 
 
@@ -161,18 +172,14 @@ def test_dontneed_anon_private(mem: MemType) -> None:
 def test_dontneed_file_private(mem: MemType) -> None:
     c = Ctx(mem)
     n, hp = c.n, c.hp
-    fd = c.memfd()
-    libc.fallocate(fd, 0, 0, n * hp)
-    c.free_is(c.free0 - n, "fallocate")
+    fd = c.fallocated_file()
     addr = c.mmap_file(shared=False)
     c.read_fault(addr)
     c.free_is(c.free0 - n, "read faults (no page consumed)")
-    libc.madvise(addr, n * hp, abi.Madv.DONTNEED)
-    c.free_is(c.free0 - n, "MADV_DONTNEED (no page freed)")
+    c.advise(addr, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED (no page freed)")
     c.write_fault(addr)
     c.free_is(c.free0 - 2 * n, "write faults (private pages allocated)")
-    libc.madvise(addr, n * hp, abi.Madv.DONTNEED)
-    c.free_is(c.free0 - n, "MADV_DONTNEED (private pages freed)")
+    c.advise(addr, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED (private pages freed)")
     c.write_fault(addr)
     c.free_is(c.free0 - 2 * n, "write faults again")
     libc.fallocate(fd, abi.FALLOC_FL_PUNCH_HOLE | abi.FALLOC_FL_KEEP_SIZE, 0, n * hp)
@@ -183,27 +190,21 @@ def test_dontneed_file_private(mem: MemType) -> None:
 @cases("hugetlb-madvise: MADV_DONTNEED and MADV_REMOVE on shared mapping of hugetlb file")
 def test_dontneed_remove_file_shared(mem: MemType) -> None:
     c = Ctx(mem)
-    n, hp = c.n, c.hp
-    fd = c.memfd()
-    libc.fallocate(fd, 0, 0, n * hp)
-    c.free_is(c.free0 - n, "fallocate")
+    n = c.n
+    c.fallocated_file()
     addr = c.mmap_file(shared=True)
     c.write_fault(addr)
     c.free_is(c.free0 - n, "write faults (no page consumed)")
-    libc.madvise(addr, n * hp, abi.Madv.DONTNEED)
-    c.free_is(c.free0 - n, "MADV_DONTNEED (no page freed)")
-    libc.madvise(addr, n * hp, abi.Madv.REMOVE)
-    c.free_is(c.free0, "MADV_REMOVE (all pages freed)")
+    c.advise(addr, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED (no page freed)")
+    c.advise(addr, abi.Madv.REMOVE, c.free0, "MADV_REMOVE (all pages freed)")
     c.close()
 
 
 @cases("hugetlb-madvise: MADV_REMOVE on shared and private mapping of hugetlb file")
 def test_remove_file_shared_and_private(mem: MemType) -> None:
     c = Ctx(mem)
-    n, hp = c.n, c.hp
-    fd = c.memfd()
-    libc.fallocate(fd, 0, 0, n * hp)
-    c.free_is(c.free0 - n, "fallocate")
+    n = c.n
+    c.fallocated_file()
     addr = c.mmap_file(shared=True)
     c.write_fault(addr)
     c.free_is(c.free0 - n, "shared write faults (no page consumed)")
@@ -212,12 +213,9 @@ def test_remove_file_shared_and_private(mem: MemType) -> None:
     c.free_is(c.free0 - n, "private read faults (no page consumed)")
     c.write_fault(addr2)
     c.free_is(c.free0 - 2 * n, "private write faults (pages allocated)")
-    libc.madvise(addr, n * hp, abi.Madv.DONTNEED)
-    c.free_is(c.free0 - 2 * n, "MADV_DONTNEED of the shared mapping (no page freed)")
-    libc.madvise(addr2, n * hp, abi.Madv.DONTNEED)
-    c.free_is(c.free0 - n, "MADV_DONTNEED of the private mapping (private pages freed)")
+    c.advise(addr, abi.Madv.DONTNEED, c.free0 - 2 * n, "MADV_DONTNEED of the shared mapping (no page freed)")
+    c.advise(addr2, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED of the private mapping (private pages freed)")
     c.write_fault(addr2)
     c.free_is(c.free0 - 2 * n, "private write faults again")
-    libc.madvise(addr, n * hp, abi.Madv.REMOVE)
-    c.free_is(c.free0, "MADV_REMOVE of the shared mapping (file and private pages freed)")
+    c.advise(addr, abi.Madv.REMOVE, c.free0, "MADV_REMOVE of the shared mapping (file and private pages freed)")
     c.close()
