@@ -19,6 +19,7 @@ import pytest
 from cases.thp_split import oracles
 from lib import check
 from lib.kernel import abi, libc, memtypes, needs, system, uffd
+from lib.kernel.memory import Region
 from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap
 
@@ -46,6 +47,17 @@ def _thp_populated(addr: int, thp: int) -> None:
     with Pagemap() as pm:
         if not pm.entry(addr + thp - PAGE).populated:
             pytest.skip("Did not get a THP populated")
+
+
+def _readonly_thp(mem: MemType) -> Region:
+    """A THP whose first subpage was written, then mprotect()ed read-only (mkdirty.c's
+    mmap_thp_range + memset + mprotect); checked to be PMD-mapped."""
+    mem.require()
+    r = mem.map(mem.size // PAGE)
+    libc.fill(r.addr, 1, PAGE)
+    libc.mprotect(r.addr, mem.size, abi.PROT_READ)
+    _thp_populated(r.addr, mem.size)
+    return r
 
 
 def _mbind_local(addr: int, length: int) -> None:
@@ -95,22 +107,14 @@ def test_page_migration() -> None:
 
 @_thp_case("Page migration of THP")
 def test_page_migration_thp(mem: MemType) -> None:
-    mem.require()
-    r = mem.map(mem.size // PAGE)
-    libc.fill(r.addr, 1, PAGE)
-    libc.mprotect(r.addr, mem.size, abi.PROT_READ)
-    _thp_populated(r.addr, mem.size)
+    r = _readonly_thp(mem)
     _mbind_local(r.addr, mem.size)
     oracles.write_sigsegv(r.addr)
 
 
 @_thp_case("PTE-mapping a THP")
 def test_pte_mapped_thp(mem: MemType) -> None:
-    mem.require()
-    r = mem.map(mem.size // PAGE)
-    libc.fill(r.addr, 1, PAGE)
-    libc.mprotect(r.addr, mem.size, abi.PROT_READ)
-    _thp_populated(r.addr, mem.size)
+    r = _readonly_thp(mem)
     check.note("PTE-map the THP: mprotect() the last subpage read-write")
     libc.mprotect(r.addr + mem.size - PAGE, PAGE, abi.PROT_READ | abi.PROT_WRITE)
     oracles.write_sigsegv(r.addr)
