@@ -15,7 +15,7 @@ from lib.kernel import abi
 # headers: userfaultfd.h, fs.h (pm_scan_arg, page_region), mm/gup_test.h, io_uring.h, uio.h,
 # arch/x86/include/uapi/asm/signal.h (struct sigaction as rt_sigaction(2) takes it: handler,
 # flags, restorer, mask), asm-generic/siginfo.h and asm-generic/statfs.h (64-bit: __statfs_word
-# is long).
+# is long), linux/capability.h (capget/capset header and data).
 LAYOUTS = [
     (abi.uffdio_api, 24, {"api": 0, "features": 8, "ioctls": 16}),
     (abi.uffdio_range, 16, {"start": 0, "len": 8}),
@@ -46,6 +46,8 @@ LAYOUTS = [
     (abi.io_uring_cqe, 16, {"user_data": 0, "res": 8, "flags": 12}),
     (abi.sigaction, 32, {"handler": 0, "flags": 8, "restorer": 16, "mask": 24}),
     (abi.siginfo, 128, {"signo": 0, "errno": 4, "code": 8, "addr": 16}),
+    (abi.cap_user_header, 8, {"version": 0, "pid": 4}),
+    (abi.cap_user_data, 12, {"effective": 0, "permitted": 4, "inheritable": 8}),
     (abi.statfs, 120, {"f_type": 0, "f_bsize": 8, "f_blocks": 16, "f_bfree": 24, "f_bavail": 32, "f_files": 40,
                        "f_ffree": 48, "f_fsid": 56, "f_namelen": 64, "f_frsize": 72, "f_flags": 80, "f_spare": 88}),
 ]
@@ -125,7 +127,7 @@ def test_ioctl_number(name, value):
 # name -> value: syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), io_uring numbers
 # (include/uapi/linux/io_uring.h), signal numbers (arch/x86/include/uapi/asm/signal.h,
 # asm-generic/signal-defs.h), file-system magics (include/uapi/linux/magic.h), mempolicy.h,
-# sched.h and prctl.h, written out independently of lib.kernel.abi.
+# sched.h, prctl.h and capability.h, written out independently of lib.kernel.abi.
 NUMBERS = {
     "NR.mmap": 9, "NR.mprotect": 10, "NR.munmap": 11, "NR.rt_sigaction": 13, "NR.rt_sigreturn": 15,
     "NR.ioctl": 16, "NR.mremap": 25, "NR.mincore": 27, "NR.madvise": 28, "NR.clone": 56, "NR.fork": 57,
@@ -133,7 +135,7 @@ NUMBERS = {
     "NR.tgkill": 234, "NR.mbind": 237, "NR.vmsplice": 278, "NR.move_pages": 279, "NR.fallocate": 285,
     "NR.pipe2": 293, "NR.getrandom": 318, "NR.memfd_create": 319, "NR.userfaultfd": 323,
     "NR.io_uring_setup": 425, "NR.io_uring_enter": 426, "NR.io_uring_register": 427, "NR.pidfd_open": 434,
-    "NR.process_madvise": 440,
+    "NR.process_madvise": 440, "NR.capget": 125, "NR.capset": 126,
     "MPOL_LOCAL": 4, "MPOL_MF_MOVE": 2, "MPOL_MF_MOVE_ALL": 4, "CLONE_VM": 0x100,
     "PR_SET_MEMORY_MERGE": 67, "PR_GET_MEMORY_MERGE": 68,
     "IoringOp.NOP": 0, "IoringOp.READ_FIXED": 4, "IoringOp.WRITE_FIXED": 5,
@@ -146,6 +148,7 @@ NUMBERS = {
     "PM_UFFD_WP": 1 << 57, "PM_MMAP_EXCLUSIVE": 1 << 56, "PM_PRESENT": 1 << 63,
     "KPF.THP": 1 << 22, "KPF.COMPOUND_HEAD": 1 << 15,
     "Event.PAGEFAULT": 0x12, "Event.UNMAP": 0x16, "Madv.COLLAPSE": 25, "Madv.POPULATE_WRITE": 23,
+    "LINUX_CAPABILITY_VERSION_3": 0x20080522, "LINUX_CAPABILITY_U32S_3": 2, "CAP_SYS_PTRACE": 19,
     "TMPFS_MAGIC": 0x01021994, "HUGETLBFS_MAGIC": 0x958458F6, "BTRFS_SUPER_MAGIC": 0x9123683E,
     "EXT4_SUPER_MAGIC": 0xEF53, "XFS_SUPER_MAGIC": 0x58465342,
 }

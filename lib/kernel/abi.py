@@ -65,6 +65,8 @@ class NR(enum.IntEnum):
     madvise = 28
     clone = 56
     fork = 57
+    capget = 125
+    capset = 126
     mount = 165
     umount2 = 166
     swapon = 167
@@ -652,3 +654,23 @@ HUGETLBFS_MAGIC = 0x958458F6
 BTRFS_SUPER_MAGIC = 0x9123683E
 EXT4_SUPER_MAGIC = 0xEF53
 XFS_SUPER_MAGIC = 0x58465342
+
+
+# ---------------------------------------------------------------------------------------
+# capabilities (include/uapi/linux/capability.h): capget(2)/capset(2) take a header and,
+# for _LINUX_CAPABILITY_VERSION_3, two data structs (capabilities 0-31, 32-63)
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+LINUX_CAPABILITY_U32S_3 = 2
+CAP_SYS_PTRACE = 19
+
+
+class cap_user_header(ctypes.Structure):
+    """struct __user_cap_header_struct."""
+
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int32)]
+
+
+class cap_user_data(ctypes.Structure):
+    """struct __user_cap_data_struct."""
+
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
