@@ -16,13 +16,19 @@ The backings (lib.kernel.memtypes types) and the case matrix are in backings.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from lib import check
 from lib.kernel import abi, libc, memory, pagemap, system
-from lib.kernel.handler import Source, Stats
+from lib.kernel.handler import Options, Source, Stats
+from lib.kernel.serve import Served, served
 from lib.kernel.tasks import Deadline, task_state, task_wchan
 from lib.kernel.toucher import Toucher
+
+if TYPE_CHECKING:
+    from cases.remove.backings import Backing
 
 PAGE = libc.PAGE_SIZE
 MiB, GiB = system.MiB, system.GiB
@@ -54,6 +60,19 @@ def make_source(region: memory.Region) -> Source:
     for i in range(region.npages):
         libc.write(src.addr + i * region.page_size, header(i))
     return src
+
+
+@contextmanager
+def served_remove(b: Backing, pages: int, topology: str = "thread",
+                  options: Options | None = None) -> Iterator[tuple[memory.Region, Served]]:
+    """``pages`` pages of backing ``b`` registered for MISSING with EVENT_REMOVE (skips where the
+    kernel lacks either), served from :func:`make_source` by a handler in ``topology`` with
+    ``b.options(options)``; yields the region and the served handler."""
+    b.require(EVENT_REMOVE)
+    region = b.map(pages)
+    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=make_source(region),
+                options=b.options(options)) as s:
+        yield region, s
 
 
 def page_is_zero(addr: int, length: int) -> bool:

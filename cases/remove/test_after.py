@@ -29,6 +29,7 @@ from cases.remove.support import (
     make_source,
     ranges_of,
     read_async,
+    served_remove,
 )
 from lib import check
 from lib.kernel import abi, libc
@@ -48,12 +49,8 @@ def refault_after(b: Backing, topology: str, advice: int, options: Options | Non
 
     Returns (page reads zero, MISSING faults on the page); asserts the REMOVE range.
     """
-    b.require(EVENT_REMOVE)
-    region = b.map(min(2, b.max_pages))
-    src = make_source(region)
-    addr, ps = region.page(region.npages - 1), region.page_size
-    opts = b.options(options)
-    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=opts) as s:
+    with served_remove(b, min(2, b.max_pages), topology, options) as (region, s):
+        addr, ps = region.page(region.npages - 1), region.page_size
         libc.fill(addr, MARK, ps)
         libc.madvise(addr, ps, advice)
         read_async(addr, HEAD).join()  # a thread: the access may be a fault again

@@ -32,6 +32,7 @@ from cases.remove.support import (
     madvise_async,
     make_source,
     read_async,
+    served_remove,
     write_async,
 )
 from lib import check
@@ -47,11 +48,8 @@ MARK = b"written while the REMOVE was unread"
 
 def madvise_blocks_until_read(b: Backing, topology: str, pause: bool = True) -> None:
     """Paused handler: madvise sleeps in D, the page stays usable; resume releases it."""
-    b.require(EVENT_REMOVE)
-    region = b.map(1)
-    src = make_source(region)
-    addr, ps = region.addr, region.page_size
-    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=b.options()) as s:
+    with served_remove(b, 1, topology) as (region, s):
+        addr, ps = region.addr, region.page_size
         h = s.handler
         check.eq(libc.read(addr, HEAD), header(0), "first read (served from the source)")
         if pause:

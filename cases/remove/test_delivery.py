@@ -33,12 +33,11 @@ from cases.remove.support import (
     fmt_ranges,
     header,
     madvise_async,
-    make_source,
     read_async,
+    served_remove,
 )
 from lib import check
 from lib.kernel import abi, libc, memory
-from lib.kernel.serve import served
 from lib.kernel.tasks import Deadline
 from lib.kernel.uffd import Userfaultfd, open_for
 
@@ -207,10 +206,7 @@ def test_hugetlb_dontneed_unaligned_start(b: Backing) -> None:
 
 def punch_hole_unnoticed(b: Backing, via_madvise: bool = False) -> list[dict]:
     """fallocate(PUNCH_HOLE) on a served memfd page; returns the handler's events."""
-    b.require(EVENT_REMOVE)
-    region = b.map(1)
-    src = make_source(region)
-    with served(region, "thread", EVENT_REMOVE | b.missing_feature, source=src, options=b.options()) as s:
+    with served_remove(b, 1) as (region, s):
         libc.write(region.addr + 100, b"punch me")
         if via_madvise:  # negative control: the call that does tell the handler
             libc.madvise(region.addr, region.page_size, abi.Madv.REMOVE)

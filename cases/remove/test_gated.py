@@ -18,7 +18,6 @@ import pytest
 
 from cases.remove.backings import BACKINGS, Backing, matrix
 from cases.remove.support import (
-    EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     WCHAN_EVENT,
@@ -28,14 +27,14 @@ from cases.remove.support import (
     fault_records,
     header,
     madvise_async,
-    make_source,
     read_async,
+    served_remove,
     write_async,
 )
 from lib import check
 from lib.kernel import libc
 from lib.kernel.handler import Options
-from lib.kernel.serve import flush, served
+from lib.kernel.serve import flush
 
 MARK = b"gated write"
 
@@ -59,11 +58,8 @@ def check_batch_order(log: list[str], fault_addr: int, remove: tuple[int, int]) 
 
 def remove_then_write(b: Backing, topology: str, options: Options | None = None) -> None:
     """REMOVE of a served page queued, then a write to it: no fault, the write is discarded."""
-    b.require(EVENT_REMOVE)
-    region = b.map(1)
-    src = make_source(region)
-    addr, ps = region.addr, region.page_size
-    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=b.options(options)) as s:
+    with served_remove(b, 1, topology, options) as (region, s):
+        addr, ps = region.addr, region.page_size
         h = s.handler
         libc.read(addr, HEAD)
         h.pause()
@@ -83,11 +79,8 @@ def remove_then_write(b: Backing, topology: str, options: Options | None = None)
 
 def write_then_remove(b: Backing, topology: str, options: Options | None = None) -> None:
     """Write fault on page 1 queued, then a REMOVE of page 0: one batch; no fault lost."""
-    b.require(EVENT_REMOVE)
-    region = b.map(2)
-    src = make_source(region)
-    p0, p1, ps = region.page(0), region.page(1), region.page_size
-    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=b.options(options)) as s:
+    with served_remove(b, 2, topology, options) as (region, s):
+        p0, p1, ps = region.page(0), region.page(1), region.page_size
         h = s.handler
         libc.read(p0, HEAD)
         h.pause()
@@ -110,11 +103,8 @@ def write_then_remove(b: Backing, topology: str, options: Options | None = None)
 def remove_then_fault(b: Backing, topology: str, options: Options | None = None) -> None:
     """REMOVE of an unpopulated page queued first, then a read fault on it: one batch, read
     fault first; the REMOVE is applied first and the fault served with zeros."""
-    b.require(EVENT_REMOVE)
-    region = b.map(1)
-    src = make_source(region)
-    addr, ps = region.addr, region.page_size
-    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=b.options(options)) as s:
+    with served_remove(b, 1, topology, options) as (region, s):
+        addr, ps = region.addr, region.page_size
         h = s.handler
         h.pause()
         mad = madvise_async(addr, ps, b.punch)

@@ -14,7 +14,6 @@ import pytest
 
 from cases.remove.backings import BACKINGS, Backing, matrix
 from cases.remove.support import (
-    EVENT_REMOVE,
     HEAD,
     TOPOLOGIES,
     check_no_errors,
@@ -22,26 +21,22 @@ from cases.remove.support import (
     check_source,
     check_zero,
     fault_records,
-    make_source,
     ranges_of,
     read_async,
+    served_remove,
 )
 from lib import check
 from lib.kernel import libc
 from lib.kernel.handler import Options
-from lib.kernel.serve import flush, served
+from lib.kernel.serve import flush
 
 NPAGES, TOUCHED, SPAN = 6, (0, 2), (1, 5)
 MARK = 0x5A
 
 
 def multi_page(b: Backing, topology: str, options: Options | None = None) -> None:
-    b.require(EVENT_REMOVE)
-    region = b.map(NPAGES)
-    src = make_source(region)
-    ps = region.page_size
-    opts = b.options(options)
-    with served(region, topology, EVENT_REMOVE | b.missing_feature, source=src, options=opts) as s:
+    with served_remove(b, NPAGES, topology, options) as (region, s):
+        ps = region.page_size
         for i in TOUCHED:
             libc.fill(region.page(i), MARK, ps)
         start, end = region.page(SPAN[0]), region.page(SPAN[1])
