@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import struct
 
+import pytest
+
 from cases.cow.backings import AnonBacking, NonAnonBacking, Snapshot, anon_backings, non_anon_backings
-from lib.kernel import libc, swap
+from lib.kernel import libc, memory, memtypes, swap, system
+from lib.kernel.memtypes import MemType
+from lib.runner.isolation import run_isolated
 
 K = 1024
 M = K * K
@@ -108,3 +112,97 @@ def test_swap_repair_removes_a_journalled_device(tmp_path) -> None:
     assert not (tmp_path / "swap.json").exists()
     assert swap.repair(str(tmp_path)) == {}
 
+
+
+# -- the memory types cow.c's backings are (lib.kernel.memtypes, issue 16) ------------------------
+
+
+def test_backings_name_their_memory_type() -> None:
+    """The table in cases/cow/backings.py, as data."""
+    assert AnonBacking("base").memtype == MemType(memtypes.ANON)
+    assert AnonBacking("base_swap").memtype == MemType(memtypes.ANON)
+    for run in ("pmd", "pte_swap", "single", "mremap", "shared"):
+        assert AnonBacking(run, 64 * K).memtype.name == "anon-thp (64 kB)"
+    h = AnonBacking("hugetlb", 2 * M).memtype
+    assert (h.kind, h.size, h.max_pages) == (memtypes.HUGETLB_ANON, 2 * M, 2)
+    assert NonAnonBacking("memfd").memtype == MemType(memtypes.SHMEM_MAP_PRIVATE)
+    h = NonAnonBacking("memfd_hugetlb", 2 * M).memtype
+    assert h is not None and (h.kind, h.size) == (memtypes.HUGETLB_PRIVATE, 2 * M)
+    for kind in ("zeropage", "huge_zeropage", "tmpfile"):
+        assert NonAnonBacking(kind).memtype is None
+
+
+def _mismatches(backing, claimed: MemType | None = None, view: MemType | None = None) -> None:
+    """In a forked child: set ``backing`` up as a case does and fail with what differs between
+    its mapping and ``claimed`` (default: the backing's own memory type), and between the R/O
+    view of a non-anonymous backing and ``view``."""
+    with backing.setup() as m:
+        want = claimed or backing.memtype
+        problems = want.mismatches(memory.Region(m.addr, m.size))
+        if view is not None:
+            problems += [f"view: {p}" for p in view.mismatches(memory.Region(m.saddr, m.size))]
+    assert not problems, "; ".join(problems)
+
+
+def _run(backing, claimed: MemType | None = None, view: MemType | None = None):
+    out = run_isolated(lambda: _mismatches(backing, claimed, view), 30, skip_types=(pytest.skip.Exception,))
+    if out.kind == "skip":
+        pytest.skip(out.message)
+    return out
+
+
+def _base_backings() -> list:
+    out: list = [AnonBacking("base"), NonAnonBacking("memfd")]
+    pmd = system.pmd_size()
+    if pmd and pmd in system.thp_sizes():
+        out += [AnonBacking(r, pmd) for r in ("pmd", "pte", "single", "mremap", "shared")]
+    return out
+
+
+@pytest.mark.parametrize("backing", _base_backings(), ids=str)
+def test_a_backing_maps_its_memory_type(backing) -> None:
+    """The mapping a case gets is the one its memory type names (read back from smaps); a
+    memfd backing's R/O view is a ``shmem`` mapping of the same file."""
+    view = MemType(memtypes.SHMEM) if isinstance(backing, NonAnonBacking) else None
+    out = _run(backing, view=view)
+    assert out.kind == "pass", out.message
+
+
+@pytest.fixture
+def hugetlb_pages():
+    """Four default-size hugetlb pages, under the suite's run lock, put back afterwards."""
+    size = system.default_hugetlb_size()
+    if not system.is_root() or not size or size not in system.hugetlb_sizes():
+        pytest.skip("needs root and default-size hugetlb pages")
+    if not system.SETTINGS.acquire(timeout=600):
+        pytest.skip("the suite's run lock stayed busy")
+    try:
+        system.SETTINGS.ensure_hugetlb(size, 4)
+        yield size
+    finally:
+        system.SETTINGS.restore()
+        system.SETTINGS.release()
+
+
+@pytest.mark.parametrize("cls, kind", [(AnonBacking, "hugetlb"), (NonAnonBacking, "memfd_hugetlb")])
+def test_a_hugetlb_backing_maps_its_memory_type(cls, kind: str, hugetlb_pages: int) -> None:
+    backing = cls(kind, hugetlb_pages)
+    view = MemType(memtypes.HUGETLB, hugetlb_pages) if cls is NonAnonBacking else None
+    out = _run(backing, view=view)
+    assert out.kind == "pass", out.message
+
+
+# negative controls: the same check fails on a mapping that is not the claimed type
+@pytest.mark.parametrize("backing, claimed", [
+    (NonAnonBacking("tmpfile"), MemType(memtypes.SHMEM_MAP_PRIVATE)),  # a /tmp file is no memfd
+    (NonAnonBacking("memfd"), MemType(memtypes.ANON)),
+    (AnonBacking("base"), MemType(memtypes.SHARED_ANON)),
+], ids=["tmpfile is not shmem-map-private", "memfd is not anon", "base page is not shared-anon"])
+def test_a_backing_that_is_not_the_claimed_type_is_caught(backing, claimed: MemType) -> None:
+    out = _run(backing, claimed)
+    assert out.kind == "fail" and "is " in out.message, out.message
+
+
+def test_a_view_that_is_not_shmem_is_caught() -> None:
+    out = _run(NonAnonBacking("memfd"), view=MemType(memtypes.SHMEM_MAP_PRIVATE))
+    assert out.kind == "fail" and "view: shared" in out.message, out.message

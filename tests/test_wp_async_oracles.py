@@ -175,6 +175,85 @@ def test_pmi_failing_register_or_writeprotect_is_a_failure_not_a_skip(block_name
     assert out.message.startswith(f"setup step failed: block {block_name}") and fail_call in out.message, out.message
 
 
+# -- pagemap_ioctl: a backing is the memory type it names (lib.kernel.memtypes, issue 16) ---------
+HUGE_2M = 2 * system.MiB
+
+
+def _pmi_backing_mismatches(kind: str, claimed=None) -> None:
+    """In a forked child: set up one base_tests backing as its case does and fail with what
+    differs between its mapping and ``claimed`` (default: the backing's memory type)."""
+    from cases.wp_async import pagemap_ioctl
+    from lib.kernel import memory
+
+    pagemap_ioctl.require_base_backing(kind)
+    want = claimed or pagemap_ioctl.base_memtype(kind)
+    addr, size, cleanup = pagemap_ioctl.base_backing(kind)
+    try:
+        problems = want.mismatches(memory.Region(addr, size))
+    finally:
+        cleanup()
+    assert not problems, "; ".join(problems)
+
+
+@pytest.fixture
+def pool_2m():
+    """Four 2 MiB hugetlb pages (pagemap_ioctl.c's hugetlb_setup_default(4)), under the suite's
+    run lock, put back afterwards."""
+    if HUGE_2M not in system.hugetlb_sizes():
+        pytest.skip("no 2048 kB hugetlb pages on this kernel")
+    if not system.SETTINGS.acquire(timeout=600):
+        pytest.skip("the suite's run lock stayed busy")
+    try:
+        system.SETTINGS.ensure_hugetlb(HUGE_2M, 4)
+        yield
+    finally:
+        system.SETTINGS.restore()
+        system.SETTINGS.release()
+
+
+PMI_TYPED = ["Page testing:", "Large Page testing:", "Huge page testing:", "Hugetlb mem testing:",
+             "Hugetlb shmem testing: (2)", "File anonymous memory testing:"]
+
+
+def test_pmi_backings_with_a_memory_type_are_the_table() -> None:
+    from cases.wp_async import pagemap_ioctl
+
+    typed = [k for k in pagemap_ioctl.BASE_BACKINGS if pagemap_ioctl.base_memtype(k) is not None]
+    assert typed == PMI_TYPED
+
+
+@pytest.mark.parametrize("kind", PMI_TYPED)
+def test_pmi_backing_maps_its_memory_type(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind.startswith("Hugetlb"):
+        request.getfixturevalue("pool_2m")
+    out = isolated(lambda: _pmi_backing_mismatches(kind))
+    assert out.kind == "pass", out.message
+
+
+def _claimed(kind: str):
+    from lib.kernel import memtypes
+
+    return {"anon-thp": memtypes.MemType(memtypes.ANON_THP, system.pmd_size() or HUGE_2M),
+            "shmem-map-private": memtypes.MemType(memtypes.SHMEM_MAP_PRIVATE),
+            "hugetlb": memtypes.MemType(memtypes.HUGETLB, HUGE_2M)}[kind]
+
+
+# negative controls: the same check fails on a backing that is not the claimed type
+@pytest.mark.parametrize("kind, claimed", [
+    ("Page testing:", "anon-thp"),  # no MADV_HUGEPAGE
+    ("File memory testing:", "shmem-map-private"),  # a /tmp file is no memfd
+    ("Hugetlb shmem testing:", "hugetlb"),  # a SysV segment is no memfd: why it keeps its own code
+])
+def test_pmi_backing_that_is_not_the_claimed_type_is_caught(kind: str, claimed: str,
+                                                             request: pytest.FixtureRequest) -> None:
+    if kind.startswith("Hugetlb"):
+        request.getfixturevalue("pool_2m")
+    out = run_isolated(lambda: _pmi_backing_mismatches(kind, _claimed(claimed)), 30, skip_types=SKIPS)
+    if out.kind == "skip":
+        pytest.skip(out.message)
+    assert out.kind == "fail" and f"{_claimed(claimed).name} is" in out.message, out.message
+
+
 # -- fork, markers, close -----------------------------------------------------------------------
 def _fork_bit(with_event: bool, expect: bool) -> None:
     from cases.wp_async.test_wp_fork import child_bit57

@@ -13,6 +13,37 @@ names are dropped; SysV SHM_HUGETLB uses IPC_PRIVATE instead of key 2; random wr
 seeded generator; transact_test is the bounded, verdict-deterministic version (below).
 No handler thread exists in this process (WP_ASYNC never sends a fault), yet every touch of
 registered memory still goes through lib.kernel.libc.
+
+Memory: where pagemap_ioctl.c's mapping is a memory type of the suite's vocabulary
+(lib.kernel.memtypes), it is created through ``MemType(...).map()``; the rest is mapped here
+and the table says why:
+
+================================  ============================================================
+pagemap_ioctl.c memory            memory type (lib.kernel.memtypes)
+================================  ============================================================
+anonymous areas (mmap of N        ``anon`` (a PROT_READ or PROT_NONE area is mapped so, then
+pages; "Page testing:", "Large    mprotect()'ed: one VMA either way)
+Page testing:", every block)
+gethugepage() ("Huge page         ``anon-thp (<PMD size>)``, filled, every chunk checked to be
+testing:", hpage_unit_tests)      a PMD THP (a skip otherwise, as upstream)
+"Hugetlb mem testing:"            ``hugetlb-anon`` at 2 MiB (MAP_PRIVATE|MAP_ANONYMOUS|
+                                  MAP_HUGETLB)
+"Hugetlb shmem testing:" (2nd)    ``hugetlb`` at 2 MiB (memfd MFD_HUGETLB, MAP_SHARED; upstream
+                                  adds MFD_NOEXEC_SEAL, which only seals exec permission)
+"File anonymous memory testing:"  ``shmem-map-private`` (a memfd mapped MAP_PRIVATE), its
+                                  content written through the fd as upstream does
+"Hugetlb shmem testing:" (1st)    none, own code (sysv_hugetlb): a SysV segment,
+                                  shmget(SHM_HUGETLB) + shmat(), is a hugetlbfs file on the
+                                  kernel's internal SHM mount (smaps: ``/SYSV...``), neither
+                                  a memfd nor MAP_HUGETLB; it also needs CAP_IPC_LOCK or
+                                  hugetlb_shm_group, which no memory type probes
+"File memory testing:",           none, own code (_file_with): an unlinked file in the
+sanity_tests "read/write file"    temporary directory (a disk file system, no memfd), mapped
+                                  MAP_PRIVATE
+sanity_tests "mapped file"        none: this source file mapped R/O
+zeropfn_tests                     none, own code: the (huge) zero page a read fault maps into
+                                  private anon memory (THP-aligned MADV_HUGEPAGE for the huge one)
+================================  ============================================================
 """
 
 from __future__ import annotations
@@ -30,7 +61,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from cases.wp_async.backings import require_thp
-from lib.kernel import abi, caps, hugetlb_pool, libc, memory, system
+from lib.kernel import abi, caps, hugetlb_pool, libc, memory, memtypes, needs, system
+from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap, pagemap_scan_supported
 from lib.kernel.uffd import Userfaultfd, open_for
 
@@ -123,7 +155,11 @@ class Ctx:
 
 
 def anon(npages: int, prot: int = abi.PROT_READ | abi.PROT_WRITE) -> memory.Region:
-    return memory.anon(npages * PAGE_SIZE, prot=prot)
+    """``npages`` pages of ``anon`` (lib.kernel.memtypes), protected ``prot``."""
+    r = MemType(memtypes.ANON).map(npages)
+    if prot != abi.PROT_READ | abi.PROT_WRITE:
+        libc.mprotect(r.addr, r.size, prot)
+    return r
 
 
 def write_pages(addr: int, indices) -> None:
@@ -341,11 +377,19 @@ def sysv_hugetlb(size: int) -> tuple[int, Callable[[], None]]:
 
 
 def _file_with(content_len: int, private_memfd: bool) -> memory.Region:
+    """upstream's file backings: ``content_len`` bytes of "c" in a file mapped MAP_PRIVATE.
+    A memfd is ``shmem-map-private`` (lib.kernel.memtypes); the other is an unlinked file in
+    the temporary directory, no memory type (a disk file system)."""
     if private_memfd:
-        fd = libc.memfd_create("pagemap-ioctl", abi.MFD_CLOEXEC | abi.MFD_NOEXEC_SEAL)
-    else:
-        fd, path = tempfile.mkstemp(prefix="kmm-pmi-")
-        os.unlink(path)
+        r = MemType(memtypes.SHMEM_MAP_PRIVATE).map(-(-content_len // PAGE_SIZE))
+        try:
+            os.pwrite(r.fd, b"c" * content_len, 0)
+        except BaseException:
+            r.close()
+            raise
+        return r
+    fd, path = tempfile.mkstemp(prefix="kmm-pmi-")
+    os.unlink(path)
     os.write(fd, b"c" * content_len)
     addr = libc.mmap(content_len, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_PRIVATE, fd, 0)
     return memory.Region(addr, content_len, PAGE_SIZE, "file", fd, False, _maps=[(addr, content_len)])
@@ -378,40 +422,49 @@ def require_base_backing(kind: str) -> None:
         if kind == "Hugetlb shmem testing:" and not _may_shm_hugetlb():
             pytest.skip("SysV SHM_HUGETLB needs CAP_IPC_LOCK or the group in /proc/sys/vm/hugetlb_shm_group")
         if kind == "Hugetlb shmem testing: (2)":
-            try:
-                os.close(os.memfd_create("kmm-probe", os.MFD_CLOEXEC | abi.MFD_HUGETLB))
-            except OSError as e:
-                pytest.skip(f"memfd MFD_HUGETLB: {e.strerror}")
+            needs.memfd_hugetlb(size)
     elif kind not in BASE_BACKINGS:
         raise ValueError(kind)
+
+
+def base_memtype(kind: str) -> MemType | None:
+    """The memory type (lib.kernel.memtypes) of one base_tests backing, as the module's table
+    says; None for the SysV segment and the /tmp file (no memory type)."""
+    if kind in ("Page testing:", "Large Page testing:"):
+        return MemType(memtypes.ANON)
+    if kind == "Huge page testing:":
+        return MemType(memtypes.ANON_THP, system.pmd_size())
+    if kind == "Hugetlb mem testing:":
+        return MemType(memtypes.HUGETLB_ANON, 2 * system.MiB)
+    if kind == "Hugetlb shmem testing: (2)":
+        return MemType(memtypes.HUGETLB, 2 * system.MiB)
+    if kind == "File anonymous memory testing:":
+        return MemType(memtypes.SHMEM_MAP_PRIVATE)
+    if kind in BASE_BACKINGS:
+        return None
+    raise ValueError(kind)
 
 
 def base_backing(kind: str) -> tuple[int, int, Callable[[], None]]:
     """(addr, size, cleanup) of one base_tests backing, once require_base_backing passed (an
     OSError here is a setup failure, reported as a failure by the caller)."""
+    mt = base_memtype(kind)
     if kind == "Page testing:":
         r = anon(10)
     elif kind == "Large Page testing:":
         r = anon(512 * 10)
     elif kind == "Huge page testing:":
-        hp = system.pmd_size()
-        r = gethugepage(hp)
+        r = gethugepage(system.pmd_size())
     elif kind == "Hugetlb shmem testing:":
         addr, detach = sysv_hugetlb(2 * system.MiB)
         return addr, 2 * system.MiB, detach
-    elif kind == "Hugetlb mem testing:":
-        r = memory.hugetlb(2 * system.MiB, 2 * system.MiB, shared=False, via_memfd=False)
-    elif kind == "Hugetlb shmem testing: (2)":
-        fd = libc.memfd_create("uffd-test", abi.MFD_CLOEXEC | abi.MFD_HUGETLB | abi.MFD_NOEXEC_SEAL)
-        os.ftruncate(fd, 2 * system.MiB)
-        addr = libc.mmap(2 * system.MiB, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_SHARED, fd, 0)
-        r = memory.Region(addr, 2 * system.MiB, PAGE_SIZE, "hugetlb", fd, True, True, [(addr, 2 * system.MiB)])
+    elif kind in ("Hugetlb mem testing:", "Hugetlb shmem testing: (2)"):
+        assert mt is not None
+        r = mt.map(1)
     elif kind == "File memory testing:":
         r = _file_with(10 * PAGE_SIZE, private_memfd=False)
-    elif kind == "File anonymous memory testing:":
+    else:  # "File anonymous memory testing:"
         r = _file_with(10 * PAGE_SIZE, private_memfd=True)
-    else:
-        raise ValueError(kind)
     return r.addr, r.size, r.close
 
 
@@ -425,8 +478,10 @@ BASE_BACKINGS = ["Page testing:", "Large Page testing:", "Huge page testing:", "
 
 
 def gethugepage(map_size: int) -> memory.Region:
+    """upstream gethugepage(): ``map_size`` bytes of ``anon-thp (<PMD size>)``, filled; a skip
+    unless every PMD chunk is a THP."""
     hp = system.pmd_size()
-    r = memory.thp(map_size, hp)
+    r = MemType(memtypes.ANON_THP, hp).map(map_size // PAGE_SIZE)
     libc.fill(r.addr, 0, r.size)
     require_thp(r, hp)  # skips unless every chunk is a PMD THP
     return r
