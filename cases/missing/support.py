@@ -193,14 +193,8 @@ def zero_source(length: int) -> int:
 
 
 def is_zero(addr: int, length: int) -> bool:
-    """User-mode read of [addr, addr+length) compared with zeros (memcmp, GIL released)."""
-    chunk = min(length, 1 << 30)
-    z = zero_source(chunk)
-    for off in range(0, length, chunk):
-        n = min(chunk, length - off)
-        if libc._memcmp(addr + off, z, n) != 0:
-            return False
-    return True
+    """User-mode read of [addr, addr+length) compared with zeros (lib.kernel.libc.is_uniform)."""
+    return libc.is_uniform(addr, 0, length)
 
 
 _INVERT = bytes(255 - i for i in range(256))
@@ -215,13 +209,8 @@ def invert(addr: int, length: int) -> None:
 
 
 def filled(addr: int, byte: int, length: int) -> bool:
-    """Every byte of [addr, addr+length) equals ``byte`` (user-mode reads, 1 MiB at a time)."""
-    pat = ctypes.create_string_buffer(bytes([byte]) * min(CHUNK, length), min(CHUNK, length))
-    for off in range(0, length, CHUNK):
-        n = min(CHUNK, length - off)
-        if libc._memcmp(addr + off, pat, n) != 0:
-            return False
-    return True
+    """Every byte of [addr, addr+length) equals ``byte`` (user-mode reads; lib.kernel.libc.is_uniform)."""
+    return libc.is_uniform(addr, byte, length)
 
 
 # ---------------------------------------------------------------------------------------
