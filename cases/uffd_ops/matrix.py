@@ -9,9 +9,11 @@ needs and the uffd features beyond that registration.  Cells the kernel makes im
 refuses the registration for that memory, or the memory cannot hold what the operation needs)
 are listed in ``impossible`` with the reason, never silently dropped.
 
-test_uffd_ops.py crosses the rows with the memory types (anon-thp at the PMD size and at 64 kB,
-hugetlb kinds at every hugetlb size, the default first); scripts/coverage-table.py renders the
-README's coverage table from the same rows.
+test_uffd_ops.py crosses the rows with the memory types (anon-thp at every anon THP size the
+kernel offers, lib.kernel.system.thp_sizes(); hugetlb kinds at every hugetlb size, the default
+first); scripts/coverage-table.py renders the README's coverage table from the same rows.  A row
+may need a sysctl at a value for its case (``sysctl``: set before the case by the runner's
+``prepare`` hook, put back after it).
 
 Sources: Documentation/admin-guide/mm/userfaultfd.rst ("userfaultfd.rst"), the man pages
 ioctl_userfaultfd(2) and UFFDIO_*(2const), include/uapi/linux/userfaultfd.h, and the kernel's
@@ -70,6 +72,12 @@ class Row:
     # only), "none" (default size only): a scenario that fills gigantic pages costs seconds a case
     big: str = "all"
     impossible: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    sysctl: tuple[tuple[str, str], ...] = ()  # (path, value) the case needs, set for it alone
+
+    def prepare(self, settings) -> None:
+        """In the pytest process, before the case (lib/runner/fixtures.py): the row's sysctls."""
+        for path, value in self.sysctl:
+            settings.set(path, value)
 
     @property
     def title(self) -> str:
@@ -89,7 +97,9 @@ class Row:
 def _row(op: str, variant: str, outcome: str, kinds: tuple[str, ...], expect: str, source: str,
          scenario: str, **kw) -> Row:
     imp = kw.pop("impossible", {})
-    return Row(op, variant, outcome, kinds, expect, source, scenario, impossible=tuple(imp.items()), **kw)
+    sysctl = tuple(kw.pop("sysctl", {}).items())
+    return Row(op, variant, outcome, kinds, expect, source, scenario, impossible=tuple(imp.items()), sysctl=sysctl,
+               **kw)
 
 
 API = "UFFDIO_API"
@@ -102,6 +112,9 @@ CONT = "UFFDIO_CONTINUE"
 POISON = "UFFDIO_POISON"
 MOVE = "UFFDIO_MOVE"
 WAKE = "UFFDIO_WAKE"
+SYSCALL = "userfaultfd(2)"
+DEV_NEW = "USERFAULTFD_IOC_NEW"
+UNPRIVILEGED_SYSCTL = "/proc/sys/vm/unprivileged_userfaultfd"
 
 COPY_SRC = "fs/userfaultfd.c userfaultfd_copy(); mm/userfaultfd.c mfill_atomic(); man UFFDIO_COPY(2const)"
 ZERO_SRC = "fs/userfaultfd.c userfaultfd_zeropage(); man UFFDIO_ZEROPAGE(2const)"
@@ -116,6 +129,16 @@ MAPCHG = ("fs/userfaultfd.c (mmap_changing, raised by userfaultfd_remove() until
           "mm/userfaultfd.c; man ioctl_userfaultfd(2) EAGAIN; "
           "tools/testing/selftests/mm/uffd-unit-tests.c mmap-changing")
 RANGE_SRC = "fs/userfaultfd.c validate_range()/validate_unaligned_range()"
+FORK_SRC = ("fs/userfaultfd.c userfaultfd_api() ((features & UFFD_FEATURE_EVENT_FORK) && !capable(CAP_SYS_PTRACE): "
+            "-EPERM, err_out: memset); man UFFDIO_API(2const) ERRORS")
+OPEN_SRC = ("fs/userfaultfd.c userfaultfd_syscall_allowed() (UFFD_USER_MODE_ONLY always; else CAP_SYS_PTRACE or "
+            "sysctl_unprivileged_userfaultfd); Documentation/admin-guide/sysctl/vm.rst unprivileged_userfaultfd; "
+            "userfaultfd.rst")
+DEV_SRC = ("fs/userfaultfd.c userfaultfd_dev_ioctl() (new_userfaultfd(): no capability check); userfaultfd.rst "
+           "\"/dev/userfaultfd\" (access by the device's file permissions)")
+SYSCTL_0 = {UNPRIVILEGED_SYSCTL: "0"}
+SYSCTL_1 = {UNPRIVILEGED_SYSCTL: "1"}
+DROPPED = "without CAP_SYS_PTRACE (dropped)"
 
 ROWS: tuple[Row, ...] = (
     # -- UFFDIO_API -------------------------------------------------------------------------
@@ -132,6 +155,23 @@ ROWS: tuple[Row, ...] = (
          "api_twice", mode=0),
     _row(API, "not done", "any other ioctl before the handshake fails", (), "EINVAL",
          "fs/userfaultfd.c userfaultfd_ioctl() (!userfaultfd_is_initialized)", "api_missing", mode=0),
+    _row(API, "EVENT_FORK " + DROPPED, "fails and zeroes the structure; the uffd stays unconfigured: a handshake "
+         "without EVENT_FORK then succeeds", (), "EPERM", FORK_SRC, "api_fork_unprivileged", mode=0,
+         features=int(Feature.EVENT_FORK)),
+    _row(API, "EVENT_FORK with CAP_SYS_PTRACE", "succeeds and reports the feature", (), "success", FORK_SRC,
+         "api_fork_privileged", mode=0, features=int(Feature.EVENT_FORK)),
+    # -- userfaultfd(2) and /dev/userfaultfd: who may open a uffd that takes kernel-mode faults --
+    _row(SYSCALL, "without UFFD_USER_MODE_ONLY " + DROPPED, "fails under vm.unprivileged_userfaultfd=0", (),
+         "EPERM", OPEN_SRC, "open_kernel_faults_unprivileged", mode=0, sysctl=SYSCTL_0),
+    _row(SYSCALL, "without UFFD_USER_MODE_ONLY " + DROPPED, "succeeds under vm.unprivileged_userfaultfd=1", (),
+         "success", OPEN_SRC, "open_kernel_faults_sysctl", mode=0, sysctl=SYSCTL_1),
+    _row(SYSCALL, "without UFFD_USER_MODE_ONLY with CAP_SYS_PTRACE", "succeeds under vm.unprivileged_userfaultfd=0",
+         (), "success", OPEN_SRC, "open_kernel_faults_privileged", mode=0, sysctl=SYSCTL_0),
+    _row(SYSCALL, "UFFD_USER_MODE_ONLY " + DROPPED, "succeeds under vm.unprivileged_userfaultfd=0", (), "success",
+         OPEN_SRC, "open_user_mode_only_unprivileged", mode=0, sysctl=SYSCTL_0),
+    _row(DEV_NEW, "without UFFD_USER_MODE_ONLY " + DROPPED, "succeeds under vm.unprivileged_userfaultfd=0: only "
+         "the device's file permissions gate /dev/userfaultfd", (), "success", DEV_SRC, "open_dev_unprivileged",
+         mode=0, sysctl=SYSCTL_0),
     # -- UFFDIO_REGISTER --------------------------------------------------------------------
     _row(REGISTER, "MODE_MISSING", "returns the range's ioctls; a read of a hole raises a MISSING fault", ALL_THP,
          "success", REG_SRC + "; userfaultfd.rst", "register_missing", big="none", mode=0, wants=("missing",)),
@@ -212,6 +252,9 @@ ROWS: tuple[Row, ...] = (
     _row(ZERO, "", "maps zeroes and wakes the faulting thread; a later write raises no userfault", (ANON, *SHMEMS),
          "success", ZERO_SRC + "; mm/userfaultfd.c mfill_atomic_pte_zeropage()", "zeropage_plain",
          impossible={k: NO_ZERO_HUGE for k in HUGES}),
+    _row(ZERO, "MODE_DONTWAKE", "maps zeroes and leaves the faulting thread asleep until UFFDIO_WAKE",
+         (ANON, ANON_THP, *SHMEMS), "success", ZERO_SRC + " (UFFDIO_ZEROPAGE_MODE_DONTWAKE: no wake_userfault)",
+         "zeropage_dontwake", impossible={k: NO_ZERO_HUGE for k in HUGES}),
     _row(ZERO, "", "on hugetlb fails", HUGES, "EINVAL",
          ZERO_SRC + "; mm/userfaultfd.c mfill_atomic_hugetlb() (MFILL_ATOMIC_ZEROPAGE)", "zeropage_hugetlb"),
     _row(ZERO, "", "onto a mapped page fails", (ANON, ANON_THP, *SHMEMS), "EEXIST", ZERO_SRC + " (!pte_none)",
@@ -248,6 +291,10 @@ ROWS: tuple[Row, ...] = (
     _row(CONT, "MODE_WP", "maps the cached page write-protected; the next write raises a WP fault", CACHED,
          "success", CONT_SRC + " (MFILL_ATOMIC_WP)", "continue_wp", big="hugetlb", mode=MINOR | WP,
          impossible={ANON: MINOR_REFUSED, ANON_THP: MINOR_REFUSED, HUGETLB_ANON: NO_CACHE}),
+    _row(CONT, "MODE_DONTWAKE", "maps the cached page and leaves the MINOR-faulting thread asleep until "
+         "UFFDIO_WAKE", CACHED, "success", CONT_SRC + " (UFFDIO_CONTINUE_MODE_DONTWAKE: no wake_userfault)",
+         "continue_dontwake", big="none", mode=MINOR,
+         impossible={ANON: MINOR_REFUSED, ANON_THP: MINOR_REFUSED, HUGETLB_ANON: NO_CACHE}),
     _row(CONT, "", "without a cached page fails", (*SHMEMS, *HUGES), "EFAULT",
          CONT_SRC + " (shmem_get_folio SGP_NOALLOC / hugetlb: no folio)", "continue_no_page", mode=MINOR),
     _row(CONT, "", "onto a mapped page fails", CACHED, "EEXIST", CONT_SRC + " (!pte_none)", "continue_eexist",
@@ -264,6 +311,9 @@ ROWS: tuple[Row, ...] = (
     _row(POISON, "", "marks a hole poisoned: not present, the next access raises SIGBUS", ALL, "success",
          POISON_SRC + "; mm/memory.c handle_pte_marker() (VM_FAULT_HWPOISON)", "poison_plain",
          features=int(Feature.POISON)),
+    _row(POISON, "MODE_DONTWAKE", "poisons the hole and leaves the faulting thread asleep until UFFDIO_WAKE; "
+         "woken, it dies of SIGBUS", ALL_THP, "success", POISON_SRC + " (UFFDIO_POISON_MODE_DONTWAKE: no "
+         "wake_userfault)", "poison_dontwake", big="none", features=int(Feature.POISON)),
     _row(POISON, "", "onto a mapped page fails", ALL_THP, "EEXIST", POISON_SRC + " (!pte_none)", "poison_eexist",
          big="none", features=int(Feature.POISON)),
     _row(POISON, "unknown mode bit", "fails", (), "EINVAL", POISON_SRC + " (mode & ~DONTWAKE)",
@@ -276,6 +326,10 @@ ROWS: tuple[Row, ...] = (
          impossible={k: MOVE_ANON_ONLY for k in (*SHMEMS, *HUGES)}),
     _row(MOVE, "", "of a large folio moves its content (PMD moved whole, mTHP split)", (ANON_THP,), "success",
          MOVE_SRC + " (move_pages_huge_pmd / split_folio)", "move_thp", features=int(Feature.MOVE)),
+    _row(MOVE, "MODE_DONTWAKE", "moves the page (a large folio whole or split) and leaves the faulting thread "
+         "asleep until UFFDIO_WAKE", (ANON, ANON_THP), "success", MOVE_SRC + " (UFFDIO_MOVE_MODE_DONTWAKE: no "
+         "wake_userfault)", "move_dontwake", features=int(Feature.MOVE),
+         impossible={k: MOVE_ANON_ONLY for k in (*SHMEMS, *HUGES)}),
     _row(MOVE, "", "from a hole fails", (ANON,), "ENOENT", MOVE_SRC + " (!ALLOW_SRC_HOLES: -ENOENT)",
          "move_hole", features=int(Feature.MOVE)),
     _row(MOVE, "ALLOW_SRC_HOLES", "from a hole succeeds and leaves the destination empty", (ANON,), "success",
@@ -296,7 +350,7 @@ ROWS: tuple[Row, ...] = (
     _row(MOVE, "unknown mode bit", "fails", (), "EINVAL", MOVE_SRC + " (mode & ~(DONTWAKE|ALLOW_SRC_HOLES))",
          "move_bad_mode", features=int(Feature.MOVE)),
     _row(MOVE, "unaligned", "fails", (), "EINVAL", RANGE_SRC, "move_unaligned", features=int(Feature.MOVE)),
-        _row(MOVE, "", "of a page pinned long-term (io_uring fixed buffer) fails", (ANON,), "EBUSY",
+    _row(MOVE, "", "of a page pinned long-term (io_uring fixed buffer) fails", (ANON,), "EBUSY",
          MOVE_SRC + " (move_present_pte: folio_maybe_dma_pinned -> -EBUSY)", "move_pinned", features=int(Feature.MOVE)),
     # -- while the mappings change: an unread UFFD_EVENT_REMOVE --------------------------------
     _row(COPY, "during an unread REMOVE event", "fails and asks to retry", ALL, "EAGAIN",

@@ -13,6 +13,9 @@
   MINOR) and the write bit.
 * signal: :func:`expect_signal` checks how a child process that made the access ended (SIGBUS
   for a poisoned page).
+* sleep: :func:`expect_asleep` checks that the task that made an access still sleeps in its
+  userfault (/proc/<tid>/stat state S or D, wchan handle_userfault) and was not woken (a
+  resolving ioctl with MODE_DONTWAKE, fs/userfaultfd.c: no wake_userfault()).
 
 Each has a negative control in tests/test_uffd_ops_oracles.py.
 """
@@ -25,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lib import check
+from lib.check import CannotTest
 from lib.kernel import abi
 from lib.kernel.pagemap import Entry
-from lib.kernel.tasks import ChildResult
+from lib.kernel.tasks import ChildResult, task_state, task_wchan, wait_until
+from lib.kernel.toucher import WCHAN_FAULT
 from lib.kernel.uffd import Msg
 
 SAMPLE = 64  # bytes compared at the head and at the tail of a page
@@ -116,3 +121,27 @@ def expect_signal(r: ChildResult, sig: int | None, what: str) -> None:
         return
     if r.signal != sig:
         raise AssertionError(f"{what}: expected {_signal.Signals(sig).name}, {r.describe()}")
+
+
+def expect_asleep(tid: int, ended: Callable[[], bool], what: str, timeout: float = 10.0) -> str:
+    """The task ``tid`` sleeps in its userfault: state S or D with wchan handle_userfault (D
+    with no wchan shown counts too), reached within ``timeout``; returns the state letter.
+    ``ended()`` true first (the access completed, the process exited or died) is a failure: it
+    was woken.  Still running at the deadline: starved of CPU, CannotTest."""
+
+    def asleep() -> str | None:
+        if ended():
+            raise AssertionError(f"{what}: the faulting task {tid} was woken: its access ended")
+        s, w = task_state(tid), task_wchan(tid)
+        if s in ("D", "S") and (w == WCHAN_FAULT or (w in ("0", "?", "-") and s == "D")):
+            return s
+        return None
+
+    try:
+        return str(wait_until(asleep, timeout, f"task {tid} asleep in {WCHAN_FAULT}"))
+    except TimeoutError:
+        s = task_state(tid)
+        if s == "R":
+            raise CannotTest(f"{what}: task {tid} still running after {timeout:g}s") from None
+        raise AssertionError(f"{what}: the faulting task {tid} is not asleep in {WCHAN_FAULT} after {timeout:g}s "
+                             f"(state {s or 'gone'}, wchan {task_wchan(tid)})") from None

@@ -12,7 +12,9 @@ ours through lib.kernel.libc's GIL-releasing primitives: docs/ARCHITECTURE.md ru
 itself reads the message and answers it with the operation under test, so no handler of
 lib.kernel.handler stands between them; the thread is lib.kernel.toucher.Toucher); and the
 signal a child process's access dies of.  Every wait has a deadline; a blocked thread is
-recognised by its state and wchan.
+recognised by its state and wchan.  A privilege check is met by a forked child that dropped
+CAP_SYS_PTRACE from every capability set (lib.kernel.caps.drop); the privileged side runs in the
+case's own process, which has it as root.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import faulthandler
 import os
 import select
 import signal
@@ -32,16 +35,18 @@ import pytest
 from cases.uffd_ops import matrix, oracles
 from lib import check
 from lib.check import CannotTest
-from lib.kernel import abi, iouring, libc, memory, memtypes, system
+from lib.kernel import abi, caps, iouring, libc, memory, memtypes, system
 from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap, kpageflags
-from lib.kernel.tasks import Pipe, fork_call, reap, task_state, task_wchan
-from lib.kernel.toucher import WCHAN_FAULT, Toucher
+from lib.kernel.tasks import ChildResult, Pipe, fork_call, reap, run_in_child, task_state, task_wchan
+from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import UffdError, Userfaultfd, open_for
 
 PAGE = system.PAGE_SIZE
 WAIT = 10.0  # seconds any single wait may take
-THP_SIZES = sorted({system.pmd_size() or 2 * system.MiB, 64 * system.KiB})
+# every anon THP size the kernel offers (PMD and mTHP); none offered: the PMD size, whose cells
+# then skip on the THP probe
+THP_SIZES = sorted(set(system.thp_sizes()) or {2 * system.MiB})
 
 
 # ---------------------------------------------------------------------------------------
@@ -49,7 +54,7 @@ THP_SIZES = sorted({system.pmd_size() or 2 * system.MiB, 64 * system.KiB})
 
 
 def mem_types_of(row: matrix.Row) -> list[MemType | None]:
-    """The row's kinds at every size: anon-thp at THP_SIZES, hugetlb kinds at the default size
+    """The row's kinds at every size: anon-thp at every THP size, hugetlb kinds at the default size
     and, as the row's ``big`` says, at the other hugetlb sizes."""
     if not row.kinds:
         return [None]
@@ -233,7 +238,7 @@ class Ctx:
     def still_blocked(self, a: oracles.Access, what: str) -> None:
         t = a.toucher
         assert isinstance(t, Toucher)
-        t.wait_blocked(WCHAN_FAULT, WAIT)
+        oracles.expect_asleep(t.tid, t.done, what, WAIT)
         check.false(t.done(), f"{what}: the faulting thread completed")
 
     def entry(self, addr: int | None = None):
@@ -321,6 +326,100 @@ def api_missing(c: Ctx) -> None:
     with _fresh() as u:
         oracles.expect_errno(lambda: u.register(c.addr, c.ps), "EINVAL", "UFFDIO_REGISTER before UFFDIO_API",
                        result=False)
+
+
+# -- privilege checks: UFFDIO_API EVENT_FORK, userfaultfd(2), /dev/userfaultfd ---------------------
+def without_ptrace(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a forked child that dropped CAP_SYS_PTRACE from its effective, permitted and
+    inheritable sets (capset(2)): capable(CAP_SYS_PTRACE) is false there as for an unprivileged
+    process.  Its failure is the case's (lib.kernel.tasks.run_in_child)."""
+
+    def child() -> None:
+        caps.drop(caps.CAP_SYS_PTRACE)
+        if caps.has(caps.CAP_SYS_PTRACE):
+            raise AssertionError("setup step failed: CAP_SYS_PTRACE still effective after capset(2)")
+        fn()
+
+    run_in_child(child, WAIT)
+
+
+def with_ptrace() -> None:
+    """The privileged side runs in the case's process: skip unless it has CAP_SYS_PTRACE (probe)."""
+    if not caps.has(caps.CAP_SYS_PTRACE):
+        pytest.skip("needs CAP_SYS_PTRACE (the privileged side of the check)")
+
+
+def expect_sysctls(c: Ctx) -> None:
+    """The row's sysctls hold (set by its prepare hook before the case)."""
+    for path, value in c.row.sysctl:
+        check.eq(system.Settings.read(path), value, f"setup step: {path}")
+
+
+def open_and_handshake(what: str, **open_kw) -> None:
+    """Open a uffd (lib.kernel.uffd.Userfaultfd.open arguments) and handshake: both must succeed."""
+    try:
+        u = Userfaultfd.open(**open_kw)
+    except OSError as e:
+        raise AssertionError(f"{what}: expected success, got {check.strerror(e.errno or 0)}") from None
+    with u:
+        check.eq(u.api(0).api, abi.UFFD_API, f"{what}: the handshake's uffdio_api.api")
+
+
+@scenario
+def api_fork_unprivileged(c: Ctx) -> None:
+    def attempt() -> None:
+        with Userfaultfd.open(user_mode_only=True) as u:  # always allowed: the check is UFFDIO_API's
+            a = abi.uffdio_api(api=abi.UFFD_API, features=int(abi.Feature.EVENT_FORK), ioctls=0x1234)
+            oracles.expect_errno(lambda: raw_ioctl(u, abi.UFFDIO_API, a, "UFFDIO_API"), "EPERM",
+                                 "UFFDIO_API with EVENT_FORK without CAP_SYS_PTRACE", result=False)
+            check.eq((a.api, a.features, a.ioctls), (0, 0, 0), "uffdio_api after the failure (zeroed)")
+            check.eq(u.api(0).api, abi.UFFD_API, "a handshake without EVENT_FORK after the failure")
+
+    without_ptrace(attempt)
+
+
+@scenario
+def api_fork_privileged(c: Ctx) -> None:
+    with_ptrace()
+    with _fresh() as u:
+        a = u.api(int(abi.Feature.EVENT_FORK))
+        check.true(a.features & abi.Feature.EVENT_FORK, "uffdio_api.features reports EVENT_FORK")
+        check.eq(a.ioctls, abi.UFFD_API_IOCTLS, "uffdio_api.ioctls")
+
+
+@scenario
+def open_kernel_faults_unprivileged(c: Ctx) -> None:
+    expect_sysctls(c)
+    without_ptrace(lambda: oracles.expect_errno(lambda: Userfaultfd.open(via="syscall").close(), "EPERM",
+                                                "userfaultfd(2) without UFFD_USER_MODE_ONLY", result=False))
+
+
+@scenario
+def open_kernel_faults_sysctl(c: Ctx) -> None:
+    expect_sysctls(c)
+    without_ptrace(lambda: open_and_handshake("userfaultfd(2) without UFFD_USER_MODE_ONLY", via="syscall"))
+
+
+@scenario
+def open_kernel_faults_privileged(c: Ctx) -> None:
+    expect_sysctls(c)
+    with_ptrace()
+    open_and_handshake("userfaultfd(2) without UFFD_USER_MODE_ONLY", via="syscall")
+
+
+@scenario
+def open_user_mode_only_unprivileged(c: Ctx) -> None:
+    expect_sysctls(c)
+    without_ptrace(lambda: open_and_handshake("userfaultfd(2) with UFFD_USER_MODE_ONLY", via="syscall",
+                                              user_mode_only=True))
+
+
+@scenario
+def open_dev_unprivileged(c: Ctx) -> None:
+    if not os.path.exists("/dev/userfaultfd"):
+        pytest.skip("no /dev/userfaultfd (CONFIG_USERFAULTFD without the misc device, before 6.1)")
+    expect_sysctls(c)
+    without_ptrace(lambda: open_and_handshake("/dev/userfaultfd USERFAULTFD_IOC_NEW", via="dev"))
 
 
 # -- UFFDIO_REGISTER -------------------------------------------------------------------------
@@ -632,6 +731,17 @@ def zeropage_plain(c: Ctx) -> None:
 
 
 @scenario
+def zeropage_dontwake(c: Ctx) -> None:
+    a = c.access(c.addr)
+    oracles.expect_access(a, "missing", "a read of a hole")
+    check.eq(c.u.zeropage(c.addr, c.ps, abi.ZEROPAGE_MODE_DONTWAKE), c.ps, "uffdio_zeropage.zeropage")
+    oracles.expect_pagemap(c.entry(), "the zero-filled page", present=True)
+    c.still_blocked(a, "after ZEROPAGE MODE_DONTWAKE")
+    c.u.wake(c.addr, c.ps)
+    oracles.expect_content(c.finish(a).data, want(0, c.ps), "the read woken by UFFDIO_WAKE")
+
+
+@scenario
 def zeropage_hugetlb(c: Ctx) -> None:
     oracles.expect_errno(lambda: c.u.zeropage(c.addr, c.ps), "EINVAL", "UFFDIO_ZEROPAGE on hugetlb")
 
@@ -766,6 +876,16 @@ def continue_wp(c: Ctx) -> None:
 
 
 @scenario
+def continue_dontwake(c: Ctx) -> None:
+    a = _minor_fault(c, 0xD4)
+    check.eq(c.u.cont(c.addr, c.ps, int(abi.ContinueMode.DONTWAKE)), c.ps, "uffdio_continue.mapped")
+    oracles.expect_pagemap(c.entry(), "the mapped page cache page", present=True)
+    c.still_blocked(a, "after CONTINUE MODE_DONTWAKE")
+    c.u.wake(c.addr, c.ps)
+    oracles.expect_content(c.finish(a).data, want(0xD4, c.ps), "the read woken by UFFDIO_WAKE")
+
+
+@scenario
 def continue_no_page(c: Ctx) -> None:
     oracles.expect_errno(lambda: c.u.cont(c.addr, c.ps), "EFAULT", "UFFDIO_CONTINUE without a page cache page")
 
@@ -809,8 +929,16 @@ def _poison_child(c: Ctx, ready: Pipe) -> int:
     if u.poison(r.addr, r.size) != r.size:
         return 4
     ready.signal()
+    die_quietly_of_sigbus()
     libc.read(r.addr, 1)
     return 3
+
+
+def die_quietly_of_sigbus() -> None:
+    """In a child about to die of SIGBUS: the default action, not the faulthandler the runner
+    installed (which would print a Python stack for an expected death)."""
+    faulthandler.disable()
+    signal.signal(signal.SIGBUS, signal.SIG_DFL)
 
 
 @scenario
@@ -828,6 +956,64 @@ def poison_plain(c: Ctx) -> None:
         oracles.expect_signal(res, signal.SIGBUS, "a read of a poisoned page (in a child)")
     finally:
         ready.close()
+
+
+def _faulting_child(c: Ctx, sock: socket.socket) -> int:
+    """In a child: its own memory of the type, registered MISSING with a uffd of its own, sent to
+    the parent with the address; then a read of the memory, which the parent resolves.  Exit 3:
+    the read returned; 4: a setup step failed (said on the socket's silence)."""
+    libc.set_pdeathsig()
+    try:
+        r = c.mt.map(1)
+        u = open_for(c.features)
+        u.register(r.addr, r.size, matrix.MISSING)
+        socket.send_fds(sock, [r.addr.to_bytes(8, "little")], [u.fd])
+        u.close()
+    except Exception:
+        return 4
+    die_quietly_of_sigbus()
+    libc.read(r.addr, 1)
+    return 3
+
+
+def _child_gone(pid: int) -> Callable[[], bool]:
+    return lambda: task_state(pid) in ("", "Z", "X")
+
+
+@scenario
+def poison_dontwake(c: Ctx) -> None:
+    """The faulting access is a child process's: woken, it dies of SIGBUS, which would take a
+    thread's whole process with it."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    res: ChildResult | None = None
+    with parent:
+        with child:
+            pid = fork_call(lambda: _faulting_child(c, child))
+        try:
+            parent.settimeout(WAIT)
+            try:
+                msg, fds, _, _ = socket.recv_fds(parent, 8, 1)
+            except TimeoutError:
+                raise AssertionError(f"setup step failed: the child sent no uffd within {WAIT}s") from None
+            if not fds:
+                res = reap(pid, WAIT)
+                raise AssertionError(f"setup step failed: the child sent no uffd ({res.describe()})")
+            addr = int.from_bytes(msg, "little")
+            with Userfaultfd(fds[0]) as u:
+                oracles.expect_access(oracles.Access(False, u.read_msg(WAIT)), "missing", "the child's read of a hole")
+                check.eq(u.poison(addr, c.ps, abi.POISON_MODE_DONTWAKE), c.ps, "uffdio_poison.updated")
+                with Pagemap(pid) as pm:
+                    oracles.expect_pagemap(pm.entry(addr), "the child's poisoned page", present=False)
+                oracles.expect_asleep(pid, _child_gone(pid), "after POISON MODE_DONTWAKE", WAIT)
+                u.wake(addr, c.ps)
+                res = reap(pid, WAIT)
+            oracles.expect_signal(res, signal.SIGBUS, "the child's read woken by UFFDIO_WAKE")
+        finally:
+            if res is None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError, TimeoutError):
+                    reap(pid, WAIT)
 
 
 @scenario
@@ -877,6 +1063,25 @@ def move_thp(c: Ctx) -> None:
     oracles.expect_content(c.access(c.addr).data, (whole, whole), "the destination's first page")
     last = c.addr + size - PAGE
     oracles.expect_content(c.access(last).data, (whole, whole), "the destination's last page")
+
+
+@scenario
+def move_dontwake(c: Ctx) -> None:
+    size = c.region.size  # a page; anon-thp: one folio of the THP size
+    src = c.mt.map(1)
+    c.stack.callback(src.close)
+    libc.fill(src.addr, 0xEC, size)
+    if c.mt.thp:
+        check.diag(f"{c.mt}: the source is {folio_desc(c.pm, src.addr)}")
+    a = c.access(c.addr)
+    oracles.expect_access(a, "missing", "a read of a hole")
+    check.eq(c.u.move(c.addr, src.addr, size, int(abi.MoveMode.DONTWAKE)), size, "uffdio_move.move")
+    oracles.expect_pagemap(c.entry(), "the destination", present=True)
+    oracles.expect_pagemap(c.entry(src.addr), "the source", present=False)
+    c.still_blocked(a, "after MOVE MODE_DONTWAKE")
+    c.u.wake(c.addr, size)
+    whole = bytes([0xEC]) * oracles.SAMPLE
+    oracles.expect_content(c.finish(a).data, (whole, whole), "the read woken by UFFDIO_WAKE")
 
 
 @scenario
