@@ -12,15 +12,18 @@ fork (early COW) and in the child (unshare); without gup_test they skip, as upst
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from lib import check
 from lib.kernel import abi, hugetlb_pool, libc, needs, system, tasks
+from lib.kernel import gup_test as gup
+from lib.kernel.memory import Region
 from lib.kernel.memtypes import MemType, mem_types
 from lib.kernel.pagemap import Pagemap
-from lib.kernel.serve import served
+from lib.kernel.serve import Served, served
 
 # Every uffd memory type at every hugetlb size.  The 1 GiB hugetlb ones take two pages and
 # check the spare one right before each fork (lib.kernel.hugetlb_pool), as the COW area's cases do; see
@@ -72,6 +75,18 @@ def _setup(mt: MemType, features: int):
     return mt.map(_npages(mt))
 
 
+@contextmanager
+def _protected(mt: MemType, with_event: bool) -> Iterator[tuple[Region, Served]]:
+    """The case's memory with page 0 filled and write-protected, served by a handler process
+    (EVENT_FORK negotiated when ``with_event``)."""
+    ev = EV_FORK if with_event else 0
+    r = _setup(mt, ev)
+    with served(r, "process", mt.wp_feature | ev, abi.RegisterMode.WP) as s:
+        libc.fill(r.addr, 0x42, mt.page_size)
+        s.uffd.writeprotect(r.addr, mt.page_size, True)
+        yield r, s
+
+
 ARMS = [(mt, ev) for ev in (False, True) for mt in TYPES]
 
 
@@ -81,12 +96,9 @@ def _ids(base: str) -> list[str]:
 
 @pytest.mark.parametrize("mt,with_event", ARMS, ids=_ids("wp-fork"))
 def test_wp_fork(mt: MemType, with_event: bool) -> None:
-    r = _setup(mt, EV_FORK if with_event else 0)
     ps = mt.page_size
-    with served(r, "process", mt.wp_feature | (EV_FORK if with_event else 0), abi.RegisterMode.WP) as s:
+    with _protected(mt, with_event) as (r, s):
         u = s.uffd
-        libc.fill(r.addr, 0x42, ps)
-        u.writeprotect(r.addr, ps, True)
         with Pagemap() as pm:
             check.true(pm.entry(r.addr).uffd_wp, "parent bit 57 after protecting page 0")
         got = child_bit57(r.addr, with_event, s.handler, hpage=mt.size)
@@ -107,48 +119,16 @@ def test_wp_fork(mt: MemType, with_event: bool) -> None:
             check.false(pm.entry(r.addr).uffd_wp, "bit 57 after a write")
 
 
-def gup_test_reason() -> str:
-    """Why a FOLL_LONGTERM pin through gup_test is not possible here ('' if it is)."""
-    path = "/sys/kernel/debug/gup_test"
-    if os.path.exists(path):
-        try:
-            os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
-            return ""
-        except OSError as e:
-            return f"gup_test: {path}: {e.strerror} (Possibly CONFIG_GUP_TEST missing or unprivileged)"
-    parts = []
-    if not system.debugfs_mounted():
-        parts.append("debugfs not mounted")
-    cfg = system.config_enabled("CONFIG_GUP_TEST")
-    if cfg is False:
-        parts.append("kernel built without CONFIG_GUP_TEST")
-    return f"gup_test unavailable: {path} missing ({', '.join(parts) or 'unknown cause'})"
-
-
-def _pin(fd: int, addr: int, size: int) -> None:
-    libc.ioctl(fd, abi.PIN_LONGTERM_TEST_START, abi.pin_longterm_test(addr, size, 0, 0),
-               name="PIN_LONGTERM_TEST_START")
-
-
 @pytest.mark.parametrize("mt,with_event", ARMS, ids=_ids("wp-fork-pin"))
-def test_wp_fork_pin(mt: MemType, with_event: bool) -> None:
-    why = gup_test_reason()
-    if why:
-        pytest.skip(why)
-    r = _setup(mt, EV_FORK if with_event else 0)
+def test_wp_fork_pin(mt: MemType, with_event: bool, gup_test: gup.GupTest) -> None:
+    if gup_test.path is None:
+        pytest.skip(gup_test.reason)
     ps = mt.page_size
-    with served(r, "process", mt.wp_feature | (EV_FORK if with_event else 0), abi.RegisterMode.WP) as s:
-        u = s.uffd
-        libc.fill(r.addr, 0x42, ps)
-        u.writeprotect(r.addr, ps, True)
-        fd = os.open("/sys/kernel/debug/gup_test", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            _pin(fd, r.addr, ps)  # (1) R/O longterm pin in the parent: fork takes the early-COW path
-            got = child_bit57(r.addr, with_event, s.handler, hpage=mt.size)
-            check.eq(got, with_event, "child bit 57 after fork with a R/O pin")
-            libc.ioctl(fd, abi.PIN_LONGTERM_TEST_STOP, 0, name="PIN_LONGTERM_TEST_STOP")
-            # (2) the child pins (unshare / COR path), then reads its bit
-            got = child_bit57(r.addr, with_event, s.handler, pre=lambda: _pin(fd, r.addr, ps), hpage=mt.size)
-            check.eq(got, with_event, "child bit 57 after pinning in the child")
-        finally:
-            os.close(fd)
+    with _protected(mt, with_event) as (r, s), gup.Pin(gup_test.path) as pin:
+        pin.start(r.addr, ps, fast=False)  # (1) R/O longterm pin in the parent: fork takes the early-COW path
+        got = child_bit57(r.addr, with_event, s.handler, hpage=mt.size)
+        check.eq(got, with_event, "child bit 57 after fork with a R/O pin")
+        pin.stop()
+        # (2) the child pins (unshare / COR path) through the shared file, then reads its bit
+        got = child_bit57(r.addr, with_event, s.handler, pre=lambda: pin.start(r.addr, ps, fast=False), hpage=mt.size)
+        check.eq(got, with_event, "child bit 57 after pinning in the child")
