@@ -40,7 +40,8 @@ def feature_names(bits: int) -> list[str]:
 
 
 def probes(row: M.Row) -> str:
-    """What skips the row's cells: the uffd features it needs, hugetlb sizes and pools, THP sizes."""
+    """What skips the row's cells: the uffd features it needs, hugetlb sizes and pools, THP sizes,
+    the sysctls it sets (root), and the row's own probes (a capability, a device)."""
     kinds = row.kinds or (memtypes.ANON,)
     bits = 0
     for k in kinds:
@@ -50,6 +51,8 @@ def probes(row: M.Row) -> str:
         out.append("hugetlb size/pool")
     if memtypes.ANON_THP in kinds:
         out.append("THP size")
+    out += [f"`{path.removeprefix('/proc/sys/').replace('/', '.')}` settable" for path, _ in row.sysctl]
+    out += list(row.probes)
     return "; ".join(out) or "-"
 
 
@@ -88,8 +91,10 @@ def render(rows: tuple[M.Row, ...] = M.ROWS) -> str:
         "(columns): `✓` a case checks the documented outcome (`✓ all`: at every hugetlb size, `✓ dflt`: "
         "at the default hugetlb size only, filling gigantic pages costs seconds a case); `any`: the "
         "outcome does not depend on the memory, checked on anon; `✗n`: impossible, the kernel's reason "
-        "below; `·`: not part of this outcome (another row covers the type). anon-thp runs at the PMD "
-        "size and at 64 kB. A covered cell skips only where the probe in the last column fails "
+        "below; `·`: not part of this outcome (another row covers the type). anon-thp runs at every "
+        "anon THP size the kernel offers (the PMD size and each mTHP size: `lib.kernel.system.thp_sizes()`). "
+        "A privilege check runs in a forked child that dropped `CAP_SYS_PTRACE`; a row's sysctl is set for "
+        "its case alone. A covered cell skips only where the probe in the last column fails "
         "(`scripts/coverage-table.py --here` lists what skips on the running machine). Where each "
         "outcome is documented is the row's `source` in the table.",
         "",
@@ -125,15 +130,23 @@ def differences(readme: str, generated: str) -> list[str]:
 
 def here() -> str:
     """What each covered cell would skip on this machine (probes only)."""
-    from lib.kernel import system, uffd
+    from lib.kernel import caps, system, uffd
 
     avail = uffd.probe()
     hs = set(system.hugetlb_sizes())
     ts = set(system.thp_sizes())
     out = []
     for r in M.ROWS:
-        for k in r.kinds:
+        for k in r.kinds or (memtypes.ANON,):
             why = []
+            if M.PTRACE_PROBE in r.probes and not caps.has(caps.CAP_SYS_PTRACE):
+                why.append("no CAP_SYS_PTRACE")
+            if M.FORK_PROBE in r.probes and not avail.features & abi.Feature.EVENT_FORK:
+                why.append("EVENT_FORK not offered")
+            if M.DEV_PROBE in r.probes and not os.path.exists(M.DEV_PROBE):
+                why.append(f"no {M.DEV_PROBE}")
+            if r.sysctl and not system.is_root():
+                why.append("sysctls need root: " + ", ".join(p for p, _ in r.sysctl))
             missing = avail.missing(M.features_of(r, _mt(k)))
             if missing:
                 why.append("uffd feature missing: " + ", ".join(missing))
@@ -142,10 +155,10 @@ def here() -> str:
             if k == memtypes.ANON_THP and not ts:
                 why.append("no THP sizes")
             if why:
-                out.append(f"{r.case_name(k)}: skips: {'; '.join(why)}")
+                out.append(f"{r.case_name(k if r.kinds else None)}: skips: {'; '.join(why)}")
     if not avail.any:
         out.insert(0, f"userfaultfd unavailable here: {avail.reason}")
-    return "\n".join(out) or "nothing skips here for lack of a feature, hugetlb or THP size"
+    return "\n".join(out) or "nothing skips here for lack of a feature, hugetlb or THP size, capability, device or root"
 
 
 def main() -> int:

@@ -66,7 +66,7 @@ def test_the_table_is_well_formed() -> None:
 def test_table_problems_are_caught() -> None:
     from cases.uffd_ops import matrix
 
-    r = matrix.ROWS[5]
+    r = next(r for r in matrix.ROWS if r.kinds)
     bad = (*matrix.ROWS, r, dataclasses.replace(r, outcome="x", impossible=((r.kinds[0], "why"),)),
            dataclasses.replace(r, outcome="y", kinds=("no-such-kind",)),
            dataclasses.replace(r, outcome="z", expect="ok"))

@@ -73,6 +73,7 @@ class Row:
     big: str = "all"
     impossible: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     sysctl: tuple[tuple[str, str], ...] = ()  # (path, value) the case needs, set for it alone
+    probes: tuple[str, ...] = ()  # further skip probes of the case, named for the coverage table
 
     def prepare(self, settings) -> None:
         """In the pytest process, before the case (lib/runner/fixtures.py): the row's sysctls."""
@@ -139,6 +140,9 @@ DEV_SRC = ("fs/userfaultfd.c userfaultfd_dev_ioctl() (new_userfaultfd(): no capa
 SYSCTL_0 = {UNPRIVILEGED_SYSCTL: "0"}
 SYSCTL_1 = {UNPRIVILEGED_SYSCTL: "1"}
 DROPPED = "without CAP_SYS_PTRACE (dropped)"
+PTRACE_PROBE = "CAP_SYS_PTRACE"
+FORK_PROBE = "EVENT_FORK offered"  # by the kernel: the case's own uffd needs no EVENT_FORK handshake
+DEV_PROBE = "/dev/userfaultfd"
 
 ROWS: tuple[Row, ...] = (
     # -- UFFDIO_API -------------------------------------------------------------------------
@@ -157,21 +161,21 @@ ROWS: tuple[Row, ...] = (
          "fs/userfaultfd.c userfaultfd_ioctl() (!userfaultfd_is_initialized)", "api_missing", mode=0),
     _row(API, "EVENT_FORK " + DROPPED, "fails and zeroes the structure; the uffd stays unconfigured: a handshake "
          "without EVENT_FORK then succeeds", (), "EPERM", FORK_SRC, "api_fork_unprivileged", mode=0,
-         features=int(Feature.EVENT_FORK)),
+         probes=(FORK_PROBE,)),
     _row(API, "EVENT_FORK with CAP_SYS_PTRACE", "succeeds and reports the feature", (), "success", FORK_SRC,
-         "api_fork_privileged", mode=0, features=int(Feature.EVENT_FORK)),
+         "api_fork_privileged", mode=0, features=int(Feature.EVENT_FORK), probes=(PTRACE_PROBE,)),
     # -- userfaultfd(2) and /dev/userfaultfd: who may open a uffd that takes kernel-mode faults --
     _row(SYSCALL, "without UFFD_USER_MODE_ONLY " + DROPPED, "fails under vm.unprivileged_userfaultfd=0", (),
          "EPERM", OPEN_SRC, "open_kernel_faults_unprivileged", mode=0, sysctl=SYSCTL_0),
     _row(SYSCALL, "without UFFD_USER_MODE_ONLY " + DROPPED, "succeeds under vm.unprivileged_userfaultfd=1", (),
          "success", OPEN_SRC, "open_kernel_faults_sysctl", mode=0, sysctl=SYSCTL_1),
     _row(SYSCALL, "without UFFD_USER_MODE_ONLY with CAP_SYS_PTRACE", "succeeds under vm.unprivileged_userfaultfd=0",
-         (), "success", OPEN_SRC, "open_kernel_faults_privileged", mode=0, sysctl=SYSCTL_0),
+         (), "success", OPEN_SRC, "open_kernel_faults_privileged", mode=0, sysctl=SYSCTL_0, probes=(PTRACE_PROBE,)),
     _row(SYSCALL, "UFFD_USER_MODE_ONLY " + DROPPED, "succeeds under vm.unprivileged_userfaultfd=0", (), "success",
          OPEN_SRC, "open_user_mode_only_unprivileged", mode=0, sysctl=SYSCTL_0),
     _row(DEV_NEW, "without UFFD_USER_MODE_ONLY " + DROPPED, "succeeds under vm.unprivileged_userfaultfd=0: only "
          "the device's file permissions gate /dev/userfaultfd", (), "success", DEV_SRC, "open_dev_unprivileged",
-         mode=0, sysctl=SYSCTL_0),
+         mode=0, sysctl=SYSCTL_0, probes=(DEV_PROBE,)),
     # -- UFFDIO_REGISTER --------------------------------------------------------------------
     _row(REGISTER, "MODE_MISSING", "returns the range's ioctls; a read of a hole raises a MISSING fault", ALL_THP,
          "success", REG_SRC + "; userfaultfd.rst", "register_missing", big="none", mode=0, wants=("missing",)),

@@ -40,7 +40,7 @@ from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap, kpageflags
 from lib.kernel.tasks import ChildResult, Pipe, fork_call, reap, run_in_child, task_state, task_wchan
 from lib.kernel.toucher import Toucher
-from lib.kernel.uffd import UffdError, Userfaultfd, open_for
+from lib.kernel.uffd import UffdError, Userfaultfd, open_for, probe
 
 PAGE = system.PAGE_SIZE
 WAIT = 10.0  # seconds any single wait may take
@@ -367,6 +367,9 @@ def open_and_handshake(what: str, **open_kw) -> None:
 
 @scenario
 def api_fork_unprivileged(c: Ctx) -> None:
+    if not probe().features & abi.Feature.EVENT_FORK:
+        pytest.skip("UFFD_FEATURE_EVENT_FORK not offered by this kernel")
+
     def attempt() -> None:
         with Userfaultfd.open(user_mode_only=True) as u:  # always allowed: the check is UFFDIO_API's
             a = abi.uffdio_api(api=abi.UFFD_API, features=int(abi.Feature.EVENT_FORK), ioctls=0x1234)
