@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lib import check
 from lib.kernel import abi, libc, tasks
@@ -21,6 +22,9 @@ from lib.kernel.memory import Region
 from lib.kernel.pagemap import Pagemap
 from lib.kernel.toucher import Toucher
 from lib.kernel.uffd import Msg, Userfaultfd, open_for
+
+if TYPE_CHECKING:
+    from cases.wp_async.backings import WpBacking
 
 
 @contextlib.contextmanager
@@ -34,6 +38,17 @@ def wp_uffd(r: Region, features: int, mode: int = abi.RegisterMode.WP) -> Iterat
         with contextlib.suppress(OSError):
             u.unregister(r.addr, r.size)
         u.close()
+
+
+@contextlib.contextmanager
+def protected(b: WpBacking, units: int, byte: int) -> Iterator[tuple[Region, Userfaultfd]]:
+    """``units`` units of ``b`` mapped and filled with ``byte``, registered for WP
+    (:func:`wp_uffd`) and write-protected whole (UFFDIO_WRITEPROTECT mode WP)."""
+    r = b.map(units)
+    b.populate(r, byte)
+    with wp_uffd(r, b.wp_features) as u:
+        u.writeprotect(r.addr, r.size, True)
+        yield r, u
 
 
 def wp_bits(r: Region, unit: int, units: int | None = None, pid: int | str = "self") -> list[bool]:

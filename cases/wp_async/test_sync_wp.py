@@ -14,7 +14,7 @@ On a THP backing the protection is applied to the whole THP and the fault resolv
 import pytest
 
 from cases.wp_async.backings import backings
-from cases.wp_async.support import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from cases.wp_async.support import check_sync_wp, protected, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
 from lib import check
 from lib.kernel import libc
 
@@ -25,12 +25,9 @@ UNITS = 2
 @pytest.mark.parametrize("b", BACKINGS, ids=[f"sync wp write blocks until unprotected on {b}" for b in BACKINGS])
 def test_sync_wp_write(b) -> None:
     b.require(units=UNITS)
-    r = b.map(UNITS)
-    b.populate(r, 0x11)
-    target = r.addr + b.unit + 64 if r.size >= 2 * b.unit else r.addr + 64
-    old, new = b"\x11" * 32, b"kmm-sync-wp-write".ljust(32, b"!")
-    with wp_uffd(r, b.wp_features) as u:
-        u.writeprotect(r.addr, r.size, True)
+    with protected(b, UNITS, 0x11) as (r, u):
+        target = r.addr + b.unit + 64 if r.size >= 2 * b.unit else r.addr + 64
+        old, new = b"\x11" * 32, b"kmm-sync-wp-write".ljust(32, b"!")
         obs = sync_wp_write(u, target, b.unit, new)
         check_sync_wp(obs, target, old, new)
         bits = wp_bits(r, b.unit)
@@ -41,10 +38,7 @@ def test_sync_wp_write(b) -> None:
 @pytest.mark.parametrize("b", BACKINGS, ids=[f"sync wp read does not fault on {b}" for b in BACKINGS])
 def test_sync_wp_read(b) -> None:
     b.require(units=UNITS)
-    r = b.map(UNITS)
-    b.populate(r, 0x22)
-    with wp_uffd(r, b.wp_features) as u:
-        u.writeprotect(r.addr, r.size, True)
+    with protected(b, UNITS, 0x22) as (r, u):
         finished, msgs = read_does_not_fault(u, r.addr + r.size - 4096, 4096)
         check.eq(msgs, [], "uffd messages raised by a read of protected memory")
         check.true(finished, "the read of protected memory completes without a monitor")

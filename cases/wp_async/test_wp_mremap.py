@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pytest
 
 from lib import check
-from lib.kernel import abi, hugetlb_pool, libc, memtypes, needs, setup_step, system
+from lib.kernel import abi, hugetlb_pool, libc, memory, memtypes, needs, setup_step, system
 from lib.kernel.pagemap import Pagemap
 from lib.kernel.uffd import open_for
 
@@ -127,15 +127,9 @@ FOLIOS = folios()
 
 
 def mmap_aligned(size: int, prot: int, flags: int) -> int:
-    """uffd-wp-mremap.c mmap_aligned: map twice the size, keep the ``size``-aligned middle."""
-    raw = libc.mmap(2 * size, prot, flags)
-    mem = (raw + size - 1) & ~(size - 1)
-    if mem > raw:
-        libc.munmap(raw, mem - raw)
-    tail = raw + 2 * size - (mem + size)
-    if tail:
-        libc.munmap(mem + size, tail)
-    return mem
+    """uffd-wp-mremap.c mmap_aligned: map twice the size, keep the ``size``-aligned middle
+    (lib.kernel.memory.aligned_mmap)."""
+    return memory.aligned_mmap(size, size, prot, flags)
 
 
 def alloc_one_folio(f: Folio) -> int:

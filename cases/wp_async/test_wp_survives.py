@@ -22,7 +22,7 @@ import os
 import pytest
 
 from cases.wp_async.backings import WpBacking, backings
-from cases.wp_async.support import check_sync_wp, read_does_not_fault, sync_wp_write, wp_bits, wp_uffd
+from cases.wp_async.support import check_sync_wp, protected, read_does_not_fault, sync_wp_write, wp_bits
 from lib import check
 from lib.kernel import abi, libc, pagemap, setup_step, system
 from lib.kernel.pagemap import Pagemap
@@ -35,12 +35,9 @@ MPOL_MF_MOVE = 2
 @pytest.mark.parametrize("b", THPS, ids=[f"uffd-wp survives PTE-mapping of {b}" for b in THPS])
 def test_pte_mapping(b: WpBacking) -> None:
     b.require()
-    r = b.map(1)
-    b.populate(r, 0x55)
-    n = r.size // libc.PAGE_SIZE
-    sub = r.addr + libc.PAGE_SIZE * (n // 2)
-    with wp_uffd(r, b.wp_features) as u:
-        u.writeprotect(r.addr, r.size, True)
+    with protected(b, 1, 0x55) as (r, u):
+        n = r.size // libc.PAGE_SIZE
+        sub = r.addr + libc.PAGE_SIZE * (n // 2)
         libc.mprotect(sub, libc.PAGE_SIZE, abi.PROT_READ)
         libc.mprotect(sub, libc.PAGE_SIZE, abi.PROT_READ | abi.PROT_WRITE)
         check.eq(wp_bits(r, libc.PAGE_SIZE), [True] * n, "bit 57 of every subpage after mprotect of one")
@@ -60,12 +57,9 @@ def test_pageout_swapin(b: WpBacking, wp_swap: str) -> None:
     b.require(units=2)
     if not system.swap_active():
         pytest.skip("no swap" + (f" ({wp_swap})" if wp_swap else ""))
-    r = b.map(2)
-    b.populate(r, 0x66)
-    unit = libc.PAGE_SIZE
-    n = r.size // unit
-    with wp_uffd(r, b.wp_features) as u:
-        u.writeprotect(r.addr, r.size, True)
+    with protected(b, 2, 0x66) as (r, u):
+        unit = libc.PAGE_SIZE
+        n = r.size // unit
         libc.madvise(r.addr, r.size, abi.Madv.PAGEOUT)
         with Pagemap() as pm:
             swapped = [e.swapped for e in pm.entries(r.addr, n)]
@@ -101,12 +95,9 @@ def _migrate_case(b: WpBacking, other_node: bool) -> None:
     if other_node and len(nodes) < 2:
         pytest.skip(f"single NUMA node (nodes {nodes}): no page migration can be forced -- move_pages/"
                     "migrate_pages to the node a page is on are no-ops, and MADV_SOFT_OFFLINE would retire frames")
-    r = b.map(2)
-    b.populate(r, 0x77)
-    unit = b.unit
-    n = r.size // unit
-    with wp_uffd(r, b.wp_features) as u:
-        u.writeprotect(r.addr, r.size, True)
+    with protected(b, 2, 0x77) as (r, u):
+        unit = b.unit
+        n = r.size // unit
         with Pagemap() as pm:
             before = [e.pfn for e in pm.entries(r.addr, n, unit)]
         here = move_pages([r.addr], [nodes[0]])[0]
