@@ -1,12 +1,14 @@
 """Negative controls of the uffd_ops area (cases/uffd_ops): every oracle can fail.
 
-Each oracle (errno, content, pagemap bits, userfault message, signal) is fed a wrong world and
-must report it: the wrong errno, a call that succeeds, a stale page, a page that is present
-where a hole was expected, a missing fault where a WP fault was expected, a child that was
-not killed by SIGBUS.  Beside each, the right world passes, so a control cannot fail for an
-unrelated reason.  Then whole scenarios of the matrix run against a broken operation (a stale
-source, a POISON that maps zeroes, a WRITEPROTECT that does nothing, a page never populated)
-and must fail.  Anything that touches userfaultfd memory runs in run_isolated with a deadline.
+Each oracle (errno, content, pagemap bits, userfault message, signal, sleep) is fed a wrong
+world and must report it: the wrong errno, a call that succeeds, a stale page, a page that is
+present where a hole was expected, a missing fault where a WP fault was expected, a child that
+was not killed by SIGBUS, a faulting thread that was woken or a task asleep elsewhere.  Beside
+each, the right world passes, so a control cannot fail for an unrelated reason.  Then whole
+scenarios of the matrix run against a broken operation (a stale source, a POISON that maps
+zeroes, a WRITEPROTECT that does nothing, a page never populated, a resolving ioctl that
+ignores MODE_DONTWAKE, a child that kept CAP_SYS_PTRACE) and must fail.  Anything that touches
+userfaultfd memory runs in run_isolated with a deadline.
 """
 
 from __future__ import annotations
@@ -228,11 +230,65 @@ def test_signal_oracle_signal_where_a_clean_exit_was_expected_fails() -> None:
     fails(lambda: _child_then("SIGBUS", None), "clean exit")
 
 
+# -- the sleep oracle ---------------------------------------------------------------------------
+def _asleep(world: str) -> None:
+    """expect_asleep on a task in a given state: ``blocked`` a thread in a MISSING fault (right),
+    ``woken`` a thread whose fault was resolved with a wake, ``exited`` a child that ended,
+    ``elsewhere`` a child asleep in a pipe read, not in a userfault."""
+    from cases.uffd_ops import oracles
+    from cases.uffd_ops.matrix import ROWS
+    from cases.uffd_ops.test_uffd_ops import Ctx
+    from lib.kernel import memory
+    from lib.kernel.memtypes import MemType
+    from lib.kernel.tasks import Pipe, fork_call, reap, task_state
+
+    if world in ("exited", "elsewhere"):
+        go = Pipe()
+        pid = fork_call(lambda: go.wait(10) if world == "elsewhere" else None)
+        try:
+            if world == "exited":
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # a zombie now, not reaped
+            oracles.expect_asleep(pid, lambda: task_state(pid) in ("", "Z", "X"), "the child", timeout=0.5)
+        finally:
+            go.signal()
+            reap(pid, 10)
+            go.close()
+        return
+    row = next(r for r in ROWS if r.scenario == "copy_plain")
+    c = Ctx(row, MemType("anon"))
+    try:
+        a = c.access(c.addr)
+        if world == "woken":
+            src = memory.anon(PAGE)
+            c.u.copy(c.addr, src.addr, PAGE)  # resolves and wakes
+            a.toucher.wait(10)
+        oracles.expect_asleep(a.toucher.tid, a.toucher.done, "the faulting thread", timeout=0.5)
+    finally:
+        c.close()
+
+
+def test_sleep_oracle_blocked_thread_passes() -> None:
+    passes(lambda: _asleep("blocked"))
+
+
+def test_sleep_oracle_woken_thread_fails() -> None:
+    fails(lambda: _asleep("woken"), "was woken")
+
+
+def test_sleep_oracle_exited_process_fails() -> None:
+    fails(lambda: _asleep("exited"), "was woken")
+
+
+def test_sleep_oracle_task_asleep_elsewhere_fails() -> None:
+    fails(lambda: _asleep("elsewhere"), "is not asleep in handle_userfault")
+
+
 # -- whole scenarios against a broken operation -------------------------------------------------
 def _scenario(name: str, kind: str = "anon", patch: str = "") -> None:
     """Run the matrix's scenario ``name`` on ``kind`` with one part of the world broken."""
     from cases.uffd_ops import test_uffd_ops
     from cases.uffd_ops.matrix import ROWS
+    from lib.kernel import caps
     from lib.kernel.memtypes import MemType
     from lib.kernel.uffd import Userfaultfd
 
@@ -245,6 +301,17 @@ def _scenario(name: str, kind: str = "anon", patch: str = "") -> None:
         Userfaultfd.writeprotect = lambda self, addr, length, protect, dontwake=False: None
     elif patch == "never populated":
         test_uffd_ops.Ctx.populate = lambda self, byte: None
+    elif patch == "dontwake ignored":  # every resolving ioctl wakes, whatever its mode says
+        zeropage, cont, poison, move = Userfaultfd.zeropage, Userfaultfd.cont, Userfaultfd.poison, Userfaultfd.move
+        Userfaultfd.zeropage = lambda self, addr, length, mode=0: zeropage(self, addr, length, 0)
+        Userfaultfd.cont = lambda self, addr, length, mode=0: cont(self, addr, length, int(mode) & ~1)
+        Userfaultfd.poison = lambda self, addr, length, mode=0: poison(self, addr, length, 0)
+        Userfaultfd.move = lambda self, dst, src, length, mode=0: move(self, dst, src, length, int(mode) & ~1)
+    elif patch == "capability kept":  # the drop does nothing
+        caps.drop = lambda *cs: None
+    elif patch == "capability kept unseen":  # the drop does nothing, and its check is blind
+        caps.drop = lambda *cs: None
+        caps.has = lambda cap: False
     row = next(r for r in ROWS if r.scenario == name)
     c = test_uffd_ops.Ctx(row, MemType(kind))
     try:
@@ -253,9 +320,17 @@ def _scenario(name: str, kind: str = "anon", patch: str = "") -> None:
         c.close()
 
 
-@pytest.mark.parametrize("name", ["copy_plain", "poison_plain", "wp_protect", "copy_eexist"])
-def test_scenario_passes_in_the_right_world(name: str) -> None:
-    passes(lambda: _scenario(name))
+RIGHT_WORLD = [("copy_plain", "anon"), ("poison_plain", "anon"), ("wp_protect", "anon"), ("copy_eexist", "anon"),
+               ("zeropage_dontwake", "anon"), ("continue_dontwake", "shmem"), ("poison_dontwake", "anon"),
+               ("move_dontwake", "anon"), ("api_fork_unprivileged", "anon"),
+               ("open_kernel_faults_unprivileged", "anon")]
+
+
+@pytest.mark.parametrize(("name", "kind"), RIGHT_WORLD, ids=[n for n, _ in RIGHT_WORLD])
+def test_scenario_passes_in_the_right_world(name: str, kind: str) -> None:
+    if name == "open_kernel_faults_unprivileged":
+        _needs_unprivileged_sysctl_0()
+    passes(lambda: _scenario(name, kind))
 
 
 def test_copy_scenario_with_a_stale_source_fails() -> None:
@@ -272,6 +347,39 @@ def test_wp_scenario_without_protection_fails() -> None:
 
 def test_eexist_scenario_on_a_hole_fails() -> None:
     fails(lambda: _scenario("copy_eexist", patch="never populated"), "expected EEXIST", "succeeded")
+
+
+@pytest.mark.parametrize(("name", "kind"), [("zeropage_dontwake", "anon"), ("continue_dontwake", "shmem"),
+                                           ("poison_dontwake", "anon"), ("move_dontwake", "anon")])
+def test_dontwake_scenario_with_a_wake_fails(name: str, kind: str) -> None:
+    fails(lambda: _scenario(name, kind, patch="dontwake ignored"), "was woken")
+
+
+def test_eperm_scenario_with_the_capability_kept_fails_its_setup_check() -> None:
+    fails(lambda: _scenario("api_fork_unprivileged", patch="capability kept"), "CAP_SYS_PTRACE still effective")
+
+
+def test_eperm_scenario_with_the_capability_kept_fails() -> None:
+    fails(lambda: _scenario("api_fork_unprivileged", patch="capability kept unseen"), "expected EPERM",
+          "succeeded")
+
+
+def _needs_unprivileged_sysctl_0() -> None:
+    from cases.uffd_ops.matrix import UNPRIVILEGED_SYSCTL
+    from lib.kernel import system
+
+    try:
+        value = system.Settings.read(UNPRIVILEGED_SYSCTL)
+    except OSError as e:
+        pytest.skip(f"cannot read {UNPRIVILEGED_SYSCTL}: {e.strerror}")
+    if value != "0":
+        pytest.skip(f"{UNPRIVILEGED_SYSCTL} is {value} here (the scenario's row sets 0 for its case)")
+
+
+def test_open_eperm_scenario_with_the_capability_kept_fails() -> None:
+    _needs_unprivileged_sysctl_0()
+    fails(lambda: _scenario("open_kernel_faults_unprivileged", patch="capability kept unseen"), "expected EPERM",
+          "succeeded")
 
 
 def test_poison_signal_oracle_end_to_end() -> None:

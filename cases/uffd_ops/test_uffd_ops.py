@@ -1005,9 +1005,9 @@ def poison_dontwake(c: Ctx) -> None:
             with Userfaultfd(fds[0]) as u:
                 oracles.expect_access(oracles.Access(False, u.read_msg(WAIT)), "missing", "the child's read of a hole")
                 check.eq(u.poison(addr, c.ps, abi.POISON_MODE_DONTWAKE), c.ps, "uffdio_poison.updated")
-                with Pagemap(pid) as pm:
-                    oracles.expect_pagemap(pm.entry(addr), "the child's poisoned page", present=False)
                 oracles.expect_asleep(pid, _child_gone(pid), "after POISON MODE_DONTWAKE", WAIT)
+                with Pagemap(pid) as pm:  # the child sleeps: its pagemap is there to read
+                    oracles.expect_pagemap(pm.entry(addr), "the child's poisoned page", present=False)
                 u.wake(addr, c.ps)
                 res = reap(pid, WAIT)
             oracles.expect_signal(res, signal.SIGBUS, "the child's read woken by UFFDIO_WAKE")
