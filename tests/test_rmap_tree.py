@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from cases.rmap import tree
-from cases.rmap.test_migrate import SEED, pfn_of
+from cases.rmap.test_migrate import SEED, has_same_pfn, pfn_of
 from lib.kernel import libc, memory, needs
 from lib.runner import isolation
 
@@ -40,10 +40,7 @@ def _tree(write_first: bool, fail_work: bool = False) -> tree.TreeResult:
         shared.expected_pfn = pfn_of(r.addr)
         return 0
 
-    def check(shared: tree.Shared) -> int:
-        return 0 if pfn_of(r.addr) == shared.expected_pfn else tree.FAIL_ON_CHECK
-
-    return tree.propagate_children(SEED, lambda: libc.touch_read(r.addr), work, check)
+    return tree.propagate_children(SEED, lambda: libc.touch_read(r.addr), work, has_same_pfn([r.addr]))
 
 
 def test_tree_agrees_on_a_shared_page() -> None:

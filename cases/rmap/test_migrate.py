@@ -47,6 +47,15 @@ def pfn_of(addr: int) -> int:
         return pm.entry(addr).pfn or 0
 
 
+def has_same_pfn(region: list[int]) -> Callable[[tree.Shared], int]:
+    """rmap.c has_same_pfn: this process maps the page at ``region[0]`` (set by the tree's
+    prepare) at the PFN the worker published, else FAIL_ON_CHECK."""
+    def check_pfn(shared: tree.Shared) -> int:
+        return 0 if pfn_of(region[0]) == shared.expected_pfn else tree.FAIL_ON_CHECK
+
+    return check_pfn
+
+
 def move_pages(addr: int, node: int | None) -> tuple[int, int]:
     """move_pages(2) of one page (``node`` None: query); (return value, status)."""
     pages = (ctypes.c_void_p * 1)(addr)
@@ -129,10 +138,7 @@ def run_tree(mover: Mover, region_addr: list[int], prepare=None) -> None:
         shared.expected_pfn = pfn_of(region_addr[0])
         return 0
 
-    def has_same_pfn(shared: tree.Shared) -> int:
-        return 0 if pfn_of(region_addr[0]) == shared.expected_pfn else tree.FAIL_ON_CHECK
-
-    judge(tree.propagate_children(SEED, prepare, work, has_same_pfn))
+    judge(tree.propagate_children(SEED, prepare, work, has_same_pfn(region_addr)))
 
 
 @movers("migrate.anon")
@@ -204,10 +210,7 @@ def test_migrate_ksm(mover: Mover, ksm_on: None) -> None:
         shared.expected_pfn = pfn_of(region[0])
         return r
 
-    def has_same_pfn(shared: tree.Shared) -> int:
-        return 0 if pfn_of(region[0]) == shared.expected_pfn else tree.FAIL_ON_CHECK
-
-    judge(tree.propagate_children(SEED, prepare_local_region, work, has_same_pfn))
+    judge(tree.propagate_children(SEED, prepare_local_region, work, has_same_pfn(region)))
 
 
 @movers("migrate.ksm_and_mremap")
