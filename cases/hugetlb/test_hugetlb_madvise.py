@@ -90,13 +90,17 @@ class Ctx:
                 del self.maps[i]
                 return
 
-    def write_fault(self, addr: int) -> None:
+    def write_fault(self, addr: int, expected: int, step: str) -> None:
+        """Write the ``n`` pages at ``addr``, then check free_hugepages."""
         for i in range(self.n):
             libc.write(addr + i * self.hp, i.to_bytes(8, "little"))
+        self.free_is(expected, step)
 
-    def read_fault(self, addr: int) -> None:
+    def read_fault(self, addr: int, expected: int, step: str) -> None:
+        """Read the ``n`` pages at ``addr``, then check free_hugepages."""
         for i in range(self.n):
             libc.touch_read(addr + i * self.hp)
+        self.free_is(expected, step)
 
     def close(self) -> None:
         for a, n in self.maps:
@@ -134,8 +138,7 @@ def test_dontneed_invalid_range(mem: MemType) -> None:
     c.maps.append((addr, n * hp))
     libc.munmap(raw, addr - raw)
     libc.munmap(addr + n * hp, raw + (n + 3) * hp - (addr + n * hp))
-    c.write_fault(addr)
-    c.free_is(c.free0 - n, "write faults")
+    c.write_fault(addr, c.free0 - n, "write faults")
     _madvise_fails(addr - PAGE, n * hp, abi.Madv.DONTNEED, "invalid addr")
     _madvise_fails(addr, n * hp + PAGE, abi.Madv.DONTNEED, "invalid length")
     c.close()
@@ -147,8 +150,7 @@ def test_dontneed_alignment(mem: MemType) -> None:
     c.n = n = max(c.n, 2)
     hp = c.hp
     addr = c.mmap_anon(n)
-    c.write_fault(addr)
-    c.free_is(c.free0 - n, "write faults")
+    c.write_fault(addr, c.free0 - n, "write faults")
     _madvise_fails(addr + PAGE, n * hp - PAGE, abi.Madv.DONTNEED, "unaligned start address")
     libc.madvise(addr, (n - 1) * hp + PAGE, abi.Madv.DONTNEED)
     c.free_is(c.free0 - 1, "MADV_DONTNEED of all but the last page plus a base page (length aligned down)")
@@ -162,8 +164,7 @@ def test_dontneed_anon_private(mem: MemType) -> None:
     c = Ctx(mem)
     n = c.n
     addr = c.mmap_anon(n)
-    c.write_fault(addr)
-    c.free_is(c.free0 - n, "write faults")
+    c.write_fault(addr, c.free0 - n, "write faults")
     c.advise(addr, abi.Madv.DONTNEED, c.free0, "MADV_DONTNEED of the whole mapping")
     c.close()
 
@@ -174,14 +175,11 @@ def test_dontneed_file_private(mem: MemType) -> None:
     n, hp = c.n, c.hp
     fd = c.fallocated_file()
     addr = c.mmap_file(shared=False)
-    c.read_fault(addr)
-    c.free_is(c.free0 - n, "read faults (no page consumed)")
+    c.read_fault(addr, c.free0 - n, "read faults (no page consumed)")
     c.advise(addr, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED (no page freed)")
-    c.write_fault(addr)
-    c.free_is(c.free0 - 2 * n, "write faults (private pages allocated)")
+    c.write_fault(addr, c.free0 - 2 * n, "write faults (private pages allocated)")
     c.advise(addr, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED (private pages freed)")
-    c.write_fault(addr)
-    c.free_is(c.free0 - 2 * n, "write faults again")
+    c.write_fault(addr, c.free0 - 2 * n, "write faults again")
     libc.fallocate(fd, abi.FALLOC_FL_PUNCH_HOLE | abi.FALLOC_FL_KEEP_SIZE, 0, n * hp)
     c.free_is(c.free0, "FALLOC_FL_PUNCH_HOLE (file and private pages freed)")
     c.close()
@@ -193,8 +191,7 @@ def test_dontneed_remove_file_shared(mem: MemType) -> None:
     n = c.n
     c.fallocated_file()
     addr = c.mmap_file(shared=True)
-    c.write_fault(addr)
-    c.free_is(c.free0 - n, "write faults (no page consumed)")
+    c.write_fault(addr, c.free0 - n, "write faults (no page consumed)")
     c.advise(addr, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED (no page freed)")
     c.advise(addr, abi.Madv.REMOVE, c.free0, "MADV_REMOVE (all pages freed)")
     c.close()
@@ -206,16 +203,12 @@ def test_remove_file_shared_and_private(mem: MemType) -> None:
     n = c.n
     c.fallocated_file()
     addr = c.mmap_file(shared=True)
-    c.write_fault(addr)
-    c.free_is(c.free0 - n, "shared write faults (no page consumed)")
+    c.write_fault(addr, c.free0 - n, "shared write faults (no page consumed)")
     addr2 = c.mmap_file(shared=False)
-    c.read_fault(addr2)
-    c.free_is(c.free0 - n, "private read faults (no page consumed)")
-    c.write_fault(addr2)
-    c.free_is(c.free0 - 2 * n, "private write faults (pages allocated)")
+    c.read_fault(addr2, c.free0 - n, "private read faults (no page consumed)")
+    c.write_fault(addr2, c.free0 - 2 * n, "private write faults (pages allocated)")
     c.advise(addr, abi.Madv.DONTNEED, c.free0 - 2 * n, "MADV_DONTNEED of the shared mapping (no page freed)")
     c.advise(addr2, abi.Madv.DONTNEED, c.free0 - n, "MADV_DONTNEED of the private mapping (private pages freed)")
-    c.write_fault(addr2)
-    c.free_is(c.free0 - 2 * n, "private write faults again")
+    c.write_fault(addr2, c.free0 - 2 * n, "private write faults again")
     c.advise(addr, abi.Madv.REMOVE, c.free0, "MADV_REMOVE of the shared mapping (file and private pages freed)")
     c.close()
