@@ -141,20 +141,25 @@ def run_tree(mover: Mover, region_addr: list[int], prepare=None) -> None:
     judge(tree.propagate_children(SEED, prepare, work, has_same_pfn(region_addr)))
 
 
+def run_tree_on(mover: Mover, addr: int) -> None:
+    """rmap.c's migrate.anon/shm/file: the page at ``addr`` filled with 0xcf, read by every
+    process of the tree (its prepare), migrated by the worker."""
+    libc.fill(addr, 0xCF, PAGE)
+    run_tree(mover, [addr], prepare=lambda: libc.touch_read(addr))
+
+
 @movers("migrate.anon")
 def test_migrate_anon(mover: Mover) -> None:
     mover.require()
     r = memory.anon(PAGE)
-    libc.fill(r.addr, 0xCF, PAGE)
-    run_tree(mover, [r.addr], prepare=lambda: libc.touch_read(r.addr))
+    run_tree_on(mover, r.addr)
 
 
 @movers("migrate.shm")
 def test_migrate_shm(mover: Mover) -> None:
     mover.require()
     r = memory.memfd(PAGE, shared=True)
-    libc.fill(r.addr, 0xCF, PAGE)
-    run_tree(mover, [r.addr], prepare=lambda: libc.touch_read(r.addr))
+    run_tree_on(mover, r.addr)
 
 
 @movers("migrate.file")
@@ -165,9 +170,8 @@ def test_migrate_file(mover: Mover) -> None:
         os.ftruncate(fd, PAGE)
         addr = libc.mmap(PAGE, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_SHARED, fd, 0)
         os.close(fd)
-        libc.fill(addr, 0xCF, PAGE)
         try:
-            run_tree(mover, [addr], prepare=lambda: libc.touch_read(addr))
+            run_tree_on(mover, addr)
         finally:
             libc.munmap(addr, PAGE)
 
