@@ -180,7 +180,10 @@ def handle_fault(b: Bounce, m: Msg) -> bool:
         return True
     if m.is_write:
         raise AssertionError(f"unexpected write fault at {m.address:#x}")
-    copy_page(b, addr - b.dst.addr)
+    # as upstream's __copy_page, the handler's successful copies are eligible for the EEXIST
+    # retry too: every bounce copies some page successfully (by a copier or here), so the
+    # retry is proven once per bounce whichever thread wins each page
+    copy_page(b, addr - b.dst.addr, check_eexist=not b.eexist_checked)
     b.missing += 1
     return True
 
