@@ -20,17 +20,12 @@ from lib.kernel import abi, iouring, libc, memory, system, tasks
 from lib.kernel.iouring import IoUringUnavailable
 from lib.kernel.pagemap import Entry
 from lib.runner import isolation
+from tests.controls import passes
 
 PAGE = libc.PAGE_SIZE
 SIZE = 4 * PAGE
 
 
-def isolated(fn) -> None:
-    """Run ``fn`` in a forked child with a deadline; its failure fails the test."""
-    o = isolation.run_isolated(fn, 30, skip_types=(pytest.skip.Exception,))
-    if o.kind == "skip":
-        pytest.skip(o.message)
-    assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
 
 
 def shared_anon(size: int = SIZE) -> memory.Region:
@@ -55,7 +50,7 @@ def test_cow_in_parent_reports_leak_on_shared_memory(do_mprotect: bool) -> None:
         r = shared_anon()
         assert oracles.cow_in_parent(r.addr, r.size, do_mprotect, expect=FILL) == oracles.LEAK_P2C
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 @pytest.mark.parametrize("do_mprotect", [False, True])
@@ -64,7 +59,7 @@ def test_cow_in_parent_passes_on_private_memory(do_mprotect: bool) -> None:
         r = private_anon()
         assert oracles.cow_in_parent(r.addr, r.size, do_mprotect, expect=FILL) == ""
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def test_fork_that_lost_the_content_is_reported() -> None:
@@ -79,7 +74,7 @@ def test_fork_that_lost_the_content_is_reported() -> None:
         with pytest.raises(AssertionError, match="fork\\(\\) did not preserve"):
             oracles.vmsplice_in_parent(r.addr, r.size, before_fork=False, expect=FILL)
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,7 +88,7 @@ def test_vmsplice_in_child_reports_leak_on_shared_memory(do_mprotect: bool) -> N
         got = oracles.cow_in_parent(r.addr, r.size, do_mprotect, oracles.child_vmsplice_memcmp, FILL)
         assert got == oracles.LEAK_P2C
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def child_vmsplice_read_early(mem: int, size: int, comm: tasks.CommPipes, expect: int | None = None) -> bool:
@@ -118,7 +113,7 @@ def test_vmsplice_reading_early_would_mask_the_leak_ours_does_not() -> None:
         r2 = shared_anon()
         assert oracles.cow_in_parent(r2.addr, r2.size, False, oracles.child_vmsplice_memcmp) == oracles.LEAK_P2C
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 @pytest.mark.parametrize("before_fork", [True, False])
@@ -127,7 +122,7 @@ def test_vmsplice_in_parent_reports_leak_on_shared_memory(before_fork: bool) -> 
         r = shared_anon()
         assert oracles.vmsplice_in_parent(r.addr, r.size, before_fork, FILL) == oracles.LEAK_C2P
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 @pytest.mark.parametrize("before_fork", [True, False])
@@ -136,7 +131,7 @@ def test_vmsplice_in_parent_passes_on_private_memory(before_fork: bool) -> None:
         r = private_anon()
         assert oracles.vmsplice_in_parent(r.addr, r.size, before_fork, FILL) == ""
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -157,7 +152,7 @@ def test_iouring_reports_a_pin_the_page_table_lost(use_fork: bool) -> None:
             pytest.skip(str(e))
         assert got == oracles.RW_PIN_UNRELIABLE
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 @pytest.mark.parametrize("use_fork", [False, True])
@@ -169,7 +164,7 @@ def test_iouring_passes_on_private_memory(use_fork: bool) -> None:
         except IoUringUnavailable as e:
             pytest.skip(str(e))
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def _refused_register(err: int, no_cap: bool) -> None:
@@ -234,7 +229,7 @@ def test_non_anon_cow_reports_a_shared_writable_mapping() -> None:
         smem = libc.mmap(PAGE, abi.PROT_READ, abi.MAP_SHARED, fd, 0)
         assert oracles.non_anon_cow(mem, smem, PAGE) == oracles.OTHER_MODIFIED
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def test_non_anon_cow_passes_on_a_private_mapping() -> None:
@@ -245,7 +240,7 @@ def test_non_anon_cow_passes_on_a_private_mapping() -> None:
         smem = libc.mmap(PAGE, abi.PROT_READ, abi.MAP_SHARED, fd, 0)
         assert oracles.non_anon_cow(mem, smem, PAGE) == ""
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +257,7 @@ def test_exclusivity_check_reports_a_page_that_was_not_copied() -> None:
         problems = oracles.exclusivity_problems(oracles.observe_cow(r.addr, PAGE))
         assert any("no copy was made" in p for p in problems), problems
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 @pytest.mark.skipif(not system.is_root(), reason="PFNs in pagemap need root")
@@ -273,7 +268,7 @@ def test_exclusivity_check_passes_on_a_private_base_page() -> None:
         libc.fill(r.addr, FILL, PAGE)
         assert oracles.exclusivity_problems(oracles.observe_cow(r.addr, PAGE)) == []
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 THP_SIZE = 2 * 1024 * 1024
@@ -307,7 +302,7 @@ def test_exclusivity_check_reports_every_page_of_a_shared_range() -> None:
         assert f"right after fork(), other: expected present, not exclusive; {n} of {n}" in text, problems
         assert f"after the COW fault, other: expected present with the original PFN; {n} of {n}" in text, problems
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def entry(pfn: int | None, exclusive: bool) -> Entry:
@@ -348,7 +343,7 @@ def test_exclusivity_check_reports_a_cow_that_did_not_happen() -> None:
         relaxed = oracles.exclusivity_problems(oracles.observe_cow(mem, THP_SIZE, write=lambda: None), False)
         assert not any(p.startswith("after the COW fault, other (") for p in relaxed), relaxed
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 @pytest.mark.skipif(not system.is_root(), reason="PFNs in pagemap need root")
@@ -363,7 +358,7 @@ def test_exclusivity_check_looks_at_every_page_not_only_the_first() -> None:
         problems = oracles.exclusivity_problems(obs)
         assert any("PFN unchanged on 3 of 4 pages (page 1:" in p for p in problems), problems
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 @pytest.mark.skipif(not system.is_root(), reason="PFNs in pagemap need root")
@@ -373,7 +368,7 @@ def test_exclusivity_check_passes_on_a_private_thp_range() -> None:
         exact = oracles.per_page_mapcount()
         assert oracles.exclusivity_problems(oracles.observe_cow(mem, THP_SIZE), bool(exact)) == []
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,29 +7,15 @@
 
 from __future__ import annotations
 
-import pytest
-
 from cases.guard_regions import oracles
 from lib.kernel import abi, access, libc, needs, uffd
-from lib.runner import isolation
+from tests.controls import fails, passes
 
 PAGE = libc.PAGE_SIZE
 
 
-def isolated(fn) -> None:
-    o = isolation.run_isolated(fn, 60, skip_types=(pytest.skip.Exception,))
-    if o.kind == "skip":
-        pytest.skip(o.message)
-    assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
 
 
-def fails(fn, *args, contains: str = "") -> None:
-    try:
-        fn(*args)
-    except AssertionError as e:
-        assert contains in str(e), str(e)
-        return
-    raise AssertionError(f"{fn.__name__} passed where it must fail")
 
 
 def test_guarded_fails_on_ordinary_pages() -> None:
@@ -40,7 +26,7 @@ def test_guarded_fails_on_ordinary_pages() -> None:
         oracles.guarded([m], None, "control")
         fails(oracles.guarded, [m, m + PAGE], None, "control", contains="succeeded")
 
-    isolated(body)
+    passes(body)
 
 
 def test_guarded_fails_on_a_registered_hole() -> None:
@@ -51,7 +37,7 @@ def test_guarded_fails_on_a_registered_hole() -> None:
             u.register(m, 2 * PAGE, abi.RegisterMode.MISSING)
             fails(oracles.guarded, [m], u, "control", contains="in a userfault")
 
-    isolated(body)
+    passes(body)
 
 
 def test_no_message_fails_on_a_pending_fault() -> None:
@@ -68,4 +54,4 @@ def test_no_message_fails_on_a_pending_fault() -> None:
                                   on_watch=lambda: fails(oracles.no_message, u, "control", contains="PAGEFAULT"))
             assert pid_msg.blocked, pid_msg
 
-    isolated(body)
+    passes(body)

@@ -15,26 +15,13 @@ import pytest
 from cases.hugetlb import oracles
 from cases.hugetlb import test_madv_races as races
 from lib.kernel import abi, libc, memtypes, system
-from lib.runner import isolation
+from tests.controls import fails, passes
 
 HP = system.default_hugetlb_size()
 
 
-def isolated(fn) -> str:
-    o = isolation.run_isolated(fn, 60, skip_types=(pytest.skip.Exception,))
-    if o.kind == "skip":
-        pytest.skip(o.message)
-    assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
-    return o.message
 
 
-def fails(fn, *args, contains: str = "") -> str:
-    try:
-        fn(*args)
-    except AssertionError as e:
-        assert contains in str(e), str(e)
-        return str(e)
-    raise AssertionError(f"{getattr(fn, '__name__', fn)} passed where it must fail")
 
 
 @pytest.fixture
@@ -76,7 +63,7 @@ def test_pool_restored_fails_on_a_reservation_left_behind(two_pages) -> None:
         libc.mmap(HP, abi.PROT_READ | abi.PROT_WRITE, flags)  # never unmapped
         fails(oracles.pool_restored, before, oracles.counters(HP), "control", contains="resv 1")
 
-    isolated(body)
+    passes(body)
 
 
 def test_byte_is_one_of_fails_on_another_byte() -> None:
@@ -87,7 +74,7 @@ def test_byte_is_one_of_fails_on_another_byte() -> None:
         libc.fill(m, ord("."), 4096)
         oracles.byte_is_one_of(m, b".\0", "control")
 
-    isolated(body)
+    passes(body)
 
 
 def test_madv_vs_map_fails_without_the_blocker(two_pages, monkeypatch) -> None:
@@ -100,4 +87,4 @@ def test_madv_vs_map_fails_without_the_blocker(two_pages, monkeypatch) -> None:
     def body() -> None:
         fails(races._race, mem, True, contains="Unexpected huge page allocation")
 
-    isolated(body)
+    passes(body)

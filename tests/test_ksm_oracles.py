@@ -15,16 +15,11 @@ import pytest
 from cases.ksm import oracles
 from lib import check
 from lib.kernel import abi, ksm, libc, needs
-from lib.runner import isolation
+from tests.controls import passes
 
 PAGE = libc.PAGE_SIZE
 
 
-def isolated(fn) -> None:
-    o = isolation.run_isolated(fn, 60, skip_types=(pytest.skip.Exception,))
-    if o.kind == "skip":
-        pytest.skip(o.message)
-    assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
 
 
 def test_unmerged_fails_on_a_pfn_mapped_twice() -> None:
@@ -43,7 +38,7 @@ def test_unmerged_fails_on_a_pfn_mapped_twice() -> None:
             raise AssertionError("unmerged passed on a range mapping one PFN twice")
         oracles.merged(m, 2 * PAGE)
 
-    isolated(body)
+    passes(body)
 
 
 def test_merged_fails_on_distinct_pages() -> None:
@@ -55,7 +50,7 @@ def test_merged_fails_on_distinct_pages() -> None:
         with pytest.raises(AssertionError, match="merged none"):
             oracles.merged(m, 4 * PAGE)
 
-    isolated(body)
+    passes(body)
 
 
 def test_call_returns_fails_on_a_sleeping_call() -> None:
@@ -65,7 +60,7 @@ def test_call_returns_fails_on_a_sleeping_call() -> None:
             oracles.call_returns(lambda: os.read(r, 1), "read of an empty pipe", timeout=0.5)
         assert oracles.call_returns(lambda: 7, "a call that returns", timeout=5) == 7
 
-    isolated(body)
+    passes(body)
 
 
 def test_wait_full_scans_cannot_test_with_ksmd_stopped() -> None:
@@ -76,4 +71,4 @@ def test_wait_full_scans_cannot_test_with_ksmd_stopped() -> None:
         with pytest.raises(check.CannotTest, match="no full scan"):
             ksm.wait_full_scans(1, timeout=0.5)
 
-    isolated(body)
+    passes(body)

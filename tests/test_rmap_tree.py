@@ -10,21 +10,14 @@ rmap.c's cases migrate a page and need two NUMA nodes; the tree and the oracle d
 
 from __future__ import annotations
 
-import pytest
-
 from cases.rmap import tree
 from cases.rmap.test_migrate import SEED, has_same_pfn, pfn_of
 from lib.kernel import libc, memory, needs
-from lib.runner import isolation
+from tests.controls import passes
 
 PAGE = libc.PAGE_SIZE
 
 
-def isolated(fn) -> None:
-    o = isolation.run_isolated(fn, 120, skip_types=(pytest.skip.Exception,))
-    if o.kind == "skip":
-        pytest.skip(o.message)
-    assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
 
 
 def _tree(write_first: bool, fail_work: bool = False) -> tree.TreeResult:
@@ -49,7 +42,7 @@ def test_tree_agrees_on_a_shared_page() -> None:
         assert res.error == "" and res.status == 0, res
         assert res.processes > 5, res
 
-    isolated(body)
+    passes(body, 120.0)
 
 
 def test_has_same_pfn_fails_when_the_worker_maps_another_page() -> None:
@@ -57,7 +50,7 @@ def test_has_same_pfn_fails_when_the_worker_maps_another_page() -> None:
         res = _tree(write_first=True)
         assert res.status == tree.FAIL_ON_CHECK, res
 
-    isolated(body)
+    passes(body, 120.0)
 
 
 def test_worker_failure_is_reported() -> None:
@@ -65,4 +58,4 @@ def test_worker_failure_is_reported() -> None:
         res = _tree(write_first=False, fail_work=True)
         assert res.status & tree.FAIL_ON_WORK, res
 
-    isolated(body)
+    passes(body, 120.0)

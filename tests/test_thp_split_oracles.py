@@ -11,29 +11,15 @@ Every control runs isolated with a deadline, as a case does.
 
 from __future__ import annotations
 
-import pytest
-
 from cases.thp_split import oracles
 from lib.kernel import abi, access, libc, needs, uffd
-from lib.runner import isolation
+from tests.controls import fails, passes
 
 PAGE = libc.PAGE_SIZE
 
 
-def isolated(fn) -> None:
-    o = isolation.run_isolated(fn, 30, skip_types=(pytest.skip.Exception,))
-    if o.kind == "skip":
-        pytest.skip(o.message)
-    assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
 
 
-def fails(fn, *args, contains: str = "") -> str:
-    try:
-        fn(*args)
-    except AssertionError as e:
-        assert contains in str(e), str(e)
-        return str(e)
-    raise AssertionError(f"{fn.__name__} passed on memory that breaks it")
 
 
 def test_write_sigsegv_fails_on_a_writable_page() -> None:
@@ -43,7 +29,7 @@ def test_write_sigsegv_fails_on_a_writable_page() -> None:
         fails(oracles.write_sigsegv, m, contains="succeeded")
         assert libc.read(m, 8) != b"\x01" * 8, "the write reached the page"
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def test_write_sigsegv_passes_on_a_read_only_page() -> None:
@@ -54,7 +40,7 @@ def test_write_sigsegv_passes_on_a_read_only_page() -> None:
         oracles.write_sigsegv(m)
         assert access.read(m).ok
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def test_content_kept_fails_on_a_rewritten_page() -> None:
@@ -66,7 +52,7 @@ def test_content_kept_fails_on_a_rewritten_page() -> None:
         libc.touch_write(m + 5 * PAGE + 100, 0)
         fails(oracles.content_kept, pages, "control", contains="first page 5")
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def test_pfns_kept_fails_on_a_discarded_page() -> None:
@@ -81,7 +67,7 @@ def test_pfns_kept_fails_on_a_discarded_page() -> None:
         fails(oracles.pfns_kept, before, after, "control", contains="not present")
         fails(oracles.pfns_kept, {0: 0x1000}, {0: 0x2000}, "control", contains="0x1000 -> 0x2000")
 
-    isolated(body)
+    passes(body, 30.0)
 
 
 def test_bits_kept_fails_when_uffd_wp_is_lost() -> None:
@@ -101,4 +87,4 @@ def test_bits_kept_fails_when_uffd_wp_is_lost() -> None:
             fails(oracles.bits_kept, oracles.entries_at(pages), lambda e: e.uffd_wp, "uffd-wp", "control",
                   contains="lost on 4 of 4")
 
-    isolated(body)
+    passes(body, 30.0)
