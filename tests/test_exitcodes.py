@@ -137,3 +137,22 @@ def test_host_run_exit_code(name: str, kwargs: dict, plain: int, bisect: int) ->
     kwargs = {"pytest_code": 0, **kwargs}
     assert exitcodes.host_run(bisect=False, **kwargs).code == plain, name
     assert exitcodes.host_run(bisect=True, **kwargs).code == bisect, name
+
+
+NO_REPORT = run(partial="no report from the guest",
+                vm={**BOOTED, "guest_exit_code": 127})  # the guest's python not found: nothing ran
+
+
+@pytest.mark.parametrize(("name", "runs", "plain", "bisect"), [
+    ("every kernel passes", [run(OK), run(OK, vm=BOOTED)], KSFT_PASS, BISECT_GOOD),
+    ("one kernel fails", [run(OK), run(case("f", "fail", "x"))], KSFT_FAIL, BISECT_BAD),
+    ("a kernel gave no report", [run(OK), NO_REPORT], KSFT_FAIL, BISECT_SKIP),
+    ("no report and a failure", [NO_REPORT, run(case("f", "fail", "x"))], KSFT_FAIL, BISECT_BAD),
+    ("every kernel skipped everything", [run(SKIP), run(SKIP)], KSFT_SKIP, BISECT_SKIP),
+    ("one skipped everything, one passed", [run(SKIP), run(OK)], KSFT_PASS, BISECT_SKIP),
+])
+def test_series_exit_code(name: str, runs: list, plain: int, bisect: int) -> None:
+    """A --kernels series never exits 0 for a kernel it did not test (seen: two guests whose
+    python was not found, the series exited 0)."""
+    assert exitcodes.series(runs, bisect=False) == plain, name
+    assert exitcodes.series(runs, bisect=True) == bisect, name

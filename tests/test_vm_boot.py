@@ -308,6 +308,19 @@ def test_guest_wrapper_reports_exit_code() -> None:
     assert (result.exit_code, result.verdict) == (42, Verdict.OK)
 
 
+def test_a_clone_in_a_guest_tmpfs_is_shared_read_only() -> None:
+    """virtme-ng gives the guest empty /tmp and /var/tmp: a clone there must be shared (--rodir);
+    one elsewhere, or inside the shared results folder, must not."""
+    assert vm.guest_hidden("/var/tmp/kmm-fresh/fresh", "/tmp/results")
+    assert vm.guest_hidden("/tmp/clone", "/work/results")
+    assert not vm.guest_hidden("/work/main", "/tmp/results")
+    assert not vm.guest_hidden("/tmpfoo/clone", "/x")
+    assert not vm.guest_hidden("/tmp/results/sub", "/tmp/results")
+    argv = vm.build_vng_command("v", "i", "s", "/s", ro_dirs=("/var/tmp/c",))
+    assert argv[argv.index("--rodir") + 1] == "/var/tmp/c"
+    assert "--rodir" not in vm.build_vng_command("v", "i", "s", "/s")
+
+
 def test_build_vng_command() -> None:
     argv = vm.build_vng_command(
         "/v/vng", "/boot/img", "sh /s/x.sh", "/s", memory="4G", cpus=3, cmdline=" a=1 ", kvm=False

@@ -175,6 +175,26 @@ def host_run(summary: Mapping[str, Any] | None, *, bisect: bool, pytest_code: in
     return d
 
 
+def series(summaries: Iterable[Mapping[str, Any]], *, bisect: bool) -> int:
+    """The exit code of a ``--kernels`` series without ``--find-first-bad``: each kernel's run
+    decided as above, then the worst.  A kernel whose run did not finish (no report from its
+    guest) fails the series: a series never claims success for a kernel it did not test.
+
+    kselftest: 1 if any run fails, 4 if every run skipped everything, else 0.  git bisect run:
+    1 if any run is bad, else 125 if any could not be judged, else 0.
+    """
+    decisions = [decide(s, bisect=bisect) for s in summaries]
+    codes = {d.code for d in decisions}
+    if bisect:
+        for code in (BISECT_ABORT, BISECT_BAD, BISECT_SKIP):
+            if code in codes:
+                return code
+        return BISECT_GOOD
+    if USAGE in codes or KSFT_FAIL in codes:
+        return KSFT_FAIL
+    return KSFT_SKIP if codes == {KSFT_SKIP} else KSFT_PASS
+
+
 def usage_code(bisect: bool) -> int:
     """Exit code for a bad command line: 2, or the abort code under ``--bisect`` (git bisect
     run would take 2 for "bad")."""

@@ -267,16 +267,36 @@ def build_vng_command(
     cpus: int = 2,
     cmdline: str = "",
     kvm: bool = False,
+    ro_dirs: tuple[str, ...] = (),
 ) -> list[str]:
-    """The vng argv: verbose console, 9p root, one read-write shared directory."""
+    """The vng argv: verbose console, 9p root, one read-write shared directory, and the
+    read-only directories ``ro_dirs`` the guest would not see otherwise (guest_hidden())."""
     argv = [vng, "--run", image, "--verbose", "--force-9p", "--rwdir", shared_dir,
             "--memory", memory, "--cpus", str(cpus)]  # fmt: skip
+    for d in ro_dirs:
+        argv += ["--rodir", d]
     if not kvm:
         argv.append("--disable-kvm")
     if cmdline.strip():
         argv += ["--append", cmdline.strip()]
     argv += ["--exec", script]
     return argv
+
+
+# Directories a virtme-ng guest gets empty (tmpfs) although its root is the host's: a clone or
+# a venv below them is invisible in the guest unless shared explicitly (seen with a clone in
+# /var/tmp: "virtme-ng-init: error changing directory", then ".venv/bin/python: not found").
+GUEST_TMPFS = ("/tmp", "/var/tmp")
+
+
+def guest_hidden(path: str, shared_dir: str) -> bool:
+    """Whether ``path`` lies below a directory the guest gets empty, and outside ``shared_dir``."""
+    p = os.path.realpath(path)
+
+    def below(d: str) -> bool:
+        return p == d or p.startswith(d.rstrip("/") + "/")
+
+    return any(below(d) for d in GUEST_TMPFS) and not below(os.path.realpath(shared_dir))
 
 
 def _check_setup(image: str, shared_dir: str) -> str:
@@ -361,7 +381,9 @@ def run_in_kernel(
     with open(script_path, "w", encoding="utf-8") as f:
         f.write("#!/bin/sh\n" + guest_wrapper(guest_argv, guest_env) + "\n")
     script = f"sh {shlex.quote(script_path)}"
-    argv = build_vng_command(vng, image, script, shared_dir, memory=memory, cpus=cpus, cmdline=cmdline, kvm=use_kvm)
+    workdir = cwd or os.getcwd()
+    argv = build_vng_command(vng, image, script, shared_dir, memory=memory, cpus=cpus, cmdline=cmdline, kvm=use_kvm,
+                             ro_dirs=(workdir,) if guest_hidden(workdir, shared_dir) else ())
     env = dict(os.environ)
     # vng runs "virtme-run" through the shell: its directory must be on $PATH.
     env["PATH"] = os.path.dirname(os.path.abspath(vng)) + os.pathsep + env.get("PATH", "")

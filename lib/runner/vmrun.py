@@ -319,8 +319,7 @@ def finish_series(args: argparse.Namespace, base: Path, images: list[str], runs:
             return BISECT_SKIP if verdict_note.startswith(("no kernel", "cannot")) else 0
         print(f"# first bad: {images[first_bad]} ({verdict_note})")
         return 1
-    codes = [bisect_verdict(r) for r in runs.values()]
-    return 1 if BISECT_BAD in codes else 0
+    return exitcodes.series(runs.values(), bisect=bool(getattr(args, "bisect", False)))
 
 
 def find_first_bad(n: int, test) -> tuple[int | None, str]:
