@@ -5,7 +5,8 @@
 #    TCG QEMU with 2 vCPUs running a long suite selection);
 # 2. waits, with a deadline, until the guest is actually running cases: its TAP stream shows a
 #    case line (the guest's suite prints it over the console) and its QEMU process is alive;
-# 3. runs the race cases (cases/remove/test_race.py and test_gated.py) with --repeat on the host;
+# 3. runs the race cases (cases/remove/test_race.py and test_gated.py, cases/hugetlb/
+#    test_madv_races.py, uffd_ops' DONTWAKE cases) with --repeat on the host;
 # 4. checks that the guest was still running when the host run ended, stops it (SIGTERM to the
 #    runner, then SIGKILL by pid to whatever is left of its process tree) and reports how many
 #    CPUs QEMU kept busy meanwhile;
@@ -21,7 +22,9 @@ cd "$(dirname "$0")/.." || exit 2
 KERNEL=/boot/vmlinuz-6.12.118+deb12-amd64
 REPEAT=10
 GUEST_SELECTION="cow --repeat 100"  # hours of work: it outlasts any host run (the script stops it)
-HOST_SELECTION=(remove -k "test_race or test_gated")
+# the race cases: REMOVE's handler-barrier races, the hugetlb fault-vs-MADV_DONTNEED races and
+# uffd_ops' DONTWAKE cases (judged by the faulting task's state)
+HOST_SELECTION=(remove hugetlb uffd_ops -k "test_race or test_gated or test_madv_races or DONTWAKE")
 OUT=""
 BOOT_DEADLINE=900  # seconds for the guest to boot and start its first case (TCG is slow)
 
