@@ -156,3 +156,16 @@ def test_series_exit_code(name: str, runs: list, plain: int, bisect: int) -> Non
     python was not found, the series exited 0)."""
     assert exitcodes.series(runs, bisect=False) == plain, name
     assert exitcodes.series(runs, bisect=True) == bisect, name
+
+
+@pytest.mark.parametrize(("found", "how", "want"), [
+    (True, "found", BISECT_BAD),
+    (True, "neighbours could not be tested", BISECT_BAD),
+    (False, "no kernel could be tested", BISECT_SKIP),
+    (False, "no kernel could be tested; 2 round(s) of up to 2", BISECT_SKIP),
+    (False, "the newest testable kernel is good", BISECT_GOOD),
+])
+def test_first_bad_exit_code(found: bool, how: str, want: int) -> None:
+    """--find-first-bad: 1 when a first bad kernel was found, 125 when no kernel could be
+    tested, 0 when the newest testable one is good."""
+    assert exitcodes.first_bad(found, how) == want, how

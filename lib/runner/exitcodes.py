@@ -195,6 +195,15 @@ def series(summaries: Iterable[Mapping[str, Any]], *, bisect: bool) -> int:
     return KSFT_SKIP if codes == {KSFT_SKIP} else KSFT_PASS
 
 
+def first_bad(found: bool, how: str) -> int:
+    """The exit code of ``--kernels --find-first-bad``: 1 when it found the first bad kernel;
+    else 125 when no kernel could be tested (``how``, the search's ending, says so), else 0
+    (the newest testable kernel is good)."""
+    if found:
+        return BISECT_BAD
+    return BISECT_SKIP if how.startswith(("no kernel", "cannot")) else BISECT_GOOD
+
+
 def usage_code(bisect: bool) -> int:
     """Exit code for a bad command line: 2, or the abort code under ``--bisect`` (git bisect
     run would take 2 for "bad")."""

@@ -314,11 +314,8 @@ def finish_series(args: argparse.Namespace, base: Path, images: list[str], runs:
     (base / "table.txt").write_text(compare.verdict_table(labels) + "\n")
     print(f"# matrix: {matrix_html.write(base / 'matrix.html', labels)}", flush=True)
     if args.find_first_bad:
-        if first_bad is None:
-            print(f"# first bad: none ({verdict_note})")
-            return BISECT_SKIP if verdict_note.startswith(("no kernel", "cannot")) else 0
-        print(f"# first bad: {images[first_bad]} ({verdict_note})")
-        return 1
+        print(f"# first bad: {'none' if first_bad is None else images[first_bad]} ({verdict_note})")
+        return exitcodes.first_bad(first_bad is not None, verdict_note)
     return exitcodes.series(runs.values(), bisect=bool(getattr(args, "bisect", False)))
 
 
