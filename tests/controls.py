@@ -4,10 +4,12 @@ rule 3)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
+from lib.kernel import system
 from lib.runner import isolation
 
 
@@ -29,3 +31,20 @@ def fails(fn: Callable[..., object], *args: object, contains: str = "") -> str:
         assert contains in str(e), str(e)
         return str(e)
     raise AssertionError(f"{getattr(fn, '__name__', fn)} passed where it must fail")
+
+
+@contextmanager
+def hugetlb_pages(size: int, count: int) -> Iterator[None]:
+    """``count`` hugetlb pages of ``size``, taken under the suite's machine-wide run lock and
+    journal (lib.kernel.system.SETTINGS) and put back afterwards; skips without root, without
+    that size, or when the run lock stays busy."""
+    if not system.is_root() or not size or size not in system.hugetlb_sizes():
+        pytest.skip(f"needs root and {system.size_label(size)} hugetlb pages")
+    if not system.SETTINGS.acquire(timeout=600):
+        pytest.skip("the suite's run lock stayed busy")
+    try:
+        system.SETTINGS.ensure_hugetlb(size, count)
+        yield
+    finally:
+        system.SETTINGS.restore()
+        system.SETTINGS.release()

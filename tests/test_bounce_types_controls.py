@@ -21,6 +21,7 @@ from lib.kernel import abi, memtypes, system, uffd
 from lib.kernel.memtypes import HUGETLB_PRIVATE, SHMEM_PRIVATE, MemType
 from lib.kernel.uffd import Msg
 from lib.runner.isolation import run_isolated
+from tests.controls import hugetlb_pages
 
 DEFAULT_HUGE = system.default_hugetlb_size()
 POOL = 16
@@ -28,16 +29,8 @@ POOL = 16
 
 @pytest.fixture(scope="module")
 def hugetlb_pool():
-    if not system.is_root() or DEFAULT_HUGE not in system.hugetlb_sizes():
-        pytest.skip("needs root and default-size hugetlb pages")
-    if not system.SETTINGS.acquire(timeout=600):
-        pytest.skip("the suite's run lock stayed busy")
-    try:
-        system.SETTINGS.ensure_hugetlb(DEFAULT_HUGE, POOL)
+    with hugetlb_pages(DEFAULT_HUGE, POOL):
         yield
-    finally:
-        system.SETTINGS.restore()
-        system.SETTINGS.release()
 
 
 def mem(kind: str, request: pytest.FixtureRequest) -> tuple[MemType, int]:

@@ -11,6 +11,7 @@ from cases.cow.backings import AnonBacking, NonAnonBacking, Snapshot, anon_backi
 from lib.kernel import libc, memory, memtypes, swap, system
 from lib.kernel.memtypes import MemType
 from lib.runner.isolation import run_isolated
+from tests import controls
 
 K = 1024
 M = K * K
@@ -172,16 +173,8 @@ def test_a_backing_maps_its_memory_type(backing) -> None:
 def hugetlb_pages():
     """Four default-size hugetlb pages, under the suite's run lock, put back afterwards."""
     size = system.default_hugetlb_size()
-    if not system.is_root() or not size or size not in system.hugetlb_sizes():
-        pytest.skip("needs root and default-size hugetlb pages")
-    if not system.SETTINGS.acquire(timeout=600):
-        pytest.skip("the suite's run lock stayed busy")
-    try:
-        system.SETTINGS.ensure_hugetlb(size, 4)
+    with controls.hugetlb_pages(size, 4):
         yield size
-    finally:
-        system.SETTINGS.restore()
-        system.SETTINGS.release()
 
 
 @pytest.mark.parametrize("cls, kind", [(AnonBacking, "hugetlb"), (NonAnonBacking, "memfd_hugetlb")])

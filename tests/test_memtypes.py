@@ -37,6 +37,7 @@ from lib.kernel.memtypes import (
     mem_types,
 )
 from lib.runner import isolation
+from tests.controls import hugetlb_pages
 
 MiB, GiB, KiB = system.MiB, system.GiB, system.KiB
 DEFAULT_HUGE = system.default_hugetlb_size() or 2 * MiB
@@ -133,18 +134,9 @@ WANT = {
 
 @pytest.fixture(scope="module")
 def hugetlb_pool():
-    """A few default-size hugetlb pages, taken under the suite's run lock and journal
-    (lib.kernel.system.SETTINGS) and put back afterwards."""
-    if not system.is_root() or DEFAULT_HUGE not in system.hugetlb_sizes():
-        pytest.skip(f"needs root and {system.size_label(DEFAULT_HUGE)} hugetlb pages")
-    if not system.SETTINGS.acquire(timeout=600):
-        pytest.skip("the suite's run lock stayed busy")
-    try:
-        system.SETTINGS.ensure_hugetlb(DEFAULT_HUGE, 4)
+    """A few default-size hugetlb pages (tests/controls.py)."""
+    with hugetlb_pages(DEFAULT_HUGE, 4):
         yield
-    finally:
-        system.SETTINGS.restore()
-        system.SETTINGS.release()
 
 
 def thp_size() -> int:

@@ -15,12 +15,13 @@ from cases.remove import test_after, test_blocking, test_delivery, test_gated, t
 from cases.remove.backings import Backing
 from cases.remove.support import MiB, check_ranges_cover, check_zero, returns_within
 from lib import check
-from lib.kernel import abi, libc, memtypes, system
+from lib.kernel import abi, libc, memtypes
 from lib.kernel.handler.messages import DISPATCHED
 from lib.kernel.handler.options import Options
 from lib.kernel.handler.serve_loop import FaultServer
 from lib.kernel.uffd import Msg
 from lib.runner import isolation
+from tests.controls import hugetlb_pages
 
 ANON = Backing(memtypes.ANON)
 MEMFD = Backing(memtypes.SHMEM)
@@ -54,17 +55,9 @@ def passes(fn, timeout: float = 40) -> None:
 @pytest.fixture(scope="module")
 def hugetlb_pool():
     """2 MiB hugetlb pages for the hugetlb controls, taken under the suite's machine-wide run
-    lock and journal (lib.kernel.system.SETTINGS) and put back afterwards."""
-    if not system.is_root() or 2 * MiB not in system.hugetlb_sizes():
-        pytest.skip("needs root and 2 MiB hugetlb pages")
-    if not system.SETTINGS.acquire(timeout=600):
-        pytest.skip("the suite's run lock stayed busy")
-    try:
-        system.SETTINGS.ensure_hugetlb(2 * MiB, 8)
+    lock and journal (lib.kernel.system.SETTINGS) and put back afterwards (tests/controls.py)."""
+    with hugetlb_pages(2 * MiB, 8):
         yield
-    finally:
-        system.SETTINGS.restore()
-        system.SETTINGS.release()
 
 
 # ---------------------------------------------------------------------------------------

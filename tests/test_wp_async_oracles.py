@@ -14,6 +14,7 @@ import pytest
 from lib.kernel import abi, libc, system
 from lib.kernel.pagemap import Entry
 from lib.runner.isolation import run_isolated
+from tests.controls import hugetlb_pages
 
 pytestmark = pytest.mark.skipif(not system.is_root(), reason="needs root (pagemap PFNs, uffd WP on all memory)")
 
@@ -198,17 +199,9 @@ def _pmi_backing_mismatches(kind: str, claimed=None) -> None:
 @pytest.fixture
 def pool_2m():
     """Four 2 MiB hugetlb pages (pagemap_ioctl.c's hugetlb_setup_default(4)), under the suite's
-    run lock, put back afterwards."""
-    if HUGE_2M not in system.hugetlb_sizes():
-        pytest.skip("no 2048 kB hugetlb pages on this kernel")
-    if not system.SETTINGS.acquire(timeout=600):
-        pytest.skip("the suite's run lock stayed busy")
-    try:
-        system.SETTINGS.ensure_hugetlb(HUGE_2M, 4)
+    run lock, put back afterwards (tests/controls.py)."""
+    with hugetlb_pages(HUGE_2M, 4):
         yield
-    finally:
-        system.SETTINGS.restore()
-        system.SETTINGS.release()
 
 
 PMI_TYPED = ["Page testing:", "Large Page testing:", "Huge page testing:", "Hugetlb mem testing:",
