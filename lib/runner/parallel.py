@@ -214,6 +214,7 @@ class Series:
     def __init__(self, args: argparse.Namespace, root: Path, images: list[str], base: Path) -> None:
         self.args, self.root, self.images, self.base = args, root, images, base
         self.runs: dict[int, dict] = {}
+        self.codes: dict[int, int] = {}  #: each kernel's git bisect run code (vmrun.judge)
         self.say = Printer()
         self.children: dict[int, subprocess.Popen] = {}
         self.stopping = False
@@ -260,11 +261,8 @@ class Series:
         with self._lock:
             self.children.pop(i, None)
         data = self.collect(i, folder, rc, errors)
-        problem = (data.get("vm") or {}).get("harness_problem")
-        if problem:
-            raise vmrun.HarnessProblem(f"{image}: {problem}")
-        code = vmrun.bisect_verdict(data)
-        self.say(f"# {self.label(i)}: " + ("cannot test" if code == SKIP else ["good", "bad"][code == BAD]))
+        self.codes[i], line = vmrun.judge(image, data)
+        self.say(line)
         return data
 
     def collect(self, i: int, folder: Path, rc: int, errors: list[str]) -> dict:
@@ -363,7 +361,8 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
                 round_no += 1
                 series.say(f"# find-first-bad round {round_no}: kernels "
                            + ", ".join(f"{i + 1} ({series.label(i)})" for i in indices))
-                return {i: vmrun.bisect_verdict(d) for i, d in series.batch(indices).items()}
+                series.batch(indices)
+                return {i: series.codes[i] for i in indices}
 
             first_bad, note, rounds = find_first_bad_kary(len(images), test_batch, args.jobs)
             note = f"{note}; {rounds} round(s) of up to {args.jobs}"

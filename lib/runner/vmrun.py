@@ -193,9 +193,15 @@ def complete_summary(outcome: vm.VmOutcome, results: Path, image: str) -> dict:
     return data
 
 
-def bisect_verdict(data: dict) -> int:
-    """git bisect run's code for a run (see lib.runner.exitcodes)."""
-    return exitcodes.decide(data, bisect=True).code
+def judge(image: str, data: dict) -> tuple[int, str]:
+    """A series kernel's git bisect run code (lib.runner.exitcodes decides) and its ``# <label>:
+    good/bad/cannot test`` line; HarnessProblem when its run judged nothing because of us."""
+    problem = (data.get("vm") or {}).get("harness_problem")
+    if problem:
+        raise HarnessProblem(f"{image}: {problem}")
+    code = exitcodes.decide(data, bisect=True).code
+    said = "cannot test" if code == BISECT_SKIP else ["good", "bad"][code == BISECT_BAD]
+    return code, f"# {image_label(image)}: {said}"
 
 
 def results_for(root: Path, args: argparse.Namespace, image: str, suffix: str = "") -> Path:
@@ -281,6 +287,7 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table."""
     base = folders.run_dir(args.results, root, "kernels")
     runs: dict[int, dict] = {}
+    codes: dict[int, int] = {}  #: each run's git bisect run code (judge)
 
     def run_index(i: int) -> dict:
         if i not in runs:
@@ -288,17 +295,17 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
             # a folder of this run's own: an earlier series' folder of that name is kept
             res = folders.own_dir(base, f"{i:02d}-{image_label(images[i]).replace(' ', '-')}")
             runs[i] = run_one(args, root, images[i], res)
-            problem = (runs[i].get("vm") or {}).get("harness_problem")
-            if problem:
-                raise HarnessProblem(f"{images[i]}: {problem}")
-            print(f"# {image_label(images[i])}: {['good', 'bad'][bisect_verdict(runs[i]) == BISECT_BAD]}"
-                  if bisect_verdict(runs[i]) != BISECT_SKIP else f"# {image_label(images[i])}: cannot test",
-                  flush=True)
+            codes[i], line = judge(images[i], runs[i])
+            print(line, flush=True)
         return runs[i]
 
     first_bad: int | None = None
     if args.find_first_bad:
-        first_bad, verdict_note = find_first_bad(len(images), lambda i: bisect_verdict(run_index(i)))
+        def code_of(i: int) -> int:
+            run_index(i)
+            return codes[i]
+
+        first_bad, verdict_note = find_first_bad(len(images), code_of)
     else:
         for i in range(len(images)):
             run_index(i)
