@@ -205,7 +205,8 @@ def test_migrate_ksm(mover: Mover, ksm_on: None) -> None:
         # until the worker's page is a KSM page, then one more scan for the other processes'
         for _ in range(6):
             ksm.wait_full_scans(1)
-            if pfn_of(region[0]) and pagemap.kpageflags(pfn_of(region[0])) & abi.KPF.KSM:
+            pfn = pfn_of(region[0])
+            if pfn and pagemap.kpageflags(pfn) & abi.KPF.KSM:
                 break
         else:
             return tree.FAIL_ON_WORK
