@@ -403,7 +403,3 @@ def mem_types(kinds: tuple[str, ...] = UFFD_UNIT_KINDS, hugetlb_sizes: list[int]
         else:
             out.append(MemType(k))
     return out
-
-
-def ids(items: list) -> list[str]:
-    return [str(i) for i in items]
