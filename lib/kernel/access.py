@@ -136,8 +136,3 @@ def read(addr: int, **kw) -> Access:
 
 def write(addr: int, **kw) -> Access:
     return access(addr, True, **kw)
-
-
-def read_write(addr: int, **kw) -> bool:
-    """guard-regions.c try_read_write_buf: True when both a read and a write succeed."""
-    return read(addr, **kw).ok and write(addr, **kw).ok
