@@ -43,10 +43,6 @@ def served(
     u = open_for(features, user_mode_only=user_mode_only)
     h = None
     try:
-        if options is None:
-            options = handler.Options()
-        if region.hugetlb:
-            options.use_zeropage_ioctl = False
         h = handler.TOPOLOGIES[topology](u, region.addr, region.size, region.page_size, source, options).start()
         ioctls = u.register(region.addr, region.size, mode)
         s = Served(u, h, region, ioctls, source)
