@@ -94,10 +94,10 @@ def _read_samples(addr: int, page_size: int) -> tuple[bytes, bytes]:
 
 
 def _where(t: Toucher) -> str:
-    try:
-        return f"thread {t.tid} state {task_state(t.tid)} wchan {task_wchan(t.tid) or '-'}"
-    except OSError:
+    state = task_state(t.tid)  # '' once the thread is gone (task_state and task_wchan never raise)
+    if not state:
         return f"thread {t.tid} gone"
+    return f"thread {t.tid} state {state} wchan {task_wchan(t.tid)}"
 
 
 class Ctx:
