@@ -21,7 +21,7 @@ from lib.kernel.handler.options import Options
 from lib.kernel.handler.serve_loop import FaultServer
 from lib.kernel.uffd import Msg
 from lib.runner import isolation
-from tests.controls import hugetlb_pages
+from tests.controls import hugetlb_pages, passes
 
 ANON = Backing(memtypes.ANON)
 MEMFD = Backing(memtypes.SHMEM)
@@ -43,13 +43,6 @@ def fails(fn, timeout: float = 40, contains: str = "") -> isolation.Outcome:
     assert o.kind in ("fail", "timeout"), f"the oracle did not catch it: {o.kind} {o.message}"
     assert contains in o.message, f"failed for another reason: {o.message}"
     return o
-
-
-def passes(fn, timeout: float = 40) -> None:
-    o = outcome(fn, timeout)
-    if o.kind == "skip":
-        pytest.skip(o.message)
-    assert o.kind == "pass", f"{o.kind}: {o.message}\n{o.details}"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +77,7 @@ def test_race_fails_on_wrong_handler_hugetlb(race, hugetlb_pool):
 
 @pytest.mark.parametrize("race", list(RACES))
 def test_race_passes_on_right_handler(race):
-    passes(lambda: RACES[race](ANON, "thread"))
+    passes(lambda: RACES[race](ANON, "thread"), 40)
 
 
 # ---------------------------------------------------------------------------------------
