@@ -9,14 +9,12 @@ unknown (anything else: the case skips, as upstream's "Unknown filesystem").
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
-from lib.kernel import abi
+from lib.kernel import abi, libc
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_fstatfs = _libc.fstatfs
-_fstatfs.restype = ctypes.c_int
-_fstatfs.argtypes = (ctypes.c_int, ctypes.POINTER(abi.statfs))
+_fstatfs = libc._fn("fstatfs", ctypes.c_int, ctypes.c_int, ctypes.POINTER(abi.statfs))
 
 NAMES = {
     abi.TMPFS_MAGIC: "tmpfs", abi.HUGETLBFS_MAGIC: "hugetlbfs", abi.BTRFS_SUPER_MAGIC: "btrfs",
@@ -31,7 +29,7 @@ def fs_type(fd: int) -> int:
     st = abi.statfs()
     while _fstatfs(fd, ctypes.byref(st)) != 0:
         err = ctypes.get_errno()
-        if err != 0 and err != 4:  # EINTR: try again, as gup_longterm.c get_fs_type does
+        if err not in (0, errno.EINTR):  # EINTR: try again, as gup_longterm.c get_fs_type does
             raise OSError(err, f"fstatfs: {os.strerror(err)}")
     return st.f_type & 0xFFFFFFFF
 
