@@ -6,7 +6,7 @@ import ctypes
 
 from lib.kernel import abi, libc
 
-CAP_IPC_LOCK = 14
+CAP_IPC_LOCK = abi.CAP_IPC_LOCK
 CAP_SYS_PTRACE = abi.CAP_SYS_PTRACE
 
 
