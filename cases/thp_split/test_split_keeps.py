@@ -41,11 +41,9 @@ THPS = memtypes.mem_types((memtypes.ANON_THP,))
 
 @dataclass
 class Split:
-    """The THP at ``addr`` (``npages`` pages) after a split: ``pages`` maps each page still
-    mapped to its (address now, index before); ``gone`` the indices no longer mapped."""
+    """A THP after a split: ``pages`` maps each page still mapped to its (address now, index
+    before); ``wp_cleared`` the indices the split unprotected."""
 
-    addr: int
-    npages: int
     pages: list[tuple[int, int]]
     wp_cleared: set[int]
 
@@ -57,13 +55,13 @@ def _victim(npages: int) -> int:
 def split_mprotect(addr: int, npages: int, u: uffd.Userfaultfd | None) -> Split:
     v = _victim(npages)
     libc.mprotect(addr + v * PAGE, PAGE, abi.PROT_READ)
-    return Split(addr, npages, [(addr + i * PAGE, i) for i in range(npages)], set())
+    return Split([(addr + i * PAGE, i) for i in range(npages)], set())
 
 
 def split_munmap(addr: int, npages: int, u: uffd.Userfaultfd | None) -> Split:
     v = _victim(npages)
     libc.munmap(addr + v * PAGE, PAGE)
-    return Split(addr, npages, [(addr + i * PAGE, i) for i in range(npages) if i != v], set())
+    return Split([(addr + i * PAGE, i) for i in range(npages) if i != v], set())
 
 
 def split_mremap(addr: int, npages: int, u: uffd.Userfaultfd | None) -> Split:
@@ -72,14 +70,14 @@ def split_mremap(addr: int, npages: int, u: uffd.Userfaultfd | None) -> Split:
     got = libc.mremap(addr + v * PAGE, PAGE, PAGE, abi.MREMAP_MAYMOVE | abi.MREMAP_FIXED, dst)
     check.eq(got, dst, "mremap() of one subpage to the target")
     pages = [(addr + i * PAGE, i) for i in range(npages) if i != v] + [(dst, v)]
-    return Split(addr, npages, pages, set())
+    return Split(pages, set())
 
 
 def split_unprotect(addr: int, npages: int, u: uffd.Userfaultfd | None) -> Split:
     assert u is not None
     v = _victim(npages)
     u.writeprotect(addr + v * PAGE, PAGE, False)
-    return Split(addr, npages, [(addr + i * PAGE, i) for i in range(npages)], {v})
+    return Split([(addr + i * PAGE, i) for i in range(npages)], {v})
 
 
 SplitFn = Callable[[int, int, "uffd.Userfaultfd | None"], Split]
