@@ -229,7 +229,7 @@ class Series:
 
     def run_kernel(self, i: int) -> dict:
         image = self.images[i]
-        folder = folders.own_dir(self.base, f"{i:02d}-{self.label(i).replace(' ', '-')}")
+        folder = folders.kernel_dir(self.base, i, self.label(i))
         argv = child_argv(self.args, self.root, image, folder)
         prefix = f"[{self.label(i)}] "
         with self._lock:

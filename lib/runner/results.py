@@ -74,6 +74,13 @@ def own_dir(base: Path, stem: str) -> Path:
     raise ResultsError(f"cannot create results folder {base / stem}: {ATTEMPTS} folders of that name exist")
 
 
+def kernel_dir(base: Path, index: int, label: str) -> Path:
+    """The folder of a ``--kernels`` series' kernel number ``index`` (from 0): ``base/NN-<label>``
+    (spaces as ``-``), one of this run's own (:func:`own_dir`: an earlier series' folder of that
+    name is kept)."""
+    return own_dir(base, f"{index:02d}-{label.replace(' ', '-')}")
+
+
 def probe_writable(folder: Path, size: int = 16384) -> None:
     """Write, sync and remove a file of ``size`` bytes in ``folder``: a read-only, immutable or
     full folder raises ResultsError naming the reason, before the run writes anything there."""

@@ -204,13 +204,6 @@ def judge(image: str, data: dict) -> tuple[int, str]:
     return code, f"# {image_label(image)}: {said}"
 
 
-def results_for(root: Path, args: argparse.Namespace, image: str, suffix: str = "") -> Path:
-    if args.results:
-        base = Path(args.results)
-        return base / image_label(image) if suffix else base
-    return folders.run_dir(None, root, f"vm-{image_label(image)}")  # a folder of its own (lib.runner.results)
-
-
 def _preflight(images: list[str]) -> str:
     """What stops these images from being booted here at all, or ''.
 
@@ -260,12 +253,12 @@ def main(args: argparse.Namespace, root: Path, series: Callable[..., int] | None
     if args.cpus is None:
         args.cpus = 2
     if args.kernel:
-        res = results_for(root, args, args.kernel)
+        res = folders.run_dir(args.results, root, f"vm-{image_label(args.kernel)}")  # lib.runner.results decides
         try:
             data = run_one(args, root, args.kernel, res)
         except vm.VmSetupError as e:
             return _err(report.one_line(str(e)), args.bisect)
-        _finish_run_folder(root, res)
+        folders.finish(res, root)  # `latest` (lib.runner.results decides)
         print(f"# vm: {data['vm']['verdict']} ({data['vm']['reason'] or 'clean'}); results: {res}", flush=True)
         decision = exitcodes.decide(data, bisect=args.bisect)
         if data["vm"].get("harness_problem"):
@@ -279,10 +272,6 @@ def main(args: argparse.Namespace, root: Path, series: Callable[..., int] | None
         return _err(report.one_line(str(e)), args.bisect)
 
 
-def _finish_run_folder(root: Path, res: Path) -> None:
-    folders.finish(res, root)  # `latest` (lib.runner.results decides)
-
-
 def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     """--kernels: each kernel in turn (or a binary search with --find-first-bad), then a table."""
     base = folders.run_dir(args.results, root, "kernels")
@@ -292,8 +281,7 @@ def run_series(args: argparse.Namespace, root: Path, images: list[str]) -> int:
     def run_index(i: int) -> dict:
         if i not in runs:
             print(f"# ===== kernel {i + 1}/{len(images)}: {images[i]}", flush=True)
-            # a folder of this run's own: an earlier series' folder of that name is kept
-            res = folders.own_dir(base, f"{i:02d}-{image_label(images[i]).replace(' ', '-')}")
+            res = folders.kernel_dir(base, i, image_label(images[i]))
             runs[i] = run_one(args, root, images[i], res)
             codes[i], line = judge(images[i], runs[i])
             print(line, flush=True)
