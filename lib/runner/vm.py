@@ -395,7 +395,7 @@ def run_in_kernel(
     )  # fmt: skip
     log = open(console_log, "a", encoding="utf-8") if console_log else None  # noqa: SIM115
     child = pexpect.spawn(
-        argv[0], argv[1:], cwd=cwd or os.getcwd(), env=env, encoding="utf-8",
+        argv[0], argv[1:], cwd=workdir, env=env, encoding="utf-8",
         codec_errors="replace", timeout=None, maxread=8192, searchwindowsize=8192,
         echo=False, dimensions=(50, 250),
     )  # fmt: skip
