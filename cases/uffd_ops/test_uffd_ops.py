@@ -53,20 +53,21 @@ THP_SIZES = sorted(set(system.thp_sizes()) or {2 * system.MiB})
 # the matrix
 
 
-def mem_types_of(row: matrix.Row) -> list[MemType | None]:
+def mem_types_of(row: matrix.Row, hugetlb_sizes: list[int], default: int) -> list[MemType | None]:
     """The row's kinds at every size: anon-thp at every THP size, hugetlb kinds at the default size
-    and, as the row's ``big`` says, at the other hugetlb sizes."""
+    and, as the row's ``big`` says, at the other hugetlb sizes (``hugetlb_sizes``, default first)."""
     if not row.kinds:
         return [None]
-    default = system.default_hugetlb_size()
-    return [mt for mt in memtypes.mem_types(row.kinds, thp_sizes=THP_SIZES)
+    return [mt for mt in memtypes.mem_types(row.kinds, hugetlb_sizes=hugetlb_sizes, thp_sizes=THP_SIZES)
             if not mt.hugetlb or mt.size == default or mt.kind in matrix.BIG_KINDS[row.big]]
 
 
 def cells() -> list:
+    # the sizes once for the whole table (each is a read of /proc/meminfo), not once per row
+    hugetlb_sizes, default = memtypes.hugetlb_sizes_default_first(), system.default_hugetlb_size()
     out = []
     for row in matrix.ROWS:
-        for mt in mem_types_of(row):
+        for mt in mem_types_of(row, hugetlb_sizes, default):
             out.append(pytest.param(row, mt or MemType(memtypes.ANON), id=row.case_name(mt.name if mt else None)))
     return out
 
