@@ -107,7 +107,7 @@ def _async_written(claim: list[int]) -> None:
     b = WpBacking("anon")
     r = b.map(8)
     b.populate(r)
-    with wp_uffd(r, b.wp_features | int(abi.Feature.WP_ASYNC)) as u:
+    with wp_uffd(r, b.wp_feature | int(abi.Feature.WP_ASYNC)) as u:
         u.writeprotect(r.addr, r.size, True)
         for i in (1, 2, 5):
             libc.touch_write(r.page(i), 1)
@@ -276,7 +276,7 @@ def _close_check(do_close: bool) -> None:
     b = WpBacking("anon")
     r = b.map(2)
     libc.fill(r.addr, 1, r.size)
-    u = open_for(b.wp_features)
+    u = open_for(b.wp_feature)
     u.register(r.addr, r.size, abi.RegisterMode.WP)
     u.writeprotect(r.addr, r.size, True)
     if do_close:

@@ -5,9 +5,9 @@ anon THP size the kernel offers (that size alone enabled, through ``prepare(sett
 ``shmem`` (a memfd, MAP_SHARED), ``hugetlb`` (an MFD_HUGETLB memfd, MAP_SHARED, as
 uffd-unit-tests), ``hugetlb-anon`` (MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, as e2b's "hugepage")
 and ``hugetlb (1048576 kB)`` (1 GiB pages; the pool is grown to 2 pages).  A WpBacking is a
-memtypes.MemType with the area's helpers: ``unit`` (the granularity of protection and faults:
-4 KiB everywhere but hugetlb, where it is the huge page), ``max_units``, ``populate`` (a THP
-backing must then be THP-mapped) and ``require`` with the WP features of the type.
+memtypes.MemType with the area's helpers: a unit is its ``page_size`` (the granularity of
+protection and faults: 4 KiB everywhere but hugetlb, where it is the huge page), ``max_units``,
+``populate`` (a THP backing must then be THP-mapped) and ``require`` with the WP features of the type.
 """
 
 from __future__ import annotations
@@ -25,23 +25,6 @@ MAX_BASE_UNITS = 64  # base pages (or THP-backed 4 KiB units) one case may map a
 
 @dataclass(frozen=True)
 class WpBacking(MemType):
-    @property
-    def anon(self) -> bool:
-        """Anonymous memory (a zap drops uffd-wp markers there; file memory keeps them)."""
-        return self.anonymous
-
-    @property
-    def unit(self) -> int:
-        return self.page_size
-
-    @property
-    def wp_features(self) -> int:
-        return self.wp_feature
-
-    @property
-    def missing_features(self) -> int:
-        return self.missing_feature
-
     def max_units(self) -> int:
         """How many units one case may map at most (1 GiB pages are scarce)."""
         return self.max_pages if self.hugetlb else MAX_BASE_UNITS

@@ -46,7 +46,7 @@ def protected(b: WpBacking, units: int, byte: int) -> Iterator[tuple[Region, Use
     (:func:`wp_uffd`) and write-protected whole (UFFDIO_WRITEPROTECT mode WP)."""
     r = b.map(units)
     b.populate(r, byte)
-    with wp_uffd(r, b.wp_features) as u:
+    with wp_uffd(r, b.wp_feature) as u:
         u.writeprotect(r.addr, r.size, True)
         yield r, u
 

@@ -100,10 +100,10 @@ def expected_wp_faults(ops: list[tuple[str, int]], always_wp: bool, sync: bool) 
 
 def run_sequence(b: WpBacking, ops, options: Options, sync: bool):
     """Run ``ops`` against a served region; returns (entries, stats, read_mismatches, final)."""
-    unit = b.unit
+    unit = b.page_size
     r = b.map(NPAGES)
     src = Source(r.size, pattern=0xE2B)
-    features = b.wp_features | b.missing_features | (0 if sync else int(abi.Feature.WP_ASYNC))
+    features = b.wp_feature | b.missing_feature | (0 if sync else int(abi.Feature.WP_ASYNC))
     bad_reads = []
     with served(r, "thread", features, abi.RegisterMode.MISSING | abi.RegisterMode.WP, src, options) as s:
         written: set[int] = set()
@@ -147,7 +147,7 @@ def check_sequence(arm: Arm, entries, st, bad_reads, final, want_final) -> None:
 @pytest.mark.parametrize("arm", ARMS, ids=[str(a) for a in ARMS])
 def test_e2b_sequence(arm: Arm) -> None:
     b = arm.backing
-    feats = b.missing_features | (0 if arm.mode == "sync" else int(abi.Feature.WP_ASYNC))
+    feats = b.missing_feature | (0 if arm.mode == "sync" else int(abi.Feature.WP_ASYNC))
     b.require(feats, units=NPAGES)
     opts = Options(**vars(POLICIES[arm.policy]))
     result = run_sequence(b, SEQUENCES[arm.seq], opts, arm.mode == "sync")

@@ -50,7 +50,7 @@ def async_area(b):
     units, writes = plan(b)
     r = b.map(units)
     b.populate(r)
-    unit = b.unit if b.hugetlb else libc.PAGE_SIZE
+    unit = b.page_size
     return r, unit, r.size // unit, writes
 
 
@@ -64,7 +64,7 @@ def check_written(res, r, unit: int, want: list[int], what: str) -> None:
 @pytest.mark.parametrize("b", BACKINGS, ids=[f"wp-async writes never reach the handler on {b}" for b in BACKINGS])
 def test_async_written(b) -> None:
     r, unit, n, writes = async_area(b)
-    with wp_uffd(r, b.wp_features | int(abi.Feature.WP_ASYNC)) as u:
+    with wp_uffd(r, b.wp_feature | int(abi.Feature.WP_ASYNC)) as u:
         u.writeprotect(r.addr, r.size, True)
         check.eq(scan_written(r).count, 0, "written regions right after protecting")
         for i in range(n):
@@ -81,7 +81,7 @@ def test_async_written(b) -> None:
 @pytest.mark.parametrize("b", BACKINGS, ids=[f"wp-async PM_SCAN_WP_MATCHING re-protects on {b}" for b in BACKINGS])
 def test_async_wp_matching(b) -> None:
     r, unit, n, writes = async_area(b)
-    with wp_uffd(r, b.wp_features | int(abi.Feature.WP_ASYNC)) as u:
+    with wp_uffd(r, b.wp_feature | int(abi.Feature.WP_ASYNC)) as u:
         u.writeprotect(r.addr, r.size, True)
         for i in writes:
             libc.touch_write(r.addr + i * unit, 1)

@@ -26,12 +26,13 @@ UNITS = 2
 def test_sync_wp_write(b) -> None:
     b.require(units=UNITS)
     with protected(b, UNITS, 0x11) as (r, u):
-        target = r.addr + b.unit + 64 if r.size >= 2 * b.unit else r.addr + 64
+        unit = b.page_size
+        target = r.addr + unit + 64 if r.size >= 2 * unit else r.addr + 64
         old, new = b"\x11" * 32, b"kmm-sync-wp-write".ljust(32, b"!")
-        obs = sync_wp_write(u, target, b.unit, new)
+        obs = sync_wp_write(u, target, unit, new)
         check_sync_wp(obs, target, old, new)
-        bits = wp_bits(r, b.unit)
-        want = [(r.addr + i * b.unit) // b.unit != target // b.unit for i in range(r.size // b.unit)]
+        bits = wp_bits(r, unit)
+        want = [(r.addr + i * unit) // unit != target // unit for i in range(r.size // unit)]
         check.eq(bits, want, "bit 57 per unit: only the resolved unit is unprotected")
 
 
@@ -43,7 +44,7 @@ def test_sync_wp_read(b) -> None:
         check.eq(msgs, [], "uffd messages raised by a read of protected memory")
         check.true(finished, "the read of protected memory completes without a monitor")
         check.true(libc.is_filled(r.addr + r.size - 4096, 0x22, 4096), "the read returns the page content")
-        check.eq(wp_bits(r, b.unit), [True] * (r.size // b.unit), "bit 57 after a read (reads keep it)")
+        check.eq(wp_bits(r, b.page_size), [True] * (r.size // b.page_size), "bit 57 after a read (reads keep it)")
 
 
 @pytest.mark.parametrize("b", BACKINGS, ids=[f"pagemap bit 57 follows protect and unprotect on {b}" for b in BACKINGS])
@@ -51,14 +52,14 @@ def test_bit57_follows(b) -> None:
     b.require(units=UNITS)
     r = b.map(UNITS)
     b.populate(r)
-    n = r.size // b.unit
-    with wp_uffd(r, b.wp_features) as u:
-        check.eq(wp_bits(r, b.unit), [False] * n, "bit 57 after register, before protect")
+    n = r.size // b.page_size
+    with wp_uffd(r, b.wp_feature) as u:
+        check.eq(wp_bits(r, b.page_size), [False] * n, "bit 57 after register, before protect")
         u.writeprotect(r.addr, r.size, True)
-        check.eq(wp_bits(r, b.unit), [True] * n, "bit 57 after UFFDIO_WRITEPROTECT mode WP")
-        u.writeprotect(r.addr, b.unit, False)
-        check.eq(wp_bits(r, b.unit), [False] + [True] * (n - 1), "bit 57 after mode 0 on the first unit")
-        u.writeprotect(r.addr, b.unit, True)
-        check.eq(wp_bits(r, b.unit), [True] * n, "bit 57 after protecting the first unit again")
+        check.eq(wp_bits(r, b.page_size), [True] * n, "bit 57 after UFFDIO_WRITEPROTECT mode WP")
+        u.writeprotect(r.addr, b.page_size, False)
+        check.eq(wp_bits(r, b.page_size), [False] + [True] * (n - 1), "bit 57 after mode 0 on the first unit")
+        u.writeprotect(r.addr, b.page_size, True)
+        check.eq(wp_bits(r, b.page_size), [True] * n, "bit 57 after protecting the first unit again")
         u.writeprotect(r.addr, r.size, False)
-        check.eq(wp_bits(r, b.unit), [False] * n, "bit 57 after mode 0 on the whole range")
+        check.eq(wp_bits(r, b.page_size), [False] * n, "bit 57 after mode 0 on the whole range")

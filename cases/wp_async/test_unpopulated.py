@@ -29,7 +29,7 @@ def test_wp_unpopulated_upstream() -> None:
     b.require(UNPOP)
     r = b.map(1)
     p = r.addr
-    with wp_uffd(r, b.wp_features | UNPOP) as u:
+    with wp_uffd(r, b.wp_feature | UNPOP) as u:
         u.writeprotect(p, 4096, True)
         check.eq(wp_bits(r, 4096), [True], "bit 57 on an untouched, protected page (pte marker)")
         u.writeprotect(p, 4096, False)
@@ -51,9 +51,9 @@ def test_wp_unpopulated_upstream() -> None:
 def test_marker(b) -> None:
     b.require(UNPOP, units=2)
     r = b.map(2)
-    unit = b.unit
+    unit = b.page_size
     n = r.size // unit
-    with wp_uffd(r, b.wp_features | UNPOP) as u:
+    with wp_uffd(r, b.wp_feature | UNPOP) as u:
         u.writeprotect(r.addr, r.size, True)
         check.eq(wp_bits(r, unit), [True] * n, "bit 57 on untouched, protected units (markers)")
         with Pagemap() as pm:
@@ -75,13 +75,13 @@ def test_dontneed(b) -> None:
     """anon: the zap drops protection of present pages and markers alike; file: kept."""
     b.require(UNPOP, units=2)
     r = b.map(2)
-    unit = b.unit
+    unit = b.page_size
     libc.fill(r.addr, 0x33, unit)  # first unit present, the rest never touched
     n = r.size // unit
-    with wp_uffd(r, b.wp_features | UNPOP) as u:
+    with wp_uffd(r, b.wp_feature | UNPOP) as u:
         u.writeprotect(r.addr, r.size, True)
         libc.madvise(r.addr, r.size, abi.Madv.DONTNEED)
-        keep = not b.anon
+        keep = not b.anonymous
         how = "file memory keeps" if keep else "anon drops"
         check.eq(wp_bits(r, unit), [keep] * n, f"bit 57 after MADV_DONTNEED ({how} it)")
         if keep:

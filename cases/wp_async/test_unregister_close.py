@@ -25,12 +25,12 @@ UNPOP = int(abi.Feature.WP_UNPOPULATED)
 def protected_region(b):
     """Unit 0 present and protected, the last unit an untouched protected marker."""
     r = b.map(2)
-    libc.fill(r.addr, 0x44, b.unit)
-    u = open_for(b.wp_features | UNPOP)
+    libc.fill(r.addr, 0x44, b.page_size)
+    u = open_for(b.wp_feature | UNPOP)
     u.register(r.addr, r.size, abi.RegisterMode.WP)
     u.writeprotect(r.addr, r.size, True)
-    n = r.size // b.unit
-    check.eq(wp_bits(r, b.unit), [True] * n, "bit 57 after protecting (present unit and markers)")
+    n = r.size // b.page_size
+    check.eq(wp_bits(r, b.page_size), [True] * n, "bit 57 after protecting (present unit and markers)")
     return r, u, n
 
 
@@ -46,8 +46,8 @@ def test_unregister_clears(b) -> None:
     r, u, n = protected_region(b)
     try:
         u.unregister(r.addr, r.size)
-        check.eq(wp_bits(r, b.unit), [False] * n, "bit 57 after UFFDIO_UNREGISTER")
-        writes_freely(r, b.unit)
+        check.eq(wp_bits(r, b.page_size), [False] * n, "bit 57 after UFFDIO_UNREGISTER")
+        writes_freely(r, b.page_size)
         check.eq(u.read_msgs(), [], "messages")
     finally:
         u.close()
@@ -59,9 +59,9 @@ def test_close_clears(b) -> None:
     b.require(UNPOP, units=2)
     r, u, n = protected_region(b)
     u.close()
-    bits = wp_bits(r, b.unit)
+    bits = wp_bits(r, b.page_size)
     left = sum(bits)
     check.diag(f"kernel behaviour: after close() without UFFDIO_UNREGISTER {left} of {n} units keep bit 57 "
                + ("(fixed: c88033efe9a3, 6.9)" if not left else "(CVE-2024-36881 not fixed on this kernel)"))
     check.eq(bits, [False] * n, "bit 57 after close() without unregister (left set = CVE-2024-36881 unfixed)")
-    writes_freely(r, b.unit)
+    writes_freely(r, b.page_size)

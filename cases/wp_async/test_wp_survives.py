@@ -96,7 +96,7 @@ def _migrate_case(b: WpBacking, other_node: bool) -> None:
         pytest.skip(f"single NUMA node (nodes {nodes}): no page migration can be forced -- move_pages/"
                     "migrate_pages to the node a page is on are no-ops, and MADV_SOFT_OFFLINE would retire frames")
     with protected(b, 2, 0x77) as (r, u):
-        unit = b.unit
+        unit = b.page_size
         n = r.size // unit
         with Pagemap() as pm:
             before = [e.pfn for e in pm.entries(r.addr, n, unit)]
