@@ -146,11 +146,18 @@ def pagemap_scan_supported() -> bool:
     return False
 
 
+KPAGEFLAGS = "/proc/kpageflags"
+
+
+def _kpf(fd: int, pfn: int) -> abi.KPF:
+    return abi.KPF(struct.unpack("<Q", os.pread(fd, 8, pfn * 8))[0])
+
+
 def kpageflags(pfn: int) -> abi.KPF:
     """Flags of one PFN from /proc/kpageflags (root only)."""
-    fd = os.open("/proc/kpageflags", os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(KPAGEFLAGS, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return abi.KPF(struct.unpack("<Q", os.pread(fd, 8, pfn * 8))[0])
+        return _kpf(fd, pfn)
     finally:
         os.close(fd)
 
@@ -158,18 +165,21 @@ def kpageflags(pfn: int) -> abi.KPF:
 def folio_order(pfn: int) -> int:
     """Order of the (anon THP) folio containing ``pfn``, by the split_huge_page_test technique.
 
-    0 for a small folio.  Needs root for PFNs and kpageflags.
+    0 for a small folio.  Needs root for PFNs and kpageflags (opened once for the walk).
     """
-    flags = kpageflags(pfn)
-    if not flags & (abi.KPF.COMPOUND_HEAD | abi.KPF.COMPOUND_TAIL):
-        return 0
-    head = pfn
-    while not kpageflags(head) & abi.KPF.COMPOUND_HEAD:
-        head -= 1
-    n = 1
-    while kpageflags(head + n) & abi.KPF.COMPOUND_TAIL:
-        n += 1
-    return n.bit_length() - 1
+    fd = os.open(KPAGEFLAGS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if not _kpf(fd, pfn) & (abi.KPF.COMPOUND_HEAD | abi.KPF.COMPOUND_TAIL):
+            return 0
+        head = pfn
+        while not _kpf(fd, head) & abi.KPF.COMPOUND_HEAD:
+            head -= 1
+        n = 1
+        while _kpf(fd, head + n) & abi.KPF.COMPOUND_TAIL:
+            n += 1
+        return n.bit_length() - 1
+    finally:
+        os.close(fd)
 
 
 def smaps_kb(addr: int, field: str, pid: int | str = "self") -> int:
