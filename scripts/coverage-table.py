@@ -172,10 +172,10 @@ def main() -> int:
     if problems:
         sys.stderr.write("coverage-table: the table has problems:\n" + "\n".join(problems) + "\n")
         return 1
-    generated = render()
     if a.here:
         print(here())
         return 0
+    generated = render()
     if not a.write and not a.check:
         sys.stdout.write(generated)
         return 0
