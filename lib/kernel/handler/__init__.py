@@ -95,7 +95,7 @@ from lib.kernel.handler.options import (
     parked_blocks_reads,
 )
 from lib.kernel.handler.placements import TOPOLOGIES, ProcessHandler, SpawnedHandler, ThreadHandler
-from lib.kernel.handler.source import Source, fill_pattern
+from lib.kernel.handler.source import Source
 
 __all__ = [
     "AFTER_CHOOSE",
@@ -120,6 +120,5 @@ __all__ = [
     "SpawnedHandler",
     "Stats",
     "ThreadHandler",
-    "fill_pattern",
     "parked_blocks_reads",
 ]
