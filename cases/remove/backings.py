@@ -40,13 +40,9 @@ class Backing(MemType):
         return o
 
     @property
-    def punch(self) -> int:
-        """The advice that discards content: DONTNEED (private) or REMOVE (shared)."""
-        return self.discard_advice
-
-    @property
     def punch_name(self) -> str:
-        return f"MADV_{abi.Madv(self.punch).name}"
+        """The name of the punching advice, MemType.discard_advice: MADV_DONTNEED or MADV_REMOVE."""
+        return f"MADV_{abi.Madv(self.discard_advice).name}"
 
     def require(self, features: int = 0, pages: int = 1) -> None:
         """Skip (with the reason) unless this backing, ``pages`` of its huge pages and the

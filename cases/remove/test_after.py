@@ -67,7 +67,7 @@ def refault_after(b: Backing, topology: str, advice: int, options: Options | Non
 
 
 def data_gone(b: Backing, topology: str, options: Options | None = None) -> None:
-    zero, faults = refault_after(b, topology, b.punch, options)
+    zero, faults = refault_after(b, topology, b.discard_advice, options)
     check.true(zero, f"page reads zeros after {b.punch_name} (the data is gone)")
     check.eq(faults, 2, "MISSING faults on the page (first write, access after the REMOVE)")
 

@@ -54,7 +54,7 @@ def madvise_blocks_until_read(b: Backing, topology: str, pause: bool = True) -> 
         check.eq(libc.read(addr, HEAD), header(0), "first read (served from the source)")
         if pause:
             h.pause()
-        mad = madvise_async(addr, ps, b.punch)
+        mad = madvise_async(addr, ps, b.discard_advice)
         note(f"{b.punch_name} with the handler paused")
         check.eq(mad.wait_blocked(WCHAN_EVENT), "D", f"{b.punch_name} caller's /proc state")
         check_source(addr, 0, "read while the REMOVE is unread (old page still mapped)")
@@ -125,7 +125,7 @@ def inline_handler_retries(b: Backing, topology: str, workers: int = 0) -> None:
         tok = h.install_barrier(1, BEFORE_RESOLVE)
         reader = read_async(region.page(1), HEAD)
         h.wait_held(tok, WAIT)
-        mad = madvise_async(region.page(0), region.page_size, b.punch)
+        mad = madvise_async(region.page(0), region.page_size, b.discard_advice)
         mad.wait_blocked(WCHAN_EVENT)  # the only reader of the uffd is parked
         h.release(tok)
         check.eq(reader.join(), header(1), "the retried fault is served from the source")

@@ -154,7 +154,7 @@ def none_without_feature(b: Backing, features: int = 0) -> None:
     b.require(features)
     region, u = _registered(b, 1, features)
     with u:
-        msgs, err = advise_collect(u, region.addr, region.size, b.punch)
+        msgs, err = advise_collect(u, region.addr, region.size, b.discard_advice)
         check.eq(err, None, b.punch_name)
         check.eq([str(m) for m in msgs], [], "messages without the feature")
 

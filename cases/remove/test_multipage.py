@@ -40,7 +40,7 @@ def multi_page(b: Backing, topology: str, options: Options | None = None) -> Non
         for i in TOUCHED:
             libc.fill(region.page(i), MARK, ps)
         start, end = region.page(SPAN[0]), region.page(SPAN[1])
-        libc.madvise(start, end - start, b.punch)
+        libc.madvise(start, end - start, b.discard_advice)
         faults_before = len(s.stats().faults)
         for i in range(*SPAN):
             read_async(region.page(i), HEAD).join()

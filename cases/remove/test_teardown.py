@@ -55,7 +55,7 @@ def close_releases_madvise(b: Backing, keep_dup: bool = False) -> None:
     u.register(region.addr, region.size, abi.RegisterMode.MISSING)
     dup = os.dup(u.fd) if keep_dup else -1  # negative control: not the last reference
     try:
-        mad = madvise_async(region.addr, region.size, b.punch)
+        mad = madvise_async(region.addr, region.size, b.discard_advice)
         mad.wait_blocked(WCHAN_EVENT)
         note("closing the uffd with the REMOVE unread")
         u.close()
