@@ -156,7 +156,9 @@ def hugetlb_sizes() -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+@functools.cache
 def default_hugetlb_size() -> int:
+    """Hugepagesize in /proc/meminfo (fixed at boot: default_hugepagesz=)."""
     m = re.search(r"Hugepagesize:\s+(\d+) kB", read_text("/proc/meminfo", ""))
     return int(m.group(1)) * KiB if m else 0
 
