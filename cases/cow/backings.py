@@ -77,16 +77,12 @@ class Mem:
     hugetlb: bool = False
 
 
-def kb(size: int) -> str:
-    return f"{size // 1024} kB"
-
-
 def grow_hugetlb_pool(settings, size: int) -> None:
     """Two free hugetlb pages of ``size`` for the rest of the run (cow.c hugetlb_setup(2)),
     grown by lib.kernel.memtypes.grow_pool (one compaction retry for gigantic pages; a size
     that still fails is not tried again in this run)."""
     if size not in system.hugetlb_sizes():
-        pytest.skip(f"hugetlb size {kb(size)} not offered by this kernel")
+        pytest.skip(f"hugetlb size {system.size_label(size)} not offered by this kernel")
     memtypes.grow_pool(settings, size, HUGETLB_PAGES)
 
 
@@ -141,7 +137,7 @@ class AnonBacking:
 
     @property
     def suffix(self) -> str:
-        return _SUFFIX[self.run].format(kb(self.size))
+        return _SUFFIX[self.run].format(system.size_label(self.size))
 
     @property
     def swap(self) -> bool:
@@ -315,7 +311,7 @@ class NonAnonBacking:
 
     @property
     def suffix(self) -> str:
-        return _NA_SUFFIX[self.kind].format(kb(self.size))
+        return _NA_SUFFIX[self.kind].format(system.size_label(self.size))
 
     def __str__(self) -> str:
         return self.suffix
