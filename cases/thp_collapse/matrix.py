@@ -46,10 +46,6 @@ FILES = (FILE, FILE_RW)
 SMAPS_FIELD = {ANON: "AnonHugePages", SHMEM: "ShmemPmdMapped", FILE: "FilePmdMapped", FILE_RW: "FilePmdMapped"}
 
 
-def label(size: int) -> str:
-    return system.size_label(size)
-
-
 def order_of(size: int) -> int:
     return (size // PAGE_SIZE).bit_length() - 1
 
@@ -119,7 +115,7 @@ class Variant:
 
     @property
     def name(self) -> str:
-        suffix = "" if self.size == PMD_SIZE else f", {label(self.size)}"
+        suffix = "" if self.size == PMD_SIZE else f", {system.size_label(self.size)}"
         return f"{self.case} ({self.ctx}:{self.mem}{suffix})"
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 
-from cases.thp_collapse.matrix import ANON, FILE, FILES, PAGE_SIZE, PMD_SIZE, SHMEM, SMAPS_FIELD, label, order_of
+from cases.thp_collapse.matrix import ANON, FILE, FILES, PAGE_SIZE, PMD_SIZE, SHMEM, SMAPS_FIELD, order_of
 from cases.thp_collapse.scratchfs import file_dir
 from lib.kernel import abi, libc, memory, system
 from lib.kernel.pagemap import Pagemap, folio_order
@@ -232,7 +232,7 @@ def check_huge(area: Area, nwin: int, size: int, what: str) -> None:
     total = area.size // size
     got = huge_windows(area.addr, total, size, area.mem)
     if got != nwin:
-        raise AssertionError(f"{what}: expected {nwin} of {total} {label(size)} windows huge, got {got} "
+        raise AssertionError(f"{what}: expected {nwin} of {total} {system.size_label(size)} windows huge, got {got} "
                              f"({describe(area.addr, area.size, area.mem)})")
 
 
