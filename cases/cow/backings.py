@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib.kernel import abi, hugetlb_pool, libc, memory, memtypes, needs, system
+from lib.kernel import abi, hugetlb_pool, libc, memory, memtypes, needs, system, tasks
 from lib.kernel.memtypes import MemType
 from lib.kernel.pagemap import Pagemap
 
@@ -235,10 +235,7 @@ class AnonBacking:
         elif run == "shared":
             # share the first page with a child that quits: the rest was never shared
             libc.madvise(mem + PAGE, thpsize - PAGE, abi.Madv.DONTFORK)
-            pid = os.fork()
-            if pid == 0:
-                os._exit(0)
-            os.waitpid(pid, 0)
+            tasks.reap(tasks.fork_call(lambda: None))
             libc.madvise(mem + PAGE, thpsize - PAGE, abi.Madv.DOFORK)
         if self.swap:
             _page_out(mem, size, "the THP" if size == thpsize else "the subpage")
