@@ -176,19 +176,25 @@ def test_map_makes_the_mapping_of_the_name(kind: str, request: pytest.FixtureReq
         assert libc.is_filled(r.addr, 0x5A, r.size)
 
 
-def vma_of(addr: int) -> tuple[str, str, int]:
-    """(permissions, path, KernelPageSize in bytes) of the VMA holding ``addr``, read from
-    /proc/self/smaps here (not through the module under test)."""
+def smaps_block(addr: int) -> str:
+    """The /proc/self/smaps block of the VMA holding ``addr``, read here (not through the
+    module under test)."""
     with open("/proc/self/smaps") as f:
         text = f.read()
     for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
-        head = block.split("\n", 1)[0].split(None, 5)
-        start, end = (int(x, 16) for x in head[0].split("-"))
+        start, end = (int(x, 16) for x in block.split(None, 1)[0].split("-"))
         if start <= addr < end:
-            kps = re.search(r"^KernelPageSize:\s+(\d+) kB", block, re.M)
-            assert kps, block
-            return head[1], head[5].strip() if len(head) > 5 else "", int(kps.group(1)) * KiB
+            return block
     raise LookupError(hex(addr))
+
+
+def vma_of(addr: int) -> tuple[str, str, int]:
+    """(permissions, path, KernelPageSize in bytes) of the VMA holding ``addr``."""
+    block = smaps_block(addr)
+    head = block.split("\n", 1)[0].split(None, 5)
+    kps = re.search(r"^KernelPageSize:\s+(\d+) kB", block, re.M)
+    assert kps, block
+    return head[1], head[5].strip() if len(head) > 5 else "", int(kps.group(1)) * KiB
 
 
 @pytest.mark.parametrize("kind", BASE_KINDS)
@@ -199,14 +205,8 @@ def test_align(kind: str) -> None:
 
 
 def vm_flags(addr: int) -> list[str]:
-    with open("/proc/self/smaps") as f:
-        text = f.read()
-    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
-        start, end = (int(x, 16) for x in block.split(None, 1)[0].split("-"))
-        if start <= addr < end:
-            m = re.search(r"^VmFlags:(.*)$", block, re.M)
-            return m.group(1).split() if m else []
-    raise LookupError(hex(addr))
+    m = re.search(r"^VmFlags:(.*)$", smaps_block(addr), re.M)
+    return m.group(1).split() if m else []
 
 
 @pytest.mark.parametrize("kind", HUGETLB_KINDS)
