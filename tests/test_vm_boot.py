@@ -309,16 +309,17 @@ def test_guest_wrapper_reports_exit_code() -> None:
 
 
 def test_a_clone_in_a_guest_tmpfs_is_shared_read_only() -> None:
-    """virtme-ng gives the guest empty /tmp and /var/tmp: a clone there must be shared (--rodir);
+    """virtme-ng gives the guest empty /tmp and /var/tmp: a clone there must be shared (--rwdir, writable
+    as the overlay over other host directories is);
     one elsewhere, or inside the shared results folder, must not."""
     assert vm.guest_hidden("/var/tmp/kmm-fresh/fresh", "/tmp/results")
     assert vm.guest_hidden("/tmp/clone", "/work/results")
     assert not vm.guest_hidden("/work/main", "/tmp/results")
     assert not vm.guest_hidden("/tmpfoo/clone", "/x")
     assert not vm.guest_hidden("/tmp/results/sub", "/tmp/results")
-    argv = vm.build_vng_command("v", "i", "s", "/s", ro_dirs=("/var/tmp/c",))
-    assert argv[argv.index("--rodir") + 1] == "/var/tmp/c"
-    assert "--rodir" not in vm.build_vng_command("v", "i", "s", "/s")
+    argv = vm.build_vng_command("v", "i", "s", "/s", clone_dirs=("/var/tmp/c",))
+    assert argv[argv.index("/var/tmp/c") - 1] == "--rwdir"
+    assert "/var/tmp/c" not in vm.build_vng_command("v", "i", "s", "/s")
 
 
 def test_build_vng_command() -> None:

@@ -267,14 +267,16 @@ def build_vng_command(
     cpus: int = 2,
     cmdline: str = "",
     kvm: bool = False,
-    ro_dirs: tuple[str, ...] = (),
+    clone_dirs: tuple[str, ...] = (),
 ) -> list[str]:
     """The vng argv: verbose console, 9p root, one read-write shared directory, and the
-    read-only directories ``ro_dirs`` the guest would not see otherwise (guest_hidden())."""
+    directories ``clone_dirs`` the guest would not see otherwise (guest_hidden()), shared
+    read-write like the overlay a guest gets over every other host directory (a case writes
+    beside its area, e.g. gup_longterm's local tmpfile)."""
     argv = [vng, "--run", image, "--verbose", "--force-9p", "--rwdir", shared_dir,
             "--memory", memory, "--cpus", str(cpus)]  # fmt: skip
-    for d in ro_dirs:
-        argv += ["--rodir", d]
+    for d in clone_dirs:
+        argv += ["--rwdir", d]
     if not kvm:
         argv.append("--disable-kvm")
     if cmdline.strip():
@@ -383,7 +385,7 @@ def run_in_kernel(
     script = f"sh {shlex.quote(script_path)}"
     workdir = cwd or os.getcwd()
     argv = build_vng_command(vng, image, script, shared_dir, memory=memory, cpus=cpus, cmdline=cmdline, kvm=use_kvm,
-                             ro_dirs=(workdir,) if guest_hidden(workdir, shared_dir) else ())
+                             clone_dirs=(workdir,) if guest_hidden(workdir, shared_dir) else ())
     env = dict(os.environ)
     # vng runs "virtme-run" through the shell: its directory must be on $PATH.
     env["PATH"] = os.path.dirname(os.path.abspath(vng)) + os.pathsep + env.get("PATH", "")
