@@ -146,3 +146,22 @@ def test_statfs_layout_and_memfd_types() -> None:
             assert fstype.fs_type(fd) == abi.HUGETLBFS_MAGIC
         finally:
             os.close(fd)
+
+
+def test_local_tmpfile_probe_names_a_refused_unlinked_fstatfs(tmp_path, monkeypatch) -> None:
+    """The local-tmpfile probe passes where fstatfs() of an unlinked file works, and names the
+    failure where it does not (a 9p share answers ENOENT) instead of letting the case fail."""
+    import errno as _errno
+
+    from cases.gup_longterm import backings as gb
+    from lib.kernel import fstype as _fstype
+
+    assert gb.unlinked_fstatfs_refused(str(tmp_path)) == ""
+
+    def refused(fd: int) -> int:
+        raise OSError(_errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(_fstype, "fs_type", refused)
+    why = gb.unlinked_fstatfs_refused(str(tmp_path))
+    assert "fstatfs() of an unlinked file" in why and "No such file" in why, why
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone either way

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.kernel import abi, hugetlb_pool, libc, memtypes, needs, system
+from lib.kernel import abi, fstype, hugetlb_pool, libc, memtypes, needs, system
 
 MEMFD = "memfd"
 TMPFILE = "tmpfile"
@@ -75,8 +75,12 @@ class FileBacking:
             if avail < HUGETLB_PAGES:
                 pytest.skip(f"need more free huge pages: {hugetlb_pool.read(self.hpage)}, "
                             f"{HUGETLB_PAGES} free unreserved pages needed (the pool could not be grown)")
-        elif self.kind == LOCAL_TMPFILE and not os.access(LOCAL_DIR, os.W_OK | os.X_OK):
-            pytest.skip(f"local tmpfile: {LOCAL_DIR} is not writable here")
+        elif self.kind == LOCAL_TMPFILE:
+            if not os.access(LOCAL_DIR, os.W_OK | os.X_OK):
+                pytest.skip(f"local tmpfile: {LOCAL_DIR} is not writable here")
+            why = unlinked_fstatfs_refused(LOCAL_DIR)
+            if why:
+                pytest.skip(f"local tmpfile: {why}")
 
     def open(self) -> int:
         """The file, as gup_longterm.c opens it (a failure raises OSError: a failure verdict)."""
@@ -89,6 +93,21 @@ class FileBacking:
             os.unlink(path)
             return fd
         return libc.memfd_create("test", abi.MFD_HUGETLB | abi.huge_size_flag(self.hpage))
+
+
+def unlinked_fstatfs_refused(directory: str) -> str:
+    """Why fstatfs() of an unlinked file in ``directory`` fails here, or ''.  A probe of the
+    place the file lives (a 9p share, as a virtme-ng guest gets for a clone below /tmp, answers
+    ENOENT), not of the pins under test: mkstemp, unlink, fstatfs, close."""
+    fd, path = tempfile.mkstemp(prefix="gup_longterm_probe_", dir=directory)
+    try:
+        os.unlink(path)
+        fstype.fs_type(fd)
+    except OSError as e:
+        return f"fstatfs() of an unlinked file in {directory} fails ({e.strerror})"
+    finally:
+        os.close(fd)
+    return ""
 
 
 def unnamed_file(directory: str) -> int:
